@@ -1,0 +1,118 @@
+"""Reading certbot's `live/` and `archive/` without trusting them.
+
+certbot keeps every version under `archive/<lineage>/` and points four
+symlinks in `live/<lineage>/` at one of them. While it renews, it creates
+`previous_*.pem` links, then unlinks and re-links the four one by one, then
+removes the `previous_*` links. `read_lineage` returns the bytes only when the
+lineage is complete and consistent; it never follows a link that leaves the
+lineage's archive directory and never takes certbot's lock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import stat
+from pathlib import Path
+
+from danesync.chain import Chain, LineageFiles, validate_chain
+from danesync.config import CertificateConfig
+from danesync.errors import ChainError, LineagePending
+
+KINDS = ("cert", "privkey", "chain", "fullchain")
+MAX_FILE_SIZE = 1024 * 1024
+
+
+def list_lineages(config_dir: Path) -> list[str]:
+    """Lineage directories under live/ (certbot's README file is not one)."""
+    try:
+        entries = sorted(os.scandir(config_dir / "live"), key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+    return [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+
+
+def read_lineage(config_dir: Path, lineage: str) -> LineageFiles:
+    """The four files of the version live/<lineage> points at.
+
+    Raises LineagePending while certbot is mid-update (or creating the
+    lineage), ChainError when the lineage is complete but unacceptable.
+    """
+    live = config_dir / "live" / lineage
+    archive = os.path.normpath(config_dir / "archive" / lineage)
+    if not live.is_dir():
+        raise ChainError(lineage, f"{live} does not exist")
+    previous = sorted(p.name for p in live.glob("previous_*.pem"))
+    if previous:
+        raise LineagePending(lineage, f"certbot is updating it ({', '.join(previous)} present)")
+
+    versions: dict[str, int] = {}
+    targets: dict[str, str] = {}
+    for kind in KINDS:
+        link = live / f"{kind}.pem"
+        try:
+            target = os.readlink(link)
+        except FileNotFoundError:
+            raise LineagePending(lineage, f"{link} does not exist yet") from None
+        except OSError:
+            raise ChainError(lineage, f"{link} is not a symlink into {archive}") from None
+        resolved = os.path.normpath(os.path.join(live, target))
+        if os.path.dirname(resolved) != archive:
+            raise ChainError(lineage, f"{link} points outside {archive}: {target}")
+        match = re.fullmatch(rf"{kind}(\d+)\.pem", os.path.basename(resolved))
+        if match is None:
+            raise ChainError(lineage, f"{link} points at {target}, not {kind}N.pem")
+        versions[kind] = int(match.group(1))
+        targets[kind] = resolved
+    if len(set(versions.values())) != 1:
+        found = ", ".join(f"{kind}.pem -> {number}" for kind, number in versions.items())
+        raise ChainError(lineage, f"the links point at different archive versions ({found})")
+
+    contents = {kind: _read_regular_file(lineage, Path(targets[kind])) for kind in KINDS}
+    return LineageFiles(
+        lineage=lineage,
+        version=versions["cert"],
+        privkey=contents["privkey"],
+        cert=contents["cert"],
+        chain=contents["chain"],
+        fullchain=contents["fullchain"],
+    )
+
+
+def _read_regular_file(lineage: str, path: Path) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ChainError(lineage, f"{path} does not exist") from None
+    except OSError as error:
+        raise ChainError(lineage, f"{path} cannot be opened: {error.strerror}") from None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ChainError(lineage, f"{path} is not a regular file")
+        if info.st_size > MAX_FILE_SIZE:
+            raise ChainError(lineage, f"{path} is {info.st_size} bytes; the limit is 1 MiB")
+        data = file.read(MAX_FILE_SIZE + 1)
+    if len(data) > MAX_FILE_SIZE:
+        raise ChainError(lineage, f"{path} is over the 1 MiB limit")
+    return data
+
+
+def read_acme_server(config_dir: Path, lineage: str) -> str | None:
+    """The `server` of renewal/<lineage>.conf: the ACME directory for ARI."""
+    try:
+        text = (config_dir / "renewal" / f"{lineage}.conf").read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == "server":
+            return value.strip() or None
+    return None
+
+
+def read_chain(config_dir: Path, certificate: CertificateConfig, now: dt.datetime) -> Chain:
+    """Read and validate a lineage: the candidate chain for `certificate`."""
+    files = read_lineage(config_dir, certificate.lineage)
+    return validate_chain(files, certificate.hostnames, certificate.tlsa, certificate.usages, now)

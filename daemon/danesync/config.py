@@ -1,0 +1,470 @@
+"""The configuration file: TOML in, frozen values out.
+
+Every problem in the file is collected and reported at once, each naming the
+key. The schema below is the single description of the keys: it drives
+validation and the defaults, and the sample `config/danesync.toml` is tested
+against it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from danesync.errors import ConfigError
+from danesync.tlsa import Usage, absolute_name
+
+DEFAULT_PATH = Path("/etc/danesync/danesync.toml")
+
+
+class DnsMode(Enum):
+    RFC2136 = "rfc2136"
+    CHECK = "check"
+    OFF = "off"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A host and port, from "host:port" or "[v6]:port"."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class CertbotConfig:
+    config_dir: Path = Path("/etc/letsencrypt")
+
+    @property
+    def live_dir(self) -> Path:
+        return self.config_dir / "live"
+
+
+@dataclass(frozen=True)
+class PostfixConfig:
+    config_dir: Path = Path("/etc/postfix")
+    deploy_dir: Path = Path("/etc/postfix/danesync")
+    reload: bool = True
+    probe: Endpoint | None = None
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    mode: DnsMode = DnsMode.CHECK
+    server: Endpoint | None = None
+    zone: str | None = None
+    tsig_key_file: Path | None = None
+    ttl: int = 3600
+    rollover_wait: int = 7200
+    verify_servers: tuple[Endpoint, ...] = ()
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    dir: Path = Path("/var/lib/danesync")
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    reconcile_interval: float = 3600.0
+    settle: float = 0.25
+
+
+@dataclass(frozen=True)
+class CertificateConfig:
+    lineage: str
+    hostnames: tuple[str, ...]
+    tlsa: tuple[str, ...]
+    usages: tuple[Usage, ...] = (Usage.DANE_TA,)
+    sni: bool = False
+
+    @classmethod
+    def default_for(cls, lineage: str) -> CertificateConfig:
+        """What an unconfigured lineage would get: used by `check NAME`."""
+        return cls(lineage, (lineage,), (absolute_name(f"_25._tcp.{lineage}"),))
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    certbot: CertbotConfig = field(default_factory=CertbotConfig)
+    postfix: PostfixConfig = field(default_factory=PostfixConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    certificates: tuple[CertificateConfig, ...] = ()
+
+    def certificate(self, lineage: str) -> CertificateConfig | None:
+        for cert in self.certificates:
+            if cert.lineage == lineage:
+                return cert
+        return None
+
+
+# --- the schema ------------------------------------------------------------
+
+_HOSTNAME = re.compile(r"^(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.?$")  # noqa: E501
+_LINEAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class _Invalid(Exception):
+    """A value failed its check; the message completes 'key: ...'."""
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"must be a string, not {_type_name(value)}")
+    if not value:
+        raise _Invalid("must not be empty")
+    return value
+
+
+def _path(value: Any) -> Path:
+    text = _string(value)
+    if not text.startswith("/"):
+        raise _Invalid(f"must be an absolute path, not {text!r}")
+    return Path(text)
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"must be true or false, not {_type_name(value)}")
+    return value
+
+
+def _integer(low: int, high: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(f"must be an integer, not {_type_name(value)}")
+        if not low <= value <= high:
+            raise _Invalid(f"must be between {low} and {high}, not {value}")
+        return value
+
+    return check
+
+
+def _seconds(low: float, high: float) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _Invalid(f"must be a number of seconds, not {_type_name(value)}")
+        if not low <= value <= high:
+            raise _Invalid(f"must be between {low:g} and {high:g} seconds, not {value}")
+        return float(value)
+
+    return check
+
+
+def _endpoint(default_port: int) -> Callable[[Any], Endpoint]:
+    def check(value: Any) -> Endpoint:
+        return parse_endpoint(_string(value), default_port)
+
+    return check
+
+
+def parse_endpoint(text: str, default_port: int) -> Endpoint:
+    """ "192.0.2.1", "192.0.2.1:53", "[2001:db8::1]:53", "ns.example.com:53"."""
+    host, port = text, default_port
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise _Invalid(f"{text!r} has '[' without ']'")
+        host, rest = text[1:close], text[close + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise _Invalid(f"{text!r}: expected ':port' after ']'")
+            port = _port_number(rest[1:], text)
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+        port = _port_number(port_text, text)
+    if not host:
+        raise _Invalid(f"{text!r} has no host")
+    return Endpoint(host, port)
+
+
+def _port_number(text: str, whole: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise _Invalid(f"{whole!r}: port must be a number from 1 to 65535")
+    return int(text)
+
+
+def _choice(enum: type[DnsMode]) -> Callable[[Any], DnsMode]:
+    def check(value: Any) -> DnsMode:
+        text = _string(value)
+        try:
+            return enum(text)
+        except ValueError:
+            options = ", ".join(f'"{m.value}"' for m in enum)
+            raise _Invalid(f"must be one of {options}, not {text!r}") from None
+
+    return check
+
+
+def _domain(value: Any) -> str:
+    text = _string(value).lower()
+    if not _HOSTNAME.match(text) or text.startswith("*"):
+        raise _Invalid(f"{text!r} is not a valid DNS name")
+    return text.rstrip(".")
+
+
+def _list_of(item: Callable[[Any], Any], allow_empty: bool = False) -> Callable[[Any], tuple[Any, ...]]:
+    def check(value: Any) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise _Invalid(f"must be a list, not {_type_name(value)}")
+        if not value and not allow_empty:
+            raise _Invalid("must not be empty")
+        items = []
+        for index, element in enumerate(value):
+            try:
+                items.append(item(element))
+            except _Invalid as error:
+                raise _Invalid(f"item {index + 1}: {error}") from None
+        if len(set(items)) != len(items):
+            raise _Invalid("has duplicate entries")
+        return tuple(items)
+
+    return check
+
+
+def _hostname(value: Any) -> str:
+    text = _string(value).lower()
+    if not _HOSTNAME.match(text):
+        raise _Invalid(f"{text!r} is not a valid host name")
+    return text.rstrip(".")
+
+
+def _tlsa_name(value: Any) -> str:
+    text = _string(value).lower()
+    if not re.match(r"^_\d{1,5}\._(tcp|udp|sctp)\.", text) or not _HOSTNAME.match(
+        text.split(".", 2)[2]
+    ):
+        raise _Invalid(f"{text!r} is not a TLSA owner name like _25._tcp.mx.example.com")
+    return absolute_name(text)
+
+
+def _usage(value: Any) -> Usage:
+    text = " ".join(_string(value).split())
+    try:
+        return Usage(text)
+    except ValueError:
+        raise _Invalid(f'{text!r} is not supported; use "2 1 1" or "3 1 1"') from None
+
+
+def _lineage(value: Any) -> str:
+    text = _string(value)
+    if not _LINEAGE.match(text) or ".." in text:
+        raise _Invalid(f"{text!r} is not a certbot lineage name (a directory under live/)")
+    return text
+
+
+def _type_name(value: Any) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+# section -> key -> (check, default). A default of None means "optional, no value".
+_Schema = Mapping[str, Mapping[str, tuple[Callable[[Any], Any], Any]]]
+SCHEMA: _Schema = {
+    "certbot": {"config_dir": (_path, CertbotConfig.config_dir)},
+    "postfix": {
+        "config_dir": (_path, PostfixConfig.config_dir),
+        "deploy_dir": (_path, PostfixConfig.deploy_dir),
+        "reload": (_bool, True),
+        "probe": (_endpoint(25), None),
+    },
+    "dns": {
+        "mode": (_choice(DnsMode), DnsMode.CHECK),
+        "server": (_string, None),
+        "port": (_integer(1, 65535), 53),
+        "zone": (_domain, None),
+        "tsig_key_file": (_path, None),
+        "ttl": (_integer(1, 86400 * 7), 3600),
+        "rollover_wait": (_integer(0, 86400 * 30), None),
+        "verify_servers": (_list_of(_endpoint(53)), ()),
+    },
+    "state": {"dir": (_path, StateConfig.dir)},
+    "daemon": {
+        "reconcile_interval": (_seconds(1, 86400), 3600.0),
+        "settle": (_seconds(0, 60), 0.25),
+    },
+}
+CERTIFICATE_SCHEMA: Mapping[str, tuple[Callable[[Any], Any], Any]] = {
+    "lineage": (_lineage, None),
+    "hostnames": (_list_of(_hostname), None),
+    "tlsa": (_list_of(_tlsa_name), None),
+    "usages": (_list_of(_usage), ("2 1 1",)),
+    "sni": (_bool, False),
+}
+
+
+def _check_table(
+    prefix: str,
+    table: Mapping[str, Any],
+    schema: Mapping[str, tuple[Callable[[Any], Any], Any]],
+    problems: list[str],
+) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key in table:
+        if key not in schema:
+            problems.append(f"{prefix}{key}: unknown key")
+    for key, (check, _default) in schema.items():
+        if key in table:
+            try:
+                values[key] = check(table[key])
+            except _Invalid as error:
+                problems.append(f"{prefix}{key}: {error}")
+    return values
+
+
+def build_config(document: Mapping[str, Any], path: Path) -> Config:
+    """Validate a parsed TOML document; raise ConfigError listing every problem."""
+    problems: list[str] = []
+    for section in document:
+        if section not in SCHEMA and section != "certificate":
+            problems.append(f"[{section}]: unknown section")
+    sections: dict[str, dict[str, Any]] = {}
+    for section, schema in SCHEMA.items():
+        table = document.get(section, {})
+        if not isinstance(table, dict):
+            problems.append(f"{section}: must be a table ([{section}])")
+            table = {}
+        sections[section] = _check_table(f"{section}.", table, schema, problems)
+
+    certificates = _build_certificates(document.get("certificate", []), problems)
+
+    dns_values = sections["dns"]
+    mode: DnsMode = dns_values.get("mode", DnsMode.CHECK)
+    ttl: int = dns_values.get("ttl", 3600)
+    port: int = dns_values.get("port", 53)
+    server: Endpoint | None = None
+    if "server" in dns_values:
+        try:
+            server = parse_endpoint(dns_values["server"], port)
+        except _Invalid as error:
+            problems.append(f"dns.server: {error}")
+    zone: str | None = dns_values.get("zone")
+    if mode is DnsMode.RFC2136:
+        for key in ("server", "zone", "tsig_key_file"):
+            if key not in dns_values and f"dns.{key}" not in " ".join(problems):
+                problems.append(f'dns.{key}: required when dns.mode is "rfc2136"')
+    if (
+        mode is DnsMode.CHECK
+        and certificates
+        and zone is None
+        and server is None
+        and not dns_values.get("verify_servers")
+    ):
+        problems.append(
+            'dns.zone: required when dns.mode is "check" (or set dns.server or '
+            "dns.verify_servers): danesync must know where to look for the TLSA records"
+        )
+    if zone is not None and mode is DnsMode.RFC2136:
+        for cert in certificates:
+            for name in cert.tlsa:
+                if not _in_zone(name, zone):
+                    problems.append(
+                        f"certificate {cert.lineage!r}: tlsa: {name} is not in dns.zone {zone}"
+                    )
+
+    if problems:
+        raise ConfigError(str(path), problems)
+
+    return Config(
+        path=path,
+        certbot=CertbotConfig(**sections["certbot"]),
+        postfix=PostfixConfig(**sections["postfix"]),
+        dns=DnsConfig(
+            mode=mode,
+            server=server,
+            zone=zone,
+            tsig_key_file=dns_values.get("tsig_key_file"),
+            ttl=ttl,
+            rollover_wait=dns_values.get("rollover_wait", 2 * ttl),
+            verify_servers=dns_values.get("verify_servers", ()),
+        ),
+        state=StateConfig(**sections["state"]),
+        daemon=DaemonConfig(**sections["daemon"]),
+        certificates=tuple(certificates),
+    )
+
+
+def _in_zone(name: str, zone: str) -> bool:
+    name, zone = name.rstrip("."), zone.rstrip(".")
+    return name == zone or name.endswith("." + zone)
+
+
+def _build_certificates(raw: Any, problems: list[str]) -> list[CertificateConfig]:
+    if not isinstance(raw, list):
+        problems.append("certificate: must be an array of tables ([[certificate]])")
+        return []
+    certificates: list[CertificateConfig] = []
+    seen: set[str] = set()
+    for index, table in enumerate(raw):
+        prefix = f"certificate[{index + 1}]."
+        if not isinstance(table, dict):
+            problems.append(f"certificate[{index + 1}]: must be a table")
+            continue
+        before = len(problems)
+        values = _check_table(prefix, table, CERTIFICATE_SCHEMA, problems)
+        if "lineage" not in table:
+            problems.append(f"{prefix}lineage: required")
+        if len(problems) > before:
+            continue
+        lineage: str = values["lineage"]
+        if lineage in seen:
+            problems.append(f"{prefix}lineage: {lineage!r} is configured twice")
+            continue
+        seen.add(lineage)
+        hostnames: tuple[str, ...] = values.get("hostnames", (lineage.lower(),))
+        try:
+            _hostname(hostnames[0])
+        except _Invalid as error:
+            problems.append(f"{prefix}hostnames: default from lineage: {error}")
+            continue
+        tlsa: tuple[str, ...] = values.get(
+            "tlsa", (absolute_name(f"_25._tcp.{hostnames[0].lstrip('*.')}"),)
+        )
+        usages: tuple[Usage, ...] = values.get("usages", (Usage.DANE_TA,))
+        certificates.append(
+            CertificateConfig(lineage, hostnames, tlsa, usages, values.get("sni", False))
+        )
+    return certificates
+
+
+def config_path(cli_value: str | None, environ: Mapping[str, str] = os.environ) -> Path:
+    if cli_value:
+        return Path(cli_value)
+    if environ.get("DANESYNC_CONFIG"):
+        return Path(environ["DANESYNC_CONFIG"])
+    return DEFAULT_PATH
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate the file; ConfigError names the file and each key."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found"]) from None
+    except OSError as error:
+        raise ConfigError(str(path), [f"cannot read: {error.strerror}"]) from None
+    try:
+        document = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), ["not UTF-8 text"]) from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(str(path), [f"not valid TOML: {error}"]) from None
+    return build_config(document, path)

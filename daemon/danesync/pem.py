@@ -1,0 +1,134 @@
+"""PEM parsing with reasons a person can act on. Pure.
+
+`parse_certificates` and `parse_private_key` take the bytes of one file and
+its name (for messages) and raise `PemError` saying what is wrong: DER where
+PEM was expected, garbage, a truncated block, an encrypted key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+
+_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
+_END = re.compile(rb"-----END ([A-Z0-9 ]+)-----")
+
+
+class PemError(ValueError):
+    """The file's content is not what it must be; the message says why."""
+
+
+@dataclass(frozen=True)
+class PemBlock:
+    label: str  # "CERTIFICATE", "PRIVATE KEY", ...
+    headers: tuple[tuple[str, str], ...]
+    der: bytes
+    text: bytes  # the block as it appeared, BEGIN to END line
+
+
+def split_pem(data: bytes, filename: str) -> list[PemBlock]:
+    """Every PEM block in `data`, in order."""
+    if not data.strip():
+        raise PemError(f"{filename} is empty")
+    if data[:1] == b"\x30" and b"-----BEGIN" not in data:
+        raise PemError(f"{filename} is DER (binary), not PEM")
+    blocks: list[PemBlock] = []
+    position = 0
+    while True:
+        begin = _BEGIN.search(data, position)
+        if begin is None:
+            break
+        label = begin.group(1).decode("ascii")
+        end = _END.search(data, begin.end())
+        if end is None:
+            raise PemError(f"{filename} is truncated: '-----BEGIN {label}-----' has no END line")
+        if end.group(1).decode("ascii") != label:
+            raise PemError(
+                f"{filename} is malformed: '-----BEGIN {label}-----' is closed by "
+                f"'-----END {end.group(1).decode('ascii')}-----'"
+            )
+        body = data[begin.end() : end.start()]
+        headers, payload = _split_headers(body)
+        try:
+            der = base64.b64decode(b"".join(payload.split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise PemError(
+                f"{filename}: PEM block {len(blocks) + 1} ({label}) is not valid base64"
+            ) from None
+        if not der:
+            raise PemError(f"{filename}: PEM block {len(blocks) + 1} ({label}) is empty")
+        blocks.append(PemBlock(label, headers, der, data[begin.start() : end.end()] + b"\n"))
+        position = end.end()
+    if not blocks:
+        raise PemError(f"{filename} contains no PEM block")
+    return blocks
+
+
+def _split_headers(body: bytes) -> tuple[tuple[tuple[str, str], ...], bytes]:
+    """RFC 1421 headers (`Proc-Type: 4,ENCRYPTED`) precede a blank line."""
+    lines = body.strip().splitlines()
+    headers: list[tuple[str, str]] = []
+    index = 0
+    while index < len(lines) and b":" in lines[index]:
+        name, _, value = lines[index].decode("ascii", "replace").partition(":")
+        headers.append((name.strip(), value.strip()))
+        index += 1
+    return tuple(headers), b"\n".join(lines[index:])
+
+
+def parse_certificates(data: bytes, filename: str) -> list[x509.Certificate]:
+    """The certificates of a PEM bundle, in file order; nothing else allowed."""
+    certificates = []
+    for number, block in enumerate(split_pem(data, filename), start=1):
+        if block.label != "CERTIFICATE":
+            raise PemError(
+                f"{filename}: block {number} is a {block.label}, where only certificates belong"
+            )
+        try:
+            certificates.append(x509.load_der_x509_certificate(block.der))
+        except ValueError as error:
+            raise PemError(f"{filename}: certificate {number} cannot be parsed: {error}") from None
+    return certificates
+
+
+def parse_private_key(data: bytes, filename: str) -> PrivateKey:
+    """The one unencrypted private key in `data`."""
+    blocks = split_pem(data, filename)
+    keys = [b for b in blocks if b.label.endswith("PRIVATE KEY")]
+    others = [b.label for b in blocks if not b.label.endswith("PRIVATE KEY")]
+    if not keys:
+        raise PemError(f"{filename} holds no private key (found {', '.join(others)})")
+    if len(keys) > 1:
+        raise PemError(f"{filename} holds {len(keys)} private keys; expected one")
+    if others:
+        raise PemError(f"{filename} holds a {others[0]} beside the private key")
+    block = keys[0]
+    if block.label == "ENCRYPTED PRIVATE KEY":
+        raise PemError(
+            f"{filename} is an encrypted PKCS#8 key; Postfix needs the key unencrypted"
+        )
+    if ("Proc-Type", "4,ENCRYPTED") in block.headers:
+        raise PemError(
+            f"{filename} is an encrypted key (Proc-Type: 4,ENCRYPTED); "
+            "Postfix needs the key unencrypted"
+        )
+    if block.label not in ("PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"):
+        raise PemError(f"{filename}: {block.label} keys are not supported")
+    try:
+        key = serialization.load_der_private_key(block.der, password=None)
+    except (ValueError, TypeError) as error:
+        raise PemError(f"{filename}: the private key cannot be parsed: {error}") from None
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
+        raise PemError(
+            f"{filename}: {type(key).__name__.removeprefix('_')} keys are not supported; "
+            "use RSA, ECDSA or Ed25519"
+        )
+    return key
