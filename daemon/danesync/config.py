@@ -364,13 +364,12 @@ def build_config(document: Mapping[str, Any], path: Path) -> Config:
     if (
         mode is DnsMode.CHECK
         and certificates
-        and zone is None
         and server is None
         and not dns_values.get("verify_servers")
     ):
         problems.append(
-            'dns.zone: required when dns.mode is "check" (or set dns.server or '
-            "dns.verify_servers): danesync must know where to look for the TLSA records"
+            'dns.server: required when dns.mode is "check" and dns.verify_servers is not set: '
+            "danesync must know which authoritative servers to ask for the TLSA records"
         )
     if zone is not None and mode is DnsMode.RFC2136:
         for cert in certificates:
