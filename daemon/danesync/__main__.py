@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from danesync.status import run_status
 
             return run_status(config, as_json=args.json)
-        from danesync.service import run_daemon
+        from danesync.loop import run_daemon
 
         return run_daemon(config, log_format=args.log_format)
     except ConfigError as error:

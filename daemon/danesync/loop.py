@@ -1,0 +1,229 @@
+"""`danesync run`: the one loop.
+
+Three sources wake it: the watcher (a lineage under live/ changed), the
+clock (a full reconcile every `reconcile_interval`, a held rollover's
+`proceed_at`, DNS polls, watchdog pings) and signals (HUP reloads the
+configuration, USR1 asks for a full pass now, TERM and INT stop). All of them
+only write a byte to a socket pair; the loop itself runs passes one at a time
+on the main thread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import socket
+import threading
+import time
+from types import FrameType
+
+import structlog
+
+from danesync.config import Config, DnsMode, load_config
+from danesync.errors import ConfigError, DanesyncError
+from danesync.log import configure_logging
+from danesync.notify import Notifier, watchdog_interval
+from danesync.service import PassResult, Service
+from danesync.watcher import Debouncer, LineageWatcher
+
+log = structlog.get_logger("danesync")
+
+FAILURE_RETRY = (5.0, 600.0)  # first and longest delay before retrying a failed pass
+
+
+class _Wakeup:
+    """A socket pair the watcher thread and signal handlers poke."""
+
+    def __init__(self) -> None:
+        self.reader, self.writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self.writer.setblocking(False)
+        self.lock = threading.Lock()
+        self.changed: set[str] = set()
+        self.overflow = False
+        self.signals: list[int] = []
+
+    def poke(self) -> None:
+        try:
+            self.writer.send(b"\0")
+        except BlockingIOError:
+            pass  # already full of wakeups: one is enough
+
+    def on_change(self, lineage: str) -> None:
+        with self.lock:
+            self.changed.add(lineage)
+        self.poke()
+
+    def on_overflow(self) -> None:
+        with self.lock:
+            self.overflow = True
+        self.poke()
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        del frame
+        self.signals.append(signum)  # list.append is atomic; no lock in a handler
+        self.poke()
+
+    def wait(self, timeout: float) -> None:
+        import select
+
+        readable, _, _ = select.select([self.reader], [], [], max(timeout, 0.0))
+        if readable:
+            try:
+                while self.reader.recv(4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def take(self) -> tuple[set[str], bool, list[int]]:
+        with self.lock:
+            changed, self.changed = self.changed, set()
+            overflow, self.overflow = self.overflow, False
+        taken, self.signals[:] = list(self.signals), []
+        return changed, overflow, taken
+
+
+class Daemon:
+    def __init__(self, config: Config, notifier: Notifier) -> None:
+        self.config = config
+        self.notifier = notifier
+        self.wakeup = _Wakeup()
+        self.service = Service(config)
+        self.debouncer = Debouncer(config.daemon.settle)
+        self.watcher: LineageWatcher | None = None
+        self.failures = 0
+
+    def _start_watcher(self) -> None:
+        self.watcher = LineageWatcher(
+            self.config.certbot.live_dir, self.wakeup.on_change, on_overflow=self.wakeup.on_overflow
+        )
+        self.watcher.start()
+
+    def _stop_watcher(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
+
+    def _pass(self, lineages: set[str] | None) -> PassResult:
+        try:
+            result = self.service.reconcile(lineages)
+        except DanesyncError as error:
+            log.error("pass.failed", reason=str(error))
+            result = PassResult(failed=True)
+        self.failures = self.failures + 1 if result.failed else 0
+        self.notifier.status(self._summary(result))
+        return result
+
+    def _summary(self, result: PassResult) -> str:
+        deployed = sum(1 for s in self.service.state.lineages.values() if s.deployed)
+        text = f"{deployed}/{len(self.config.certificates)} deployed"
+        if result.waiting:
+            text += f", {len(result.waiting)} rollover(s) waiting"
+        if result.failed:
+            text += ", last pass had failures"
+        return text
+
+    def _reload_config(self) -> None:
+        self.notifier.reloading()
+        try:
+            config = load_config(self.config.path)
+        except ConfigError as error:
+            log.error("config.invalid", reason="; ".join(error.problems), path=str(error.path))
+            self.notifier.ready(self._summary(PassResult()))
+            return
+        self._stop_watcher()
+        self.config = config
+        self.service = Service(config)
+        self.debouncer = Debouncer(config.daemon.settle)
+        self._start_watcher()
+        log.info("config.reloaded", path=str(config.path), certificates=len(config.certificates))
+
+    def _poll_interval(self) -> float:
+        """How often a held rollover looks at DNS again."""
+        if self.config.dns.mode is DnsMode.OFF:
+            return self.config.daemon.reconcile_interval
+        return min(max(self.config.dns.ttl / 4, 0.5), 30.0)
+
+    def run(self) -> int:
+        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            signal.signal(signum, self.wakeup.on_signal)
+        log.info(
+            "daemon.started",
+            path=str(self.config.path),
+            certificates=len(self.config.certificates),
+            dns_mode=self.config.dns.mode.value,
+        )
+        if not self.config.certificates:
+            log.warning(
+                "daemon.started",
+                reason=f"no [[certificate]] is configured in {self.config.path}; waiting",
+            )
+        self._start_watcher()
+        result = self._pass(None)
+        self.notifier.ready(self._summary(result))
+        log.info("daemon.ready", certificates=len(self.config.certificates))
+
+        ping_every = watchdog_interval()
+        next_full = time.monotonic() + self.config.daemon.reconcile_interval
+        next_ping = time.monotonic()
+        next_poll = self._next_poll(result)
+        while True:
+            now = time.monotonic()
+            deadlines = [next_full, next_poll]
+            if ping_every:
+                deadlines.append(next_ping)
+            due_debounce = self.debouncer.next_deadline()
+            if due_debounce is not None:
+                deadlines.append(due_debounce)
+            self.wakeup.wait(min(deadlines) - now)
+            now = time.monotonic()
+            changed, overflow, signals = self.wakeup.take()
+            if signal.SIGTERM in signals or signal.SIGINT in signals:
+                break
+            if ping_every and now >= next_ping:
+                self.notifier.watchdog()
+                next_ping = now + ping_every
+            if signal.SIGHUP in signals:
+                self._reload_config()
+                next_full = now  # a new config gets a full pass
+            for lineage in changed:
+                self.debouncer.touch(lineage, now)
+            if overflow or signal.SIGUSR1 in signals:
+                next_full = now
+            if now >= next_full:
+                self.service.clear_failures()
+                result = self._pass(None)
+                next_full = now + self.config.daemon.reconcile_interval
+                next_poll = self._next_poll(result)
+                continue
+            due = set(self.debouncer.due(now))
+            known = {c.lineage for c in self.config.certificates}
+            due &= known
+            if due:
+                result = self._pass(due)
+                next_poll = min(next_poll, self._next_poll(result))
+            elif now >= next_poll:
+                result = self._pass(None)
+                next_poll = self._next_poll(result)
+        self.notifier.stopping()
+        log.info("daemon.stopping")
+        self._stop_watcher()
+        return 0
+
+    def _next_poll(self, result: PassResult) -> float:
+        now = time.monotonic()
+        if result.failed:
+            delay = min(FAILURE_RETRY[0] * 2 ** max(self.failures - 1, 0), FAILURE_RETRY[1])
+            return now + delay
+        if not result.waiting:
+            return now + self.config.daemon.reconcile_interval
+        delay = self._poll_interval()
+        if result.wake_at is not None:
+            until = (result.wake_at - dt.datetime.now(dt.timezone.utc)).total_seconds()
+            delay = min(delay, max(until, 0.05))
+        return now + delay
+
+
+def run_daemon(config: Config, log_format: str) -> int:
+    configure_logging(log_format)  # type: ignore[arg-type]
+    return Daemon(config, Notifier()).run()

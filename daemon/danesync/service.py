@@ -1,0 +1,595 @@
+"""The service: one reconcile pass, and the loop that runs passes.
+
+A pass reads the lineages, asks DNS (and, on adoption, Postfix) what clients
+see, lets the pure planner decide, then executes one step at a time,
+persisting the state after each: record visibility, holds, publishing,
+deploying (files, Postfix parameters, reload, probe, or rollback), retiring.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import signal
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from danesync.actions import dns as dns_actions
+from danesync.actions import files, postfix, probe
+from danesync.certbot import read_chain
+from danesync.chain import Chain, LineageFiles, format_time, validate_chain
+from danesync.config import CertificateConfig, Config, DnsMode, Endpoint
+from danesync.errors import (
+    ChainError,
+    DanesyncError,
+    DnsError,
+    LineagePending,
+    PostfixError,
+    ProbeError,
+    TsigKeyError,
+)
+from danesync.pem import PemError, split_pem
+from danesync.plan import Candidate, Decision, DnsView, Plan, Problem, Verb, build_query_names, plan_pass
+from danesync.state import ChainInfo, State, load_state, save_state
+from danesync.tlsa import TlsaRecord
+from danesync.tsigkey import TsigKey, read_tsig_key
+
+log = structlog.get_logger("danesync")
+
+SNI_TABLE = "sni"
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass
+class PassResult:
+    """What a pass leaves for the loop."""
+
+    failed: bool = False  # a lineage is invalid, a deploy or a DNS step failed
+    wake_at: dt.datetime | None = None  # a held rollover wants another look then
+    waiting: set[str] = field(default_factory=set)  # lineages with a pending rollover
+
+
+def _crash_point(name: str) -> None:
+    """Fault injection for the crash tests: SIGKILL ourselves at a named step."""
+    if os.environ.get("DANESYNC_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Service:
+    """Owns the configuration and the state; runs reconcile passes."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.state = load_state(config.state.dir)
+        self._last_logged: dict[str, tuple[Verb, str | None]] = {}
+        self._verify_servers: list[dns_actions.Server] | None = None
+        self._tsig_key: TsigKey | None = None
+        self.recover()
+
+    # --- persistence -------------------------------------------------------
+
+    def save(self) -> None:
+        save_state(self.config.state.dir, self.state)
+
+    def recover(self) -> None:
+        """Make the state agree with the chain files on disk after a crash.
+
+        Only validated, cleared chains are ever written, so a file whose leaf
+        differs from what the state says is deployed was written by a step
+        whose state update a crash cut off: it is what Postfix serves.
+        """
+        changed = False
+        for certificate in self.config.certificates:
+            info = self._read_deployed_file(certificate)
+            if info is None:
+                continue
+            lineage_state = self.state.lineage(certificate.lineage)
+            if lineage_state.deployed is None or lineage_state.deployed.fingerprint != info.fingerprint:
+                lineage_state.deployed = info
+                self.state.reload_pending = True
+                changed = True
+        if changed:
+            self.save()
+
+    def _read_deployed_file(self, certificate: CertificateConfig) -> ChainInfo | None:
+        path = self.deploy_path(certificate.lineage)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            blocks = split_pem(data, str(path))
+            keys = b"".join(b.text for b in blocks if b.label.endswith("PRIVATE KEY"))
+            certificates = [b.text for b in blocks if b.label == "CERTIFICATE"]
+            files_ = LineageFiles(
+                certificate.lineage,
+                0,
+                privkey=keys,
+                cert=certificates[0],
+                chain=b"".join(certificates[1:]),
+                fullchain=b"".join(certificates),
+            )
+            # Expiry does not matter here: we want to know what is served.
+            chain = validate_chain(
+                files_,
+                certificate.hostnames,
+                certificate.tlsa,
+                certificate.usages,
+                _any_time_within(certificates[0]),
+            )
+        except (PemError, ChainError, IndexError) as error:
+            log.warning(
+                "lineage.invalid",
+                lineage=certificate.lineage,
+                reason=f"the deployed file {path} cannot be read back: {error}",
+            )
+            return None
+        return ChainInfo.from_chain(chain)
+
+    def deploy_path(self, lineage: str) -> Path:
+        return self.config.postfix.deploy_dir / f"{lineage}.pem"
+
+    # --- one pass -----------------------------------------------------------
+
+    def reconcile(self, lineages: Iterable[str] | None = None) -> PassResult:
+        """One pass over `lineages` (default: every configured certificate)."""
+        result = PassResult()
+        for _ in range(3):  # a deploy is followed by a pass that retires old records
+            deployed = self._reconcile_once(lineages, result)
+            if not deployed:
+                break
+        return result
+
+    def _reconcile_once(self, lineages: Iterable[str] | None, result: PassResult) -> bool:
+        now = utc_now()
+        certificates = self._select(lineages)
+        if self.state.reload_pending:
+            self._finish_interrupted_deploy(result)
+        candidates: dict[str, Candidate] = {
+            c.lineage: self._read_candidate(c, now) for c in certificates
+        }
+        served = self._probe_adoptions(certificates, candidates)
+        view = self._observe_dns(build_query_names(self.config, self.state, candidates), result)
+        plan = plan_pass(self.config, self.state, candidates, view, served, now)
+
+        self._apply_visibility(plan, now)
+        self._record_decisions(plan, now, result)
+        if plan.publish and not self._send_update(add=plan.publish, delete=(), result=result):
+            pass
+        elif plan.publish:
+            for record in plan.publish:
+                self.state.record(record).published = True
+                log.info("tlsa.published", tlsa=record.zone_line(self.config.dns.ttl))
+            self.save()
+        if plan.deploys:
+            self._deploy(plan.deploys, result, now)
+            return True
+        if plan.retire and self._send_update(add=(), delete=plan.retire, result=result):
+            for record in plan.retire:
+                self.state.records.pop(record, None)
+                log.info("tlsa.retired", tlsa=record.zone_line(self.config.dns.ttl))
+            self.save()
+        self._warn_expiring(now)
+        return False
+
+    def _select(self, lineages: Iterable[str] | None) -> list[CertificateConfig]:
+        if lineages is None:
+            return list(self.config.certificates)
+        wanted = set(lineages)
+        return [c for c in self.config.certificates if c.lineage in wanted]
+
+    def _read_candidate(self, certificate: CertificateConfig, now: dt.datetime) -> Candidate:
+        try:
+            return read_chain(self.config.certbot.config_dir, certificate, now)
+        except LineagePending as pending:
+            return Problem(pending.reason, pending=True)
+        except ChainError as error:
+            return Problem(error.reason)
+
+    def _probe_adoptions(
+        self, certificates: list[CertificateConfig], candidates: Mapping[str, Candidate]
+    ) -> dict[str, str]:
+        """On adoption, what Postfix serves now (a chain it already serves needs no wait)."""
+        endpoint = self.config.postfix.probe
+        served: dict[str, str] = {}
+        if endpoint is None:
+            return served
+        for certificate in certificates:
+            lineage_state = self.state.lineages.get(certificate.lineage)
+            if lineage_state is not None and lineage_state.deployed is not None:
+                continue
+            if not isinstance(candidates.get(certificate.lineage), Chain):
+                continue
+            servername = certificate.hostnames[0] if certificate.sni else None
+            try:
+                der = probe.probe_starttls(endpoint.host, endpoint.port, servername=servername)
+            except ProbeError:
+                continue
+            served[certificate.lineage] = hashlib.sha256(der).hexdigest()
+        return served
+
+    # --- DNS ------------------------------------------------------------------
+
+    def _primary(self) -> dns_actions.Server | None:
+        server = self.config.dns.server
+        return None if server is None else dns_actions.Server(server.host, server.port)
+
+    def _servers(self) -> list[dns_actions.Server]:
+        if self._verify_servers is None:
+            configured = self.config.dns.verify_servers
+            if configured:
+                self._verify_servers = [dns_actions.Server(e.host, e.port) for e in configured]
+            else:
+                primary = self._primary()
+                assert primary is not None and self.config.dns.zone is not None
+                self._verify_servers = dns_actions.find_verify_servers(self.config.dns.zone, primary)
+        return self._verify_servers
+
+    def _observe_dns(self, names: frozenset[str], result: PassResult) -> DnsView | None:
+        if self.config.dns.mode is DnsMode.OFF or not names:
+            return None if self.config.dns.mode is DnsMode.OFF else DnsView(names, frozenset(), frozenset())
+        try:
+            servers = self._servers()
+            visibility = dns_actions.query_visibility(servers, sorted(names))
+            primary = self._primary()
+            on_primary: frozenset[TlsaRecord] = frozenset()
+            if primary is not None:
+                on_primary = frozenset(
+                    record for name in names for record in visibility.on_server(primary, name)
+                ) if primary in servers else frozenset(
+                    record for name in names for record in dns_actions.query_tlsa(primary, name)
+                )
+        except DnsError as error:
+            log.error("dns.failed", reason=str(error))
+            result.failed = True
+            return None
+        visible = frozenset(
+            record for name in names for record in visibility.visible_records(name)
+        )
+        return DnsView(names, visible, on_primary)
+
+    def _send_update(
+        self, add: tuple[TlsaRecord, ...], delete: tuple[TlsaRecord, ...], result: PassResult
+    ) -> bool:
+        primary = self._primary()
+        zone = self.config.dns.zone
+        assert primary is not None and zone is not None
+        try:
+            if self._tsig_key is None and self.config.dns.tsig_key_file is not None:
+                self._tsig_key = read_tsig_key(self.config.dns.tsig_key_file)
+            dns_actions.send_tlsa_update(
+                primary, zone, self._tsig_key, add=add, delete=delete, ttl=self.config.dns.ttl
+            )
+        except (DnsError, TsigKeyError) as error:
+            log.error(
+                "dns.failed",
+                reason=str(error),
+                tlsa=[r.zone_line(self.config.dns.ttl) for r in (*add, *delete)],
+            )
+            result.failed = True
+            return False
+        return True
+
+    def _apply_visibility(self, plan: Plan, now: dt.datetime) -> None:
+        if not plan.mark_visible and not plan.mark_invisible:
+            return
+        for record in plan.mark_visible:
+            self.state.record(record).visible_since = now
+            log.info("tlsa.visible", tlsa=record.zone_line(self.config.dns.ttl))
+        for record in plan.mark_invisible:
+            self.state.record(record).visible_since = None
+            log.warning(
+                "tlsa.missing",
+                tlsa=record.zone_line(self.config.dns.ttl),
+                reason="no longer visible on every server",
+            )
+        self.save()
+
+    # --- decisions --------------------------------------------------------------
+
+    def _record_decisions(self, plan: Plan, now: dt.datetime, result: PassResult) -> None:
+        changed = False
+        for decision in plan.decisions:
+            lineage_state = self.state.lineage(decision.lineage)
+            chain = decision.chain
+            if decision.verb.holds and chain is not None:
+                if lineage_state.pending is None or lineage_state.pending.fingerprint != chain.fingerprint:
+                    lineage_state.pending = ChainInfo.from_chain(chain)
+                    lineage_state.pending_since = now
+                lineage_state.proceed_at = decision.proceed_at
+                result.waiting.add(decision.lineage)
+                if decision.proceed_at is not None:
+                    result.wake_at = min(filter(None, [result.wake_at, decision.proceed_at]))
+                changed = True
+            elif decision.verb in (Verb.UNCHANGED, Verb.DOWNGRADE, Verb.INVALID) and (
+                lineage_state.pending is not None
+            ):
+                lineage_state.pending = lineage_state.pending_since = lineage_state.proceed_at = None
+                changed = True
+            if decision.verb is Verb.INVALID:
+                result.failed = True
+            self._log_decision(decision)
+        if plan.missing and self.config.dns.mode is DnsMode.CHECK:
+            for record in plan.missing:
+                self._log_once(
+                    f"missing {record.key}",
+                    "tlsa.missing",
+                    tlsa=record.zone_line(self.config.dns.ttl),
+                    reason="add this record to the zone",
+                )
+        if changed:
+            self.save()
+
+    def _log_once(self, key: str, event: str, **fields: Any) -> None:
+        marker = (Verb.MISSING, key)
+        if self._last_logged.get(key) == marker:
+            return
+        self._last_logged[key] = marker
+        log.warning(event, **fields)
+
+    def _log_decision(self, decision: Decision) -> None:
+        """Log what changed; a decision repeated at every poll is logged once."""
+        chain = decision.chain
+        marker = (decision.verb, chain.fingerprint if chain else decision.reason)
+        if self._last_logged.get(decision.lineage) == marker:
+            return
+        self._last_logged[decision.lineage] = marker
+        fields: dict[str, Any] = {"lineage": decision.lineage}
+        if chain is not None:
+            fields.update(serial=chain.serial, not_after=format_time(chain.not_after))
+        ttl = self.config.dns.ttl
+        verb = decision.verb
+        if verb is Verb.INVALID:
+            log.error("lineage.invalid", reason=decision.reason, **fields)
+        elif verb is Verb.PENDING:
+            log.info("lineage.changed", reason=decision.reason, **fields)
+        elif verb in (Verb.DOWNGRADE, Verb.FAILED):
+            log.warning("chain.held", reason=decision.reason, **fields)
+        elif verb is Verb.WAIT_AGE:
+            log.info(
+                "rollover.waiting",
+                reason=decision.reason,
+                proceed_at=format_time(decision.proceed_at) if decision.proceed_at else None,
+                **fields,
+            )
+        elif verb.holds:
+            log.warning(
+                "chain.held",
+                reason=decision.reason,
+                tlsa=[r.zone_line(ttl) for r in decision.missing],
+                **fields,
+            )
+            if verb is Verb.MISSING:
+                for record in decision.missing:
+                    self._log_once(
+                        f"missing {record.key}",
+                        "tlsa.missing",
+                        lineage=decision.lineage,
+                        tlsa=record.zone_line(ttl),
+                        reason="add this record to the zone",
+                    )
+        elif verb is Verb.FORCE:
+            log.error("rollover.forced", reason=decision.reason, **fields)
+        elif verb is Verb.DEPLOY:
+            log.info("lineage.changed", reason=decision.reason, **fields)
+
+    # --- Postfix ----------------------------------------------------------------
+
+    def _deploy(self, decisions: tuple[Decision, ...], result: PassResult, now: dt.datetime) -> None:
+        """Write every cleared chain, then one postconf and one reload for all."""
+        chains = [d.chain for d in decisions if d.chain is not None]
+        self.state.reload_pending = True
+        self.save()
+        _crash_point("before-files")
+        for chain in chains:
+            files.install_chain_file(self.config.postfix.deploy_dir, chain.lineage, chain.deploy_pem)
+            _crash_point("after-file")
+        try:
+            self._apply_postfix(chains, [chain.lineage for chain in chains])
+        except (PostfixError, ProbeError, OSError) as error:
+            self._roll_back(chains, str(error), result)
+            return
+        for chain in chains:
+            lineage_state = self.state.lineage(chain.lineage)
+            lineage_state.deployed = ChainInfo.from_chain(chain)
+            lineage_state.pending = lineage_state.pending_since = lineage_state.proceed_at = None
+            lineage_state.failed_fingerprint = lineage_state.failed_reason = None
+            log.info(
+                "chain.deployed",
+                lineage=chain.lineage,
+                serial=chain.serial,
+                not_after=format_time(chain.not_after),
+                issuer=chain.issuer,
+                tlsa=[r.zone_line(self.config.dns.ttl) for r in chain.tlsa],
+            )
+        self.state.reload_pending = False
+        self.save()
+
+    def _finish_interrupted_deploy(self, result: PassResult) -> None:
+        """A crash cut a deploy short: the files are in place; reload and confirm."""
+        log.info("chain.deployed", reason="finishing a deploy interrupted by a restart")
+        try:
+            self._apply_postfix([], [c.lineage for c in self.config.certificates])
+        except (PostfixError, ProbeError, OSError) as error:
+            log.error("postfix.failed", reason=str(error))
+            result.failed = True
+            return
+        self.state.reload_pending = False
+        self.save()
+
+    def _wanted_parameters(self, sni_changed: bool) -> dict[str, str]:
+        deployed = {
+            name
+            for name, s in self.state.lineages.items()
+            if s.deployed is not None and self.deploy_path(name).exists()
+        }
+        wanted: dict[str, str] = {}
+        defaults = [
+            self.deploy_path(c.lineage)
+            for c in self.config.certificates
+            if not c.sni and c.lineage in deployed
+        ]
+        if defaults:
+            wanted["smtpd_tls_chain_files"] = postfix.build_chain_files_value(defaults)
+        sni = {
+            hostname: self.deploy_path(c.lineage)
+            for c in self.config.certificates
+            if c.sni and c.lineage in deployed
+            for hostname in c.hostnames
+        }
+        if sni:
+            table = self.config.postfix.deploy_dir / SNI_TABLE
+            if sni_changed or not table.exists():
+                table = postfix.write_sni_table(self.config.postfix.deploy_dir, sni)
+            wanted["tls_server_sni_maps"] = postfix.build_sni_maps_value(table)
+        return wanted
+
+    def _apply_postfix(self, chains: list[Chain], lineages: list[str]) -> None:
+        """Parameters, reload and probe; raise on any failure so the caller rolls back."""
+        config_dir = self.config.postfix.config_dir
+        for chain in chains:  # the state must list them before the parameters are built
+            self.state.lineage(chain.lineage)
+        sni_lineages = {c.lineage for c in self.config.certificates if c.sni}
+        with _provisional(self.state, chains):
+            wanted = self._wanted_parameters(sni_changed=bool(sni_lineages & set(lineages)))
+        current = postfix.read_parameters(config_dir, sorted(wanted))
+        changes = postfix.build_parameter_changes(current, wanted)
+        if changes:
+            self._previous_parameters = {name: current.get(name, "") for name in changes}
+            postfix.write_parameters(config_dir, changes)
+        else:
+            self._previous_parameters = {}
+        _crash_point("after-postconf")
+        if self.config.postfix.reload:
+            postfix.reload_postfix(config_dir)
+            log.info("postfix.reloaded", reason=", ".join(lineages) or "resume")
+        _crash_point("after-reload")
+        self._confirm_served(chains)
+
+    def _confirm_served(self, chains: list[Chain]) -> None:
+        endpoint = self.config.postfix.probe
+        if endpoint is None or not self.config.postfix.reload:
+            return
+        for chain in chains:
+            certificate = self.config.certificate(chain.lineage)
+            assert certificate is not None
+            servername = certificate.hostnames[0] if certificate.sni else None
+            expected = _leaf_der(chain)
+            if not probe.wait_for_leaf(endpoint.host, endpoint.port, expected, servername=servername):
+                if not certificate.sni and self._default_algorithms_differ(chain):
+                    # The probe saw another default chain (RSA vs ECDSA): that is fine.
+                    continue
+                log.error("probe.failed", lineage=chain.lineage, serial=chain.serial, reason=f"{endpoint} does not serve the new leaf")
+                raise ProbeError(f"{endpoint} does not serve the new leaf of {chain.lineage}")
+            log.info("probe.ok", lineage=chain.lineage, serial=chain.serial)
+
+    def _default_algorithms_differ(self, chain: Chain) -> bool:
+        others = [
+            s.deployed.key_algorithm
+            for name, s in self.state.lineages.items()
+            if name != chain.lineage and s.deployed is not None
+            and (c := self.config.certificate(name)) is not None and not c.sni
+        ]
+        return any(algorithm != chain.key_algorithm for algorithm in others)
+
+    def _roll_back(self, chains: list[Chain], reason: str, result: PassResult) -> None:
+        log.error("postfix.failed", reason=reason)
+        for chain in chains:
+            restored = files.restore_chain_file(self.config.postfix.deploy_dir, chain.lineage)
+            if not restored and self.state.lineage(chain.lineage).deployed is None:
+                # Nothing was deployed before: leave the new file rather than none at
+                # all only if Postfix already references it; otherwise remove it.
+                pass
+        try:
+            if getattr(self, "_previous_parameters", None):
+                postfix.write_parameters(self.config.postfix.config_dir, self._previous_parameters)
+            sni = [c for c in chains if (cc := self.config.certificate(c.lineage)) and cc.sni]
+            if sni:
+                self._wanted_parameters(sni_changed=True)
+            if self.config.postfix.reload:
+                postfix.reload_postfix(self.config.postfix.config_dir)
+        except (PostfixError, OSError) as error:
+            log.error("postfix.failed", reason=f"rollback: {error}")
+        for chain in chains:
+            lineage_state = self.state.lineage(chain.lineage)
+            lineage_state.failed_fingerprint = chain.fingerprint
+            lineage_state.failed_reason = reason
+            log.error("chain.rolled_back", lineage=chain.lineage, serial=chain.serial, reason=reason)
+        self.state.reload_pending = False
+        result.failed = True
+        self.save()
+
+    # --- monitoring ---------------------------------------------------------------
+
+    def _warn_expiring(self, now: dt.datetime) -> None:
+        for name, lineage_state in sorted(self.state.lineages.items()):
+            deployed = lineage_state.deployed
+            if deployed is None:
+                continue
+            left = deployed.not_after - now
+            for days, level in ((7, "error"), (21, "warning")):
+                if left <= dt.timedelta(days=days):
+                    getattr(log, level)(
+                        "cert.expiring",
+                        lineage=name,
+                        serial=deployed.serial,
+                        not_after=format_time(deployed.not_after),
+                        reason=f"expires in {max(left.days, 0)} days",
+                    )
+                    break
+
+    def clear_failures(self) -> None:
+        for lineage_state in self.state.lineages.values():
+            lineage_state.failed_fingerprint = lineage_state.failed_reason = None
+
+
+def _leaf_der(chain: Chain) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return chain.leaf.public_bytes(serialization.Encoding.DER)
+
+
+def _any_time_within(leaf_pem: bytes) -> dt.datetime:
+    from cryptography import x509
+
+    from danesync.chain import _not_after, _not_before
+
+    leaf = x509.load_pem_x509_certificate(leaf_pem)
+    return _not_before(leaf) + (_not_after(leaf) - _not_before(leaf)) / 2
+
+
+class _provisional:
+    """Treat `chains` as deployed while the Postfix parameters are built."""
+
+    def __init__(self, state: State, chains: list[Chain]) -> None:
+        self.state = state
+        self.chains = chains
+        self.saved: dict[str, ChainInfo | None] = {}
+
+    def __enter__(self) -> None:
+        for chain in self.chains:
+            lineage_state = self.state.lineage(chain.lineage)
+            self.saved[chain.lineage] = lineage_state.deployed
+            lineage_state.deployed = ChainInfo.from_chain(chain)
+
+    def __exit__(self, *exc: object) -> None:
+        for lineage, info in self.saved.items():
+            self.state.lineage(lineage).deployed = info
+
+
+def run_sync(config: Config) -> int:
+    """`danesync sync`: one pass, then exit."""
+    from danesync.log import configure_logging
+
+    configure_logging("auto")
+    service = Service(config)
+    result = service.reconcile()
+    return 1 if result.failed else 0

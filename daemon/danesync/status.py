@@ -1,0 +1,103 @@
+"""`danesync status`: what is deployed, published and pending, from the state file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from typing import Any, TextIO
+
+from danesync.chain import format_time
+from danesync.config import Config
+from danesync.state import ChainInfo, State, load_state
+
+
+def _chain_json(info: ChainInfo, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "serial": info.serial,
+        "not_after": format_time(info.not_after),
+        "days_left": (info.not_after - now).days,
+        "issuer": info.issuer,
+        "key_algorithm": info.key_algorithm,
+        "fingerprint": info.fingerprint,
+        "tlsa": [record.rdata for record in info.tlsa],
+    }
+
+
+def build_status(config: Config, state: State, now: dt.datetime) -> dict[str, Any]:
+    """The status document (`--json`); the text form is printed from it."""
+    lineages: dict[str, Any] = {}
+    for certificate in config.certificates:
+        lineage_state = state.lineages.get(certificate.lineage)
+        entry: dict[str, Any] = {"deployed": None, "pending": None, "failed": None}
+        if lineage_state is not None:
+            if lineage_state.deployed is not None:
+                entry["deployed"] = _chain_json(lineage_state.deployed, now)
+            if lineage_state.pending is not None:
+                entry["pending"] = _chain_json(lineage_state.pending, now)
+                entry["pending"]["since"] = (
+                    format_time(lineage_state.pending_since) if lineage_state.pending_since else None
+                )
+                entry["pending"]["proceed_at"] = (
+                    format_time(lineage_state.proceed_at) if lineage_state.proceed_at else None
+                )
+            if lineage_state.failed_reason:
+                entry["failed"] = lineage_state.failed_reason
+        lineages[certificate.lineage] = entry
+    records = [
+        {
+            "tlsa": record.zone_line(config.dns.ttl),
+            "published_by_danesync": s.published,
+            "visible_since": format_time(s.visible_since) if s.visible_since else None,
+        }
+        for record, s in sorted(state.records.items())
+    ]
+    return {
+        "config": str(config.path),
+        "dns_mode": config.dns.mode.value,
+        "lineages": lineages,
+        "records": records,
+    }
+
+
+def print_status(document: dict[str, Any], out: TextIO) -> None:
+    if not document["lineages"]:
+        print("no certificate is configured", file=out)
+    for lineage, entry in document["lineages"].items():
+        print(lineage, file=out)
+        deployed = entry["deployed"]
+        if deployed is None:
+            print("  deployed  nothing yet", file=out)
+        else:
+            print(
+                f"  deployed  serial {deployed['serial']}, notAfter {deployed['not_after']} "
+                f"({deployed['days_left']} days), issuer {deployed['issuer']}",
+                file=out,
+            )
+        pending = entry["pending"]
+        if pending is not None:
+            when = pending["proceed_at"] or "when its TLSA records are visible"
+            print(
+                f"  pending   serial {pending['serial']} since {pending['since']}, "
+                f"proceeds at {when}",
+                file=out,
+            )
+        if entry["failed"]:
+            print(f"  failed    {entry['failed']}", file=out)
+    if document["records"]:
+        print("TLSA records:", file=out)
+        for record in document["records"]:
+            origin = "published by danesync" if record["published_by_danesync"] else "found"
+            seen = record["visible_since"] or "not visible everywhere"
+            print(f"  {record['tlsa']}  ({origin}; visible since {seen})", file=out)
+
+
+def run_status(config: Config, as_json: bool, out: TextIO = sys.stdout) -> int:
+    state = load_state(config.state.dir)
+    document = build_status(config, state, dt.datetime.now(dt.timezone.utc))
+    if as_json:
+        json.dump(document, out, indent=2)
+        out.write("\n")
+    else:
+        print_status(document, out)
+    return 0
