@@ -38,9 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         return command
 
     run = add("run", "run the daemon in the foreground")
-    run.add_argument(
-        "--log-format", choices=["auto", "json", "console", "journal"], default="auto"
-    )
+    run.add_argument("--log-format", choices=["auto", "json", "console", "journal"], default="auto")
     check = add("check", "validate the config and each lineage; change nothing")
     check.add_argument("lineages", nargs="*", metavar="LINEAGE")
     tlsa = add("tlsa", "print the TLSA records each lineage needs, in zone-file syntax")
@@ -63,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"danesync: {error}", file=sys.stderr)
         return EX_CONFIG
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     try:
         if args.command == "check":
             from danesync.commands import run_check

@@ -11,6 +11,7 @@ lineage's archive directory and never takes certbot's lock.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
 import re
 import stat
@@ -40,32 +41,16 @@ def read_lineage(config_dir: Path, lineage: str) -> LineageFiles:
     lineage), ChainError when the lineage is complete but unacceptable.
     """
     live = config_dir / "live" / lineage
-    archive = os.path.normpath(config_dir / "archive" / lineage)
     if not live.is_dir():
         raise ChainError(lineage, f"{live} does not exist")
-    previous = sorted(p.name for p in live.glob("previous_*.pem"))
-    if previous:
-        raise LineagePending(lineage, f"certbot is updating it ({', '.join(previous)} present)")
-
-    versions: dict[str, int] = {}
-    targets: dict[str, str] = {}
-    for kind in KINDS:
-        link = live / f"{kind}.pem"
-        try:
-            target = os.readlink(link)
-        except FileNotFoundError:
-            raise LineagePending(lineage, f"{link} does not exist yet") from None
-        except OSError:
-            raise ChainError(lineage, f"{link} is not a symlink into {archive}") from None
-        resolved = os.path.normpath(os.path.join(live, target))
-        if os.path.dirname(resolved) != archive:
-            raise ChainError(lineage, f"{link} points outside {archive}: {target}")
-        match = re.fullmatch(rf"{kind}(\d+)\.pem", os.path.basename(resolved))
-        if match is None:
-            raise ChainError(lineage, f"{link} points at {target}, not {kind}N.pem")
-        versions[kind] = int(match.group(1))
-        targets[kind] = resolved
+    _check_not_updating(live, lineage)
+    targets, versions = _read_links(config_dir, lineage)
     if len(set(versions.values())) != 1:
+        # certbot may have started and finished an update between two of our
+        # readlink calls: only links that stay put are a real disagreement.
+        _check_not_updating(live, lineage)
+        if _read_links(config_dir, lineage) != (targets, versions):
+            raise LineagePending(lineage, "certbot changed the links while they were read")
         found = ", ".join(f"{kind}.pem -> {number}" for kind, number in versions.items())
         raise ChainError(lineage, f"the links point at different archive versions ({found})")
 
@@ -80,12 +65,50 @@ def read_lineage(config_dir: Path, lineage: str) -> LineageFiles:
     )
 
 
+def _check_not_updating(live: Path, lineage: str) -> None:
+    previous = sorted(p.name for p in live.glob("previous_*.pem"))
+    if previous:
+        raise LineagePending(lineage, f"certbot is updating it ({', '.join(previous)} present)")
+
+
+def _read_links(config_dir: Path, lineage: str) -> tuple[dict[str, str], dict[str, int]]:
+    """Where each of the four links points (inside the archive) and its version."""
+    live = config_dir / "live" / lineage
+    archive = os.path.normpath(config_dir / "archive" / lineage)
+    versions: dict[str, int] = {}
+    targets: dict[str, str] = {}
+    for kind in KINDS:
+        link = live / f"{kind}.pem"
+        try:
+            target = os.readlink(link)
+        except FileNotFoundError:
+            raise LineagePending(lineage, f"{link} does not exist yet") from None
+        except OSError as error:
+            if error.errno == errno.EINVAL:
+                raise ChainError(lineage, f"{link} is not a symlink into {archive}") from None
+            raise ChainError(lineage, f"{link} cannot be read: {error.strerror}") from None
+        resolved = os.path.normpath(os.path.join(live, target))
+        if os.path.dirname(resolved) != archive:
+            raise ChainError(lineage, f"{link} points outside {archive}: {target}")
+        match = re.fullmatch(rf"{kind}(\d+)\.pem", os.path.basename(resolved))
+        if match is None:
+            raise ChainError(lineage, f"{link} points at {target}, not {kind}N.pem")
+        versions[kind] = int(match.group(1))
+        targets[kind] = resolved
+    return targets, versions
+
+
 def _read_regular_file(lineage: str, path: Path) -> bytes:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO planted in the archive must not hang the daemon.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise ChainError(lineage, f"{path} does not exist") from None
     except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ChainError(
+                lineage, f"{path} is a symlink; certbot's archive holds regular files"
+            ) from None
         raise ChainError(lineage, f"{path} cannot be opened: {error.strerror}") from None
     with os.fdopen(fd, "rb") as file:
         info = os.fstat(file.fileno())

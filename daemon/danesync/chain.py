@@ -19,7 +19,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
 from danesync.errors import ChainError
-from danesync.pem import PemError, PrivateKey, parse_certificates, parse_private_key
+from danesync.pem import (
+    PemError,
+    PrivateKey,
+    key_type_name,
+    parse_certificates,
+    parse_private_key,
+)
 from danesync.tlsa import TlsaRecord, Usage, build_tlsa_records, spki_sha256
 
 Fail = Callable[[str], ChainError]
@@ -81,17 +87,17 @@ class Chain:
 
 def _not_after(cert: x509.Certificate) -> dt.datetime:
     # cryptography 38 has no not_valid_after_utc; newer ones deprecate the naive one.
-    value = getattr(cert, "not_valid_after_utc", None)
+    value: dt.datetime | None = getattr(cert, "not_valid_after_utc", None)
     if value is None:
-        value = cert.not_valid_after.replace(tzinfo=dt.timezone.utc)
-    return value  # type: ignore[no-any-return]
+        value = cert.not_valid_after.replace(tzinfo=dt.UTC)
+    return value
 
 
 def _not_before(cert: x509.Certificate) -> dt.datetime:
-    value = getattr(cert, "not_valid_before_utc", None)
+    value: dt.datetime | None = getattr(cert, "not_valid_before_utc", None)
     if value is None:
-        value = cert.not_valid_before.replace(tzinfo=dt.timezone.utc)
-    return value  # type: ignore[no-any-return]
+        value = cert.not_valid_before.replace(tzinfo=dt.UTC)
+    return value
 
 
 def validate_chain(
@@ -121,13 +127,17 @@ def validate_chain(
     if tuple(chain_only) != intermediates:
         raise fail("chain.pem is not the rest of fullchain.pem")
 
-    if _public_der(key.public_key()) != _public_der(leaf.public_key()):
-        raise fail("privkey.pem does not match the leaf certificate's public key")
-    algorithm = _check_key_strength(leaf, fail)
-    _check_leaf_extensions(leaf, fail)
-    _check_hostnames(leaf, hostnames, fail)
-    _check_order_and_signatures(certificates, fail)
-    _check_validity(certificates, now, fail)
+    try:
+        _check_key_matches(key, certificates, fail)
+        algorithm = _check_key_strength(leaf, fail)
+        _check_leaf_extensions(leaf, fail)
+        _check_hostnames(leaf, hostnames, fail)
+        _check_order_and_signatures(certificates, fail)
+        _check_validity(certificates, now, fail)
+    except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension) as error:
+        # cryptography parses keys and extensions lazily: a malformed one
+        # surfaces here, not when the PEM was read.
+        raise fail(f"fullchain.pem holds a malformed certificate: {error}") from error
     if Usage.DANE_TA in usages and not intermediates:
         raise fail('"2 1 1" needs the issuing certificate, but fullchain.pem holds only the leaf')
 
@@ -145,6 +155,19 @@ def validate_chain(
             tlsa_names, usages, leaf, intermediates[0] if intermediates else None
         ),
     )
+
+
+def _check_key_matches(key: PrivateKey, certificates: list[x509.Certificate], fail: Fail) -> None:
+    public = _public_der(key.public_key())
+    if public == _public_der(certificates[0].public_key()):
+        return
+    for number, cert in enumerate(certificates[1:], start=2):
+        if _public_der(cert.public_key()) == public:
+            raise fail(
+                f"fullchain.pem is out of order: privkey.pem matches certificate {number} "
+                f"({_describe(cert)}), but the leaf must come first"
+            )
+    raise fail("privkey.pem does not match the leaf certificate's public key")
 
 
 def _public_der(public_key: object) -> bytes:
@@ -179,7 +202,7 @@ def _check_key_strength(leaf: x509.Certificate, fail: Fail) -> str:
         return "ecdsa"
     if isinstance(key, ed25519.Ed25519PublicKey):
         return "ed25519"
-    raise fail(f"the leaf's {type(key).__name__} key is not supported")
+    raise fail(f"the leaf's {key_type_name(key)} key is not supported")
 
 
 def _check_leaf_extensions(leaf: x509.Certificate, fail: Fail) -> None:
@@ -193,9 +216,10 @@ def _check_leaf_extensions(leaf: x509.Certificate, fail: Fail) -> None:
         eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         return
-    if ExtendedKeyUsageOID.SERVER_AUTH not in eku and x509.ObjectIdentifier(
-        "2.5.29.37.0"
-    ) not in eku:
+    if (
+        ExtendedKeyUsageOID.SERVER_AUTH not in eku
+        and x509.ObjectIdentifier("2.5.29.37.0") not in eku
+    ):
         raise fail("the leaf's extendedKeyUsage does not allow serverAuth")
 
 
@@ -207,9 +231,8 @@ def _check_hostnames(leaf: x509.Certificate, hostnames: tuple[str, ...], fail: F
     names = [n.lower().rstrip(".") for n in san.get_values_for_type(x509.DNSName)]
     missing = [h for h in hostnames if not any(name_matches(n, h) for n in names)]
     if missing:
-        raise fail(
-            f"the leaf does not cover {', '.join(missing)} (it names {', '.join(names) or 'no DNS name'})"
-        )
+        named = ", ".join(names) or "no DNS name"
+        raise fail(f"the leaf does not cover {', '.join(missing)} (it names {named})")
 
 
 def name_matches(pattern: str, hostname: str) -> bool:
@@ -249,18 +272,15 @@ def _check_order_and_signatures(certificates: list[x509.Certificate], fail: Fail
 
 def verify_signature(child: x509.Certificate, issuer: x509.Certificate) -> bool:
     """Whether `issuer`'s key signed `child` (cryptography 38 lacks verify_directly_issued_by)."""
-    key = issuer.public_key()
     try:
+        key = issuer.public_key()
         if isinstance(key, rsa.RSAPublicKey):
-            if child.signature_algorithm_oid == SignatureAlgorithmOID.RSASSA_PSS:
+            algorithm = child.signature_hash_algorithm
+            if child.signature_algorithm_oid == SignatureAlgorithmOID.RSASSA_PSS or not isinstance(
+                algorithm, hashes.HashAlgorithm
+            ):
                 return False
-            assert child.signature_hash_algorithm is not None
-            key.verify(
-                child.signature,
-                child.tbs_certificate_bytes,
-                padding.PKCS1v15(),
-                child.signature_hash_algorithm,
-            )
+            key.verify(child.signature, child.tbs_certificate_bytes, padding.PKCS1v15(), algorithm)
         elif isinstance(key, ec.EllipticCurvePublicKey):
             algorithm = child.signature_hash_algorithm
             if not isinstance(algorithm, hashes.HashAlgorithm):
@@ -270,16 +290,18 @@ def verify_signature(child: x509.Certificate, issuer: x509.Certificate) -> bool:
             key.verify(child.signature, child.tbs_certificate_bytes)
         else:
             return False
-    except (InvalidSignature, UnsupportedAlgorithm, AssertionError):
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError):
         return False
     return True
 
 
-def _check_validity(
-    certificates: list[x509.Certificate], now: dt.datetime, fail: Fail
-) -> None:
+def _check_validity(certificates: list[x509.Certificate], now: dt.datetime, fail: Fail) -> None:
     for index, cert in enumerate(certificates):
-        what = "the leaf" if index == 0 else f"certificate {index + 1} ({_describe(cert)})"
+        what = (
+            "the leaf"
+            if index == 0
+            else f"certificate {index + 1} of fullchain.pem ({_describe(cert)})"
+        )
         not_before, not_after = _not_before(cert), _not_after(cert)
         if now < not_before:
             raise fail(f"{what} is not valid before {format_time(not_before)}")
@@ -288,4 +310,4 @@ def _check_validity(
 
 
 def format_time(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -112,7 +112,9 @@ class Config:
 
 # --- the schema ------------------------------------------------------------
 
-_HOSTNAME = re.compile(r"^(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.?$")  # noqa: E501
+_HOSTNAME = re.compile(
+    r"^(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.?$"
+)
 _LINEAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -215,7 +217,9 @@ def _domain(value: Any) -> str:
     return text.rstrip(".")
 
 
-def _list_of(item: Callable[[Any], Any], allow_empty: bool = False) -> Callable[[Any], tuple[Any, ...]]:
+def _list_of(
+    item: Callable[[Any], Any], allow_empty: bool = False
+) -> Callable[[Any], tuple[Any, ...]]:
     def check(value: Any) -> tuple[Any, ...]:
         if not isinstance(value, list):
             raise _Invalid(f"must be a list, not {_type_name(value)}")

@@ -10,6 +10,7 @@ on the main thread.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import signal
 import socket
@@ -44,10 +45,8 @@ class _Wakeup:
         self.signals: list[int] = []
 
     def poke(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError):  # full of wakeups already: one is enough
             self.writer.send(b"\0")
-        except BlockingIOError:
-            pass  # already full of wakeups: one is enough
 
     def on_change(self, lineage: str) -> None:
         with self.lock:
@@ -219,7 +218,7 @@ class Daemon:
             return now + self.config.daemon.reconcile_interval
         delay = self._poll_interval()
         if result.wake_at is not None:
-            until = (result.wake_at - dt.datetime.now(dt.timezone.utc)).total_seconds()
+            until = (result.wake_at - dt.datetime.now(dt.UTC)).total_seconds()
             delay = min(delay, max(until, 0.05))
         return now + delay
 

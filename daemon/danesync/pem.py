@@ -13,8 +13,9 @@ import re
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import dh, dsa, ec, ed448, ed25519, rsa, x448, x25519
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
@@ -48,7 +49,9 @@ def split_pem(data: bytes, filename: str) -> list[PemBlock]:
             break
         label = begin.group(1).decode("ascii")
         end = _END.search(data, begin.end())
-        if end is None:
+        following = _BEGIN.search(data, begin.end())
+        if end is None or (following is not None and following.start() < end.start()):
+            # A cut-off block followed by a complete one is truncation, not bad base64.
             raise PemError(f"{filename} is truncated: '-----BEGIN {label}-----' has no END line")
         if end.group(1).decode("ascii") != label:
             raise PemError(
@@ -94,8 +97,11 @@ def parse_certificates(data: bytes, filename: str) -> list[x509.Certificate]:
             )
         try:
             certificates.append(x509.load_der_x509_certificate(block.der))
-        except ValueError as error:
-            raise PemError(f"{filename}: certificate {number} cannot be parsed: {error}") from None
+        except (ValueError, x509.InvalidVersion) as error:
+            # The library's wording changes between versions; the cause keeps it.
+            raise PemError(
+                f"{filename}: certificate {number} is not a valid X.509 certificate"
+            ) from error
     return certificates
 
 
@@ -112,9 +118,7 @@ def parse_private_key(data: bytes, filename: str) -> PrivateKey:
         raise PemError(f"{filename} holds a {others[0]} beside the private key")
     block = keys[0]
     if block.label == "ENCRYPTED PRIVATE KEY":
-        raise PemError(
-            f"{filename} is an encrypted PKCS#8 key; Postfix needs the key unencrypted"
-        )
+        raise PemError(f"{filename} is an encrypted PKCS#8 key; Postfix needs the key unencrypted")
     if ("Proc-Type", "4,ENCRYPTED") in block.headers:
         raise PemError(
             f"{filename} is an encrypted key (Proc-Type: 4,ENCRYPTED); "
@@ -124,11 +128,40 @@ def parse_private_key(data: bytes, filename: str) -> PrivateKey:
         raise PemError(f"{filename}: {block.label} keys are not supported")
     try:
         key = serialization.load_der_private_key(block.der, password=None)
-    except (ValueError, TypeError) as error:
-        raise PemError(f"{filename}: the private key cannot be parsed: {error}") from None
-    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
+    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
+        raise PemError(f"{filename}: the private key cannot be parsed") from error
+    if not isinstance(
+        key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+    ):
         raise PemError(
-            f"{filename}: {type(key).__name__.removeprefix('_')} keys are not supported; "
-            "use RSA, ECDSA or Ed25519"
+            f"{filename}: {key_type_name(key)} keys are not supported; use RSA, ECDSA or Ed25519"
         )
     return key
+
+
+_KEY_TYPES: tuple[tuple[type, str], ...] = (
+    (rsa.RSAPrivateKey, "RSA"),
+    (rsa.RSAPublicKey, "RSA"),
+    (ec.EllipticCurvePrivateKey, "EC"),
+    (ec.EllipticCurvePublicKey, "EC"),
+    (ed25519.Ed25519PrivateKey, "Ed25519"),
+    (ed25519.Ed25519PublicKey, "Ed25519"),
+    (dsa.DSAPrivateKey, "DSA"),
+    (dsa.DSAPublicKey, "DSA"),
+    (ed448.Ed448PrivateKey, "Ed448"),
+    (ed448.Ed448PublicKey, "Ed448"),
+    (x25519.X25519PrivateKey, "X25519"),
+    (x25519.X25519PublicKey, "X25519"),
+    (x448.X448PrivateKey, "X448"),
+    (x448.X448PublicKey, "X448"),
+    (dh.DHPrivateKey, "DH"),
+    (dh.DHPublicKey, "DH"),
+)
+
+
+def key_type_name(key: object) -> str:
+    """ "DSA", "Ed448", ...: stable across cryptography versions (class names are not)."""
+    for kind, name in _KEY_TYPES:
+        if isinstance(key, kind):
+            return name
+    return type(key).__name__.lstrip("_")

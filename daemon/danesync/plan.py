@@ -302,6 +302,7 @@ def _refuse_duplicate_algorithms(
                 "for the default chain; Postfix takes one per algorithm "
                 "(set sni = true on one of them)"
             )
-            decision = Decision(decision.lineage, Verb.INVALID, chain, reason)
+            result.append(Decision(decision.lineage, Verb.INVALID, chain, reason))
+            continue
         result.append(decision)
     return result

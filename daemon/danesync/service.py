@@ -23,10 +23,9 @@ from danesync.actions import dns as dns_actions
 from danesync.actions import files, postfix, probe
 from danesync.certbot import read_chain
 from danesync.chain import Chain, LineageFiles, format_time, validate_chain
-from danesync.config import CertificateConfig, Config, DnsMode, Endpoint
+from danesync.config import CertificateConfig, Config, DnsMode
 from danesync.errors import (
     ChainError,
-    DanesyncError,
     DnsError,
     LineagePending,
     PostfixError,
@@ -34,7 +33,16 @@ from danesync.errors import (
     TsigKeyError,
 )
 from danesync.pem import PemError, split_pem
-from danesync.plan import Candidate, Decision, DnsView, Plan, Problem, Verb, build_query_names, plan_pass
+from danesync.plan import (
+    Candidate,
+    Decision,
+    DnsView,
+    Plan,
+    Problem,
+    Verb,
+    build_query_names,
+    plan_pass,
+)
 from danesync.state import ChainInfo, State, load_state, save_state
 from danesync.tlsa import TlsaRecord
 from danesync.tsigkey import TsigKey, read_tsig_key
@@ -45,7 +53,7 @@ SNI_TABLE = "sni"
 
 
 def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclass
@@ -92,7 +100,10 @@ class Service:
             if info is None:
                 continue
             lineage_state = self.state.lineage(certificate.lineage)
-            if lineage_state.deployed is None or lineage_state.deployed.fingerprint != info.fingerprint:
+            if (
+                lineage_state.deployed is None
+                or lineage_state.deployed.fingerprint != info.fingerprint
+            ):
                 lineage_state.deployed = info
                 self.state.reload_pending = True
                 changed = True
@@ -230,30 +241,38 @@ class Service:
             else:
                 primary = self._primary()
                 assert primary is not None and self.config.dns.zone is not None
-                self._verify_servers = dns_actions.find_verify_servers(self.config.dns.zone, primary)
+                self._verify_servers = dns_actions.find_verify_servers(
+                    self.config.dns.zone, primary
+                )
         return self._verify_servers
 
     def _observe_dns(self, names: frozenset[str], result: PassResult) -> DnsView | None:
         if self.config.dns.mode is DnsMode.OFF or not names:
-            return None if self.config.dns.mode is DnsMode.OFF else DnsView(names, frozenset(), frozenset())
+            return (
+                None
+                if self.config.dns.mode is DnsMode.OFF
+                else DnsView(names, frozenset(), frozenset())
+            )
         try:
             servers = self._servers()
             visibility = dns_actions.query_visibility(servers, sorted(names))
             primary = self._primary()
             on_primary: frozenset[TlsaRecord] = frozenset()
             if primary is not None:
-                on_primary = frozenset(
-                    record for name in names for record in visibility.on_server(primary, name)
-                ) if primary in servers else frozenset(
-                    record for name in names for record in dns_actions.query_tlsa(primary, name)
+                on_primary = (
+                    frozenset(
+                        record for name in names for record in visibility.on_server(primary, name)
+                    )
+                    if primary in servers
+                    else frozenset(
+                        record for name in names for record in dns_actions.query_tlsa(primary, name)
+                    )
                 )
         except DnsError as error:
             log.error("dns.failed", reason=str(error))
             result.failed = True
             return None
-        visible = frozenset(
-            record for name in names for record in visibility.visible_records(name)
-        )
+        visible = frozenset(record for name in names for record in visibility.visible_records(name))
         return DnsView(names, visible, on_primary)
 
     def _send_update(
@@ -301,7 +320,10 @@ class Service:
             lineage_state = self.state.lineage(decision.lineage)
             chain = decision.chain
             if decision.verb.holds and chain is not None:
-                if lineage_state.pending is None or lineage_state.pending.fingerprint != chain.fingerprint:
+                if (
+                    lineage_state.pending is None
+                    or lineage_state.pending.fingerprint != chain.fingerprint
+                ):
                     lineage_state.pending = ChainInfo.from_chain(chain)
                     lineage_state.pending_since = now
                 lineage_state.proceed_at = decision.proceed_at
@@ -312,7 +334,9 @@ class Service:
             elif decision.verb in (Verb.UNCHANGED, Verb.DOWNGRADE, Verb.INVALID) and (
                 lineage_state.pending is not None
             ):
-                lineage_state.pending = lineage_state.pending_since = lineage_state.proceed_at = None
+                lineage_state.pending = lineage_state.pending_since = lineage_state.proceed_at = (
+                    None
+                )
                 changed = True
             if decision.verb is Verb.INVALID:
                 result.failed = True
@@ -383,14 +407,18 @@ class Service:
 
     # --- Postfix ----------------------------------------------------------------
 
-    def _deploy(self, decisions: tuple[Decision, ...], result: PassResult, now: dt.datetime) -> None:
+    def _deploy(
+        self, decisions: tuple[Decision, ...], result: PassResult, now: dt.datetime
+    ) -> None:
         """Write every cleared chain, then one postconf and one reload for all."""
         chains = [d.chain for d in decisions if d.chain is not None]
         self.state.reload_pending = True
         self.save()
         _crash_point("before-files")
         for chain in chains:
-            files.install_chain_file(self.config.postfix.deploy_dir, chain.lineage, chain.deploy_pem)
+            files.install_chain_file(
+                self.config.postfix.deploy_dir, chain.lineage, chain.deploy_pem
+            )
             _crash_point("after-file")
         try:
             self._apply_postfix(chains, [chain.lineage for chain in chains])
@@ -483,11 +511,18 @@ class Service:
             assert certificate is not None
             servername = certificate.hostnames[0] if certificate.sni else None
             expected = _leaf_der(chain)
-            if not probe.wait_for_leaf(endpoint.host, endpoint.port, expected, servername=servername):
+            if not probe.wait_for_leaf(
+                endpoint.host, endpoint.port, expected, servername=servername
+            ):
                 if not certificate.sni and self._default_algorithms_differ(chain):
                     # The probe saw another default chain (RSA vs ECDSA): that is fine.
                     continue
-                log.error("probe.failed", lineage=chain.lineage, serial=chain.serial, reason=f"{endpoint} does not serve the new leaf")
+                log.error(
+                    "probe.failed",
+                    lineage=chain.lineage,
+                    serial=chain.serial,
+                    reason=f"{endpoint} does not serve the new leaf",
+                )
                 raise ProbeError(f"{endpoint} does not serve the new leaf of {chain.lineage}")
             log.info("probe.ok", lineage=chain.lineage, serial=chain.serial)
 
@@ -495,8 +530,10 @@ class Service:
         others = [
             s.deployed.key_algorithm
             for name, s in self.state.lineages.items()
-            if name != chain.lineage and s.deployed is not None
-            and (c := self.config.certificate(name)) is not None and not c.sni
+            if name != chain.lineage
+            and s.deployed is not None
+            and (c := self.config.certificate(name)) is not None
+            and not c.sni
         ]
         return any(algorithm != chain.key_algorithm for algorithm in others)
 
@@ -522,7 +559,9 @@ class Service:
             lineage_state = self.state.lineage(chain.lineage)
             lineage_state.failed_fingerprint = chain.fingerprint
             lineage_state.failed_reason = reason
-            log.error("chain.rolled_back", lineage=chain.lineage, serial=chain.serial, reason=reason)
+            log.error(
+                "chain.rolled_back", lineage=chain.lineage, serial=chain.serial, reason=reason
+            )
         self.state.reload_pending = False
         result.failed = True
         self.save()

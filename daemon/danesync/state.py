@@ -146,15 +146,14 @@ class State:
         return cls(
             lineages={n: LineageState.from_json(s) for n, s in data["lineages"].items()},
             records={
-                TlsaRecord.from_key(k): RecordState.from_json(s)
-                for k, s in data["records"].items()
+                TlsaRecord.from_key(k): RecordState.from_json(s) for k, s in data["records"].items()
             },
             reload_pending=bool(data.get("reload_pending")),
         )
 
 
 def _time_to_json(moment: dt.datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(dt.timezone.utc).isoformat()
+    return None if moment is None else moment.astimezone(dt.UTC).isoformat()
 
 
 def _time_from_json(text: Any) -> dt.datetime:
@@ -188,4 +187,3 @@ def save_state(directory: Path, state: State) -> None:
         write_atomic(directory / FILENAME, data, mode=0o600)
     except OSError as error:
         raise StateError(f"{directory / FILENAME}: cannot write the state: {error}") from error
-

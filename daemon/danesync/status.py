@@ -36,7 +36,9 @@ def build_status(config: Config, state: State, now: dt.datetime) -> dict[str, An
             if lineage_state.pending is not None:
                 entry["pending"] = _chain_json(lineage_state.pending, now)
                 entry["pending"]["since"] = (
-                    format_time(lineage_state.pending_since) if lineage_state.pending_since else None
+                    format_time(lineage_state.pending_since)
+                    if lineage_state.pending_since
+                    else None
                 )
                 entry["pending"]["proceed_at"] = (
                     format_time(lineage_state.proceed_at) if lineage_state.proceed_at else None
@@ -94,7 +96,7 @@ def print_status(document: dict[str, Any], out: TextIO) -> None:
 
 def run_status(config: Config, as_json: bool, out: TextIO = sys.stdout) -> int:
     state = load_state(config.state.dir)
-    document = build_status(config, state, dt.datetime.now(dt.timezone.utc))
+    document = build_status(config, state, dt.datetime.now(dt.UTC))
     if as_json:
         json.dump(document, out, indent=2)
         out.write("\n")

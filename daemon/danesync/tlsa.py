@@ -51,9 +51,7 @@ class TlsaRecord:
     @classmethod
     def from_key(cls, key: str) -> TlsaRecord:
         name, usage, selector, matching_type, data = key.split()
-        return cls(
-            absolute_name(name), int(usage), int(selector), int(matching_type), data.lower()
-        )
+        return cls(absolute_name(name), int(usage), int(selector), int(matching_type), data.lower())
 
 
 def absolute_name(name: str) -> str:

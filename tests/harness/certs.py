@@ -19,7 +19,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 KeyKind = Literal["rsa", "rsa1024", "ec256", "ec384", "ec521", "ed25519"]
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
-NOW = dt.datetime(2026, 11, 23, 12, 0, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 23, 12, 0, 0, tzinfo=dt.UTC)
 
 _KEY_CACHE: dict[tuple[KeyKind, int], PrivateKey] = {}
 
@@ -57,7 +57,9 @@ def key_pem(key: PrivateKey, password: bytes | None = None, traditional: bool = 
         else serialization.PrivateFormat.PKCS8
     )
     enc: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+        serialization.BestAvailableEncryption(password)
+        if password
+        else serialization.NoEncryption()
     )
     return key.private_bytes(serialization.Encoding.PEM, fmt, enc)
 
@@ -155,9 +157,7 @@ class Hierarchy:
             .not_valid_before(not_before or NOW - dt.timedelta(days=1))
             .not_valid_after(not_after or NOW + dt.timedelta(days=89))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-            .add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(h) for h in hostnames]), False
-            )
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hostnames]), False)
         )
         usages = [ExtendedKeyUsageOID.SERVER_AUTH] if eku is None else eku
         if usages:

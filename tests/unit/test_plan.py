@@ -148,7 +148,9 @@ class TestDeployGate:
         candidate = make_chain(old.issue(), usages)
         state = deployed_state(current, *current.tlsa)
         config = make_config(usages=["2 1 1", "3 1 1"])
-        plan = plan_pass(config, state, {"mx.example.test": candidate}, view(*current.tlsa), {}, NOW)
+        plan = plan_pass(
+            config, state, {"mx.example.test": candidate}, view(*current.tlsa), {}, NOW
+        )
         (decision,) = plan.decisions
         assert decision.verb is Verb.PUBLISH
         assert [r.usage for r in plan.publish] == [3]
@@ -164,7 +166,12 @@ class TestDeployGate:
         current, candidate = make_chain(old.issue()), make_chain(new.issue())
         state = deployed_state(current, *current.tlsa, published=False)
         plan = plan_pass(
-            make_config("check"), state, {"mx.example.test": candidate}, view(*current.tlsa), {}, NOW
+            make_config("check"),
+            state,
+            {"mx.example.test": candidate},
+            view(*current.tlsa),
+            {},
+            NOW,
         )
         assert plan.decisions[0].verb is Verb.MISSING
         assert plan.decisions[0].missing == candidate.tlsa
@@ -179,7 +186,12 @@ class TestRetire:
         before, after = make_chain(old.issue()), make_chain(new.issue())
         state = deployed_state(after, *after.tlsa, *before.tlsa)
         plan = plan_pass(
-            make_config(), state, {"mx.example.test": after}, view(*after.tlsa, *before.tlsa), {}, NOW
+            make_config(),
+            state,
+            {"mx.example.test": after},
+            view(*after.tlsa, *before.tlsa),
+            {},
+            NOW,
         )
         assert plan.decisions[0].verb is Verb.UNCHANGED
         assert plan.retire == before.tlsa
@@ -189,7 +201,12 @@ class TestRetire:
         state = deployed_state(after, *after.tlsa)
         state.records[before.tlsa[0]] = RecordState(published=False, visible_since=NOW)
         plan = plan_pass(
-            make_config(), state, {"mx.example.test": after}, view(*after.tlsa, *before.tlsa), {}, NOW
+            make_config(),
+            state,
+            {"mx.example.test": after},
+            view(*after.tlsa, *before.tlsa),
+            {},
+            NOW,
         )
         assert plan.retire == ()
 
@@ -238,7 +255,9 @@ class TestSafetyRules:
     def test_adoption_of_what_postfix_serves_needs_no_wait(self, new: Hierarchy) -> None:
         candidate = make_chain(new.issue())
         served = {"mx.example.test": candidate.fingerprint}
-        plan = plan_pass(make_config(), State(), {"mx.example.test": candidate}, view(), served, NOW)
+        plan = plan_pass(
+            make_config(), State(), {"mx.example.test": candidate}, view(), served, NOW
+        )
         assert plan.decisions[0].verb is Verb.DEPLOY
 
     def test_adoption_otherwise_follows_the_rules(self, new: Hierarchy) -> None:
@@ -249,7 +268,10 @@ class TestSafetyRules:
     def test_invalid_and_pending_change_nothing(self, old: Hierarchy) -> None:
         current = make_chain(old.issue())
         state = deployed_state(current, *current.tlsa)
-        for problem, verb in ((Problem("bad key"), Verb.INVALID), (Problem("mid", True), Verb.PENDING)):
+        for problem, verb in (
+            (Problem("bad key"), Verb.INVALID),
+            (Problem("mid", True), Verb.PENDING),
+        ):
             plan = plan_pass(
                 make_config(), state, {"mx.example.test": problem}, view(*current.tlsa), {}, NOW
             )
