@@ -112,10 +112,11 @@ class Config:
 
 # --- the schema ------------------------------------------------------------
 
+# Used with fullmatch: `$` would also accept a trailing newline.
 _HOSTNAME = re.compile(
-    r"^(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.?$"
+    r"(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.?"
 )
-_LINEAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_LINEAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class _Invalid(Exception):
@@ -134,6 +135,8 @@ def _path(value: Any) -> Path:
     text = _string(value)
     if not text.startswith("/"):
         raise _Invalid(f"must be an absolute path, not {text!r}")
+    if "\0" in text:
+        raise _Invalid("must not contain a NUL character")
     return Path(text)
 
 
@@ -193,7 +196,7 @@ def parse_endpoint(text: str, default_port: int) -> Endpoint:
 
 
 def _port_number(text: str, whole: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise _Invalid(f"{whole!r}: port must be a number from 1 to 65535")
     return int(text)
 
@@ -212,7 +215,7 @@ def _choice(enum: type[DnsMode]) -> Callable[[Any], DnsMode]:
 
 def _domain(value: Any) -> str:
     text = _string(value).lower()
-    if not _HOSTNAME.match(text) or text.startswith("*"):
+    if not _HOSTNAME.fullmatch(text) or text.startswith("*"):
         raise _Invalid(f"{text!r} is not a valid DNS name")
     return text.rstrip(".")
 
@@ -240,14 +243,14 @@ def _list_of(
 
 def _hostname(value: Any) -> str:
     text = _string(value).lower()
-    if not _HOSTNAME.match(text):
+    if not _HOSTNAME.fullmatch(text):
         raise _Invalid(f"{text!r} is not a valid host name")
     return text.rstrip(".")
 
 
 def _tlsa_name(value: Any) -> str:
     text = _string(value).lower()
-    if not re.match(r"^_\d{1,5}\._(tcp|udp|sctp)\.", text) or not _HOSTNAME.match(
+    if not re.match(r"_\d{1,5}\._(tcp|udp|sctp)\.", text) or not _HOSTNAME.fullmatch(
         text.split(".", 2)[2]
     ):
         raise _Invalid(f"{text!r} is not a TLSA owner name like _25._tcp.mx.example.com")
@@ -264,7 +267,7 @@ def _usage(value: Any) -> Usage:
 
 def _lineage(value: Any) -> str:
     text = _string(value)
-    if not _LINEAGE.match(text) or ".." in text:
+    if not _LINEAGE.fullmatch(text) or ".." in text:
         raise _Invalid(f"{text!r} is not a certbot lineage name (a directory under live/)")
     return text
 
@@ -341,11 +344,13 @@ def build_config(document: Mapping[str, Any], path: Path) -> Config:
         if section not in SCHEMA and section != "certificate":
             problems.append(f"[{section}]: unknown section")
     sections: dict[str, dict[str, Any]] = {}
+    given: dict[str, Mapping[str, Any]] = {}  # the raw tables: which keys were written
     for section, schema in SCHEMA.items():
         table = document.get(section, {})
         if not isinstance(table, dict):
             problems.append(f"{section}: must be a table ([{section}])")
             table = {}
+        given[section] = table
         sections[section] = _check_table(f"{section}.", table, schema, problems)
 
     certificates = _build_certificates(document.get("certificate", []), problems)
@@ -363,13 +368,12 @@ def build_config(document: Mapping[str, Any], path: Path) -> Config:
     zone: str | None = dns_values.get("zone")
     if mode is DnsMode.RFC2136:
         for key in ("server", "zone", "tsig_key_file"):
-            if key not in dns_values and f"dns.{key}" not in " ".join(problems):
+            if key not in given["dns"]:  # a key written but invalid is reported already
                 problems.append(f'dns.{key}: required when dns.mode is "rfc2136"')
     if (
         mode is DnsMode.CHECK
         and certificates
-        and server is None
-        and not dns_values.get("verify_servers")
+        and not any(key in given["dns"] for key in ("server", "verify_servers"))
     ):
         problems.append(
             'dns.server: required when dns.mode is "check" and dns.verify_servers is not set: '

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dh, dsa, ec, ed448, ed25519, rsa, x448, x25519
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa, x448, x25519
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
@@ -154,8 +154,6 @@ _KEY_TYPES: tuple[tuple[type, str], ...] = (
     (x25519.X25519PublicKey, "X25519"),
     (x448.X448PrivateKey, "X448"),
     (x448.X448PublicKey, "X448"),
-    (dh.DHPrivateKey, "DH"),
-    (dh.DHPublicKey, "DH"),
 )
 
 
