@@ -40,10 +40,19 @@ test-pypi: deps venv
 test-debian: deps
 	$(DEBIAN_PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
-test: deps lint types test-pypi test-debian
+test: deps lint types test-pypi test-debian deb-check
 
 demo: deps venv
 	$(PY) -m tests.demo
+
+# The Debian package: build/danesync_<version>_all.deb (build tree in build/deb/).
+deb: deps
+	.ci/deb-build
+
+# Build, lintian, install the .deb with apt here, run the installed danesync
+# against generated lineages, check the unit, purge. Needs root.
+deb-check: deps
+	$(SUDO) .ci/deb-check
 
 bench: deps venv
 	$(PY) -m bench
