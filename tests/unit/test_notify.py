@@ -27,7 +27,7 @@ BACKEND_IDS = ["systemd-python", "raw-socket"]
 
 def _has_systemd_python() -> bool:
     try:
-        import systemd.daemon  # noqa: F401, PLC0415
+        import systemd.daemon  # noqa: F401
     except ImportError:
         return False
     return True
