@@ -234,7 +234,7 @@ class JournalLogger:
 
 def _journal_sendv() -> Callable[..., Any] | None:
     try:
-        import systemd.journal  # noqa: PLC0415
+        import systemd.journal
     except ImportError:
         return None
     sendv: Callable[..., Any] = systemd.journal.sendv

@@ -75,7 +75,7 @@ def send_raw(message: str) -> bool:
 
 def _library_notify() -> NotifyFunction | None:
     try:
-        import systemd.daemon  # noqa: PLC0415
+        import systemd.daemon
     except ImportError:
         return None
 
