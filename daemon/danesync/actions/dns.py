@@ -125,6 +125,10 @@ def _exchange(
         ) from error
     except OSError as error:
         raise _Unreachable(server, "UNREACHABLE", error.strerror or str(error)) from error
+    except dns.exception.DNSException as error:
+        if _tsig_failure(error) is not None:
+            raise  # the update maps these to BADSIG, BADKEY, ...
+        raise DnsError(f"{server}: unusable answer: {error}") from error
 
 
 def _record(name: str, rdata: dns.rdata.Rdata) -> TlsaRecord:
@@ -368,6 +372,7 @@ class UpdateResult:
     deleted: frozenset[TlsaRecord]
     sends: int  # update messages sent, retries included
     conflicts: int  # concurrent changes detected (failed prerequisites)
+    retries: int = 0  # transient failures (timeout, refused connection, SERVFAIL) retried
 
 
 _TRANSIENT_RCODES = {dns.rcode.SERVFAIL}
@@ -529,7 +534,7 @@ def send_tlsa_update(  # noqa: PLR0917 - the signature the planner calls
             to_add = frozenset(r for r in adds if r not in current[r.name])
             to_delete = frozenset(r for r in deletes if r in current[r.name])
             if not to_add and not to_delete:
-                return UpdateResult(frozenset(), frozenset(), sends, conflicts)
+                return UpdateResult(frozenset(), frozenset(), sends, conflicts, failures)
             message = build_tlsa_update(zone, current, to_add, to_delete, ttl, key)
             sends += 1
             response = _exchange(primary, message, timeout, tcp=True)
@@ -543,19 +548,17 @@ def send_tlsa_update(  # noqa: PLR0917 - the signature the planner calls
             current = None  # the update may have been applied: read again
             continue
         except dns.exception.DNSException as error:
-            tsig = _tsig_failure(error)
-            if tsig is None:
-                raise DnsUpdateError(zone, "BADRESPONSE", f"{primary}: {error}") from error
+            tsig = _tsig_failure(error) or "BADRESPONSE"
             raise _update_failure(zone, tsig, primary, key, names) from error
         except DnsError as error:
-            # A read of the current RRsets was answered with an error.
-            raise DnsUpdateError(zone, "QUERY", str(error)) from error
+            # Reading the current RRsets failed, or the answer made no sense.
+            raise DnsUpdateError(zone, "FAILED", str(error)) from error
 
         rcode = response.rcode()
         if rcode == dns.rcode.NOERROR:
             if key is not None and not response.had_tsig:
                 raise _update_failure(zone, "NOSIGNATURE", primary, key, names)
-            return UpdateResult(to_add, to_delete, sends, conflicts)
+            return UpdateResult(to_add, to_delete, sends, conflicts, failures)
         if rcode in _CONFLICT_RCODES:
             conflicts += 1
             if conflicts >= retry.conflicts:
