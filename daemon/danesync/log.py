@@ -93,7 +93,7 @@ _SECRET_NAME = re.compile(
     re.IGNORECASE,
 )
 _PRIVATE_PEM = re.compile(
-    r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?(?:-----END \1PRIVATE KEY-----|\Z)",
+    r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?(?:-----END \1PRIVATE KEY-----\n?|\Z)",
     re.DOTALL,
 )
 # BIND key files: `secret "base64";`
