@@ -42,8 +42,8 @@ class LineagePending(DanesyncError):
         super().__init__(f"{lineage}: not ready: {reason}")
 
 
-class PostfixError(DanesyncError):
-    """A Postfix command failed."""
+class CommandError(DanesyncError):
+    """An external program failed, timed out or is missing."""
 
     def __init__(self, argv: Sequence[str], returncode: int, stderr: str) -> None:
         self.argv = tuple(argv)
@@ -51,6 +51,10 @@ class PostfixError(DanesyncError):
         self.stderr = stderr
         detail = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"
         super().__init__(f"{' '.join(self.argv)} exited {returncode}: {detail}")
+
+
+class PostfixError(CommandError):
+    """A Postfix command failed."""
 
 
 class ProbeError(DanesyncError):

@@ -1,0 +1,113 @@
+"""Atomic file writes: chain files, the SNI table source, the state file.
+
+A reader (Postfix, a restarted danesync) sees either the whole old file or
+the whole new one, never a partial file and never no file: the data goes to
+a temporary file in the same directory, created with its final mode, is
+fsynced, renamed over the target, and the directory is fsynced so the rename
+survives a crash. Failures raise `OSError`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+PREVIOUS_SUFFIX = ".prev"
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` with `data` atomically; the file has `mode` from its creation."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    # O_EXCL: never write through a file or link someone else put there.
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            # The umask may have taken bits away; it can never have added any.
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    sync_directory(path.parent)
+
+
+def sync_directory(directory: Path) -> None:
+    """fsync a directory, so renames and creations in it are durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def chain_file_path(deploy_dir: Path, lineage: str) -> Path:
+    """`<deploy_dir>/<lineage>.pem`; the lineage must be a plain file name."""
+    if not lineage or lineage.startswith(".") or "/" in lineage or "\0" in lineage:
+        raise ValueError(f"lineage name {lineage!r} cannot be a file name")
+    return Path(deploy_dir) / f"{lineage}.pem"
+
+
+def previous_chain_file_path(deploy_dir: Path, lineage: str) -> Path:
+    path = chain_file_path(deploy_dir, lineage)
+    return path.with_name(path.name + PREVIOUS_SUFFIX)
+
+
+def ensure_deploy_dir(deploy_dir: Path) -> None:
+    """Create `deploy_dir` (mode 0700) if it is missing; an existing one is left as is."""
+    deploy_dir = Path(deploy_dir)
+    if deploy_dir.is_dir():
+        return
+    deploy_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        deploy_dir.mkdir(mode=0o700)
+    except FileExistsError:
+        if not deploy_dir.is_dir():
+            raise
+        return
+    os.chmod(deploy_dir, 0o700)  # mkdir's mode passes through the umask
+    sync_directory(deploy_dir.parent)
+
+
+def install_chain_file(deploy_dir: Path, lineage: str, pem: bytes) -> Path:
+    """Write `<deploy_dir>/<lineage>.pem` (mode 0600), keeping the old one as `.prev`.
+
+    Identical content changes nothing (and keeps the `.prev` of the deploy
+    that wrote it). The `.pem` path exists at every moment once it existed.
+    """
+    ensure_deploy_dir(deploy_dir)
+    path = chain_file_path(deploy_dir, lineage)
+    try:
+        current = path.read_bytes()
+    except FileNotFoundError:
+        current = None
+    if current == pem:
+        return path
+    if current is not None:
+        # A copy, not a hard link: the .prev gets mode 0600 whatever the old file had.
+        write_atomic(previous_chain_file_path(deploy_dir, lineage), current, 0o600)
+    write_atomic(path, pem, 0o600)
+    return path
+
+
+def restore_chain_file(deploy_dir: Path, lineage: str) -> bool:
+    """Put `<lineage>.pem.prev` back in place of `<lineage>.pem` in one rename.
+
+    Returns False (and changes nothing) when there is no previous file.
+    """
+    path = chain_file_path(deploy_dir, lineage)
+    previous = previous_chain_file_path(deploy_dir, lineage)
+    try:
+        os.replace(previous, path)
+    except FileNotFoundError:
+        return False
+    sync_directory(path.parent)
+    return True

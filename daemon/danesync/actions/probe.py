@@ -1,0 +1,131 @@
+"""The STARTTLS probe: which leaf certificate does Postfix serve right now?
+
+No certificate verification happens here: danesync compares the served leaf
+byte for byte with the one it deployed, which is a stronger check than any
+trust-anchor path, and works the same for a self-signed test chain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import smtplib
+import socket
+import ssl
+import time
+
+from danesync.errors import ProbeError
+
+DEFAULT_PORT = 25
+
+
+def parse_host_port(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """ "mx.example.com:25", "192.0.2.1", "[2001:db8::1]:25", "2001:db8::1" -> (host, port).
+
+    Raises ValueError naming what is wrong.
+    """
+    text = text.strip()
+    port_text = ""
+    if text.startswith("["):
+        host, close, rest = text[1:].partition("]")
+        if not close:
+            raise ValueError(f"{text!r}: '[' without ']'")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{text!r}: expected ':port' after ']'")
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:  # a name, an IPv4 address, or a bare IPv6 address (no port)
+        host = text
+    if not host or any(c.isspace() for c in host):
+        raise ValueError(f"{text!r}: no host")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r}: port must be a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def format_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _client_context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # We compare the exact leaf instead (module docstring).
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def probe_starttls(
+    host: str, port: int, servername: str | None = None, timeout: float = 5
+) -> bytes:
+    """EHLO, STARTTLS, handshake (with SNI `servername` if given); the served leaf, DER.
+
+    Raises ProbeError saying which step failed.
+    """
+    where = format_host_port(host, port)
+    try:
+        smtp = smtplib.SMTP(host, port, local_hostname=socket.gethostname(), timeout=timeout)
+    except (OSError, smtplib.SMTPException) as error:
+        raise ProbeError(f"{where}: cannot connect: {error}") from error
+    try:
+        code, message = smtp.ehlo()
+        if code != 250:
+            raise ProbeError(f"{where}: EHLO refused: {code} {message.decode(errors='replace')}")
+        if not smtp.has_extn("starttls"):
+            raise ProbeError(f"{where}: STARTTLS is not offered")
+        code, message = smtp.docmd("STARTTLS")
+        if code != 220:
+            raise ProbeError(
+                f"{where}: STARTTLS refused: {code} {message.decode(errors='replace')}"
+            )
+        if smtp.sock is None:
+            raise ProbeError(f"{where}: connection closed after STARTTLS")
+        try:
+            tls = _client_context().wrap_socket(smtp.sock, server_hostname=servername)
+        except ssl.SSLError as error:
+            raise ProbeError(f"{where}: TLS handshake failed: {error}") from error
+        # As smtplib's own starttls does: later commands go over TLS.
+        smtp.sock, smtp.file = tls, None
+        der = tls.getpeercert(binary_form=True)
+        if not der:
+            raise ProbeError(f"{where}: no certificate served")
+        with contextlib.suppress(OSError, smtplib.SMTPException):
+            smtp.quit()  # a courtesy: we have what we came for
+        return der
+    except ProbeError:
+        raise
+    except (OSError, smtplib.SMTPException) as error:
+        raise ProbeError(f"{where}: {error or type(error).__name__}") from error
+    finally:
+        smtp.close()
+
+
+def wait_for_leaf(
+    host: str,
+    port: int,
+    expected_der: bytes,
+    servername: str | None = None,
+    *,
+    deadline: float = 10,
+    interval: float = 0.25,
+    timeout: float = 5,
+) -> bool:
+    """Probe until `expected_der` is served (True) or `deadline` seconds pass (False).
+
+    A reload is asynchronous: the master re-reads its configuration and old
+    smtpd processes may finish a session with the old chain, so the first
+    probes after a reload can still see it or fail.
+    """
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            if probe_starttls(host, port, servername, timeout) == expected_der:
+                return True
+        except ProbeError:
+            pass
+        if time.monotonic() + interval >= end:
+            return False
+        time.sleep(interval)
