@@ -54,6 +54,12 @@ class TsigKey:
     algorithm: str  # BIND spelling, lower case: "hmac-sha256"
     secret: bytes = field(repr=False)
 
+    def __post_init__(self) -> None:
+        if self.algorithm not in _ALGORITHMS:
+            raise ValueError(f"unsupported TSIG algorithm {self.algorithm!r}")
+        if not self.secret:
+            raise ValueError("empty TSIG secret")
+
     def __repr__(self) -> str:
         return f"TsigKey(name={self.name!r}, algorithm={self.algorithm!r}, secret=<hidden>)"
 

@@ -113,7 +113,7 @@ class TestSendTlsaUpdate:
         new = record(MX, "publish")
         result = send_tlsa_update(server(bind), ZONE, key, add=[new], delete=[], ttl=60)
         assert (result.added, result.deleted, result.sends, result.conflicts) == (
-            {new},
+            frozenset({new}),
             frozenset(),
             1,
             0,
@@ -148,7 +148,11 @@ class TestSendTlsaUpdate:
         old, at_mx, at_mx2 = record(MX, "old"), record(MX, "a"), record(MX2, "b")
         send_tlsa_update(server(bind), ZONE, key, [old], [], 60)
         result = send_tlsa_update(server(bind), ZONE, key, [at_mx, at_mx2], [old], 60)
-        assert (result.added, result.deleted, result.sends) == ({at_mx, at_mx2}, {old}, 1)
+        assert (result.added, result.deleted, result.sends) == (
+            frozenset({at_mx, at_mx2}),
+            frozenset({old}),
+            1,
+        )
         assert bind.dig_tlsa(MX) == {at_mx.rdata}
         assert bind.dig_tlsa(MX2) == {at_mx2.rdata}
 
@@ -233,7 +237,7 @@ class TestSendTlsaUpdate:
         sleeps = _Sleeps(action=bind.start)
         with bind.stopped():
             result = send_tlsa_update(server(bind), ZONE, key, [new], [], 60, sleep=sleeps)
-        assert (result.added, result.retries, len(sleeps.delays)) == ({new}, 1, 1)
+        assert (result.added, result.retries, len(sleeps.delays)) == (frozenset({new}), 1, 1)
         assert bind.dig_tlsa(MX) == {new.rdata}
 
     def test_server_that_never_answers_times_out(self, key: TsigKey) -> None:
@@ -265,7 +269,7 @@ class TestSendTlsaUpdate:
         seen = {MX: query_tlsa(server(bind), MX)}  # empty
         bind.add_record(MX, "TLSA", theirs.rdata)  # someone else, after our read
         result = send_tlsa_update(server(bind), ZONE, key, [mine], [], 60, expected=seen)
-        assert (result.conflicts, result.sends, result.added) == (1, 2, {mine})
+        assert (result.conflicts, result.sends, result.added) == (1, 2, frozenset({mine}))
         assert bind.dig_tlsa(MX) == {mine.rdata, theirs.rdata}
 
     def test_concurrent_delete_is_not_undone(self, bind: BindServer, key: TsigKey) -> None:
@@ -275,7 +279,7 @@ class TestSendTlsaUpdate:
         seen = {MX: query_tlsa(server(bind), MX)}
         bind.delete_record(MX, "TLSA", theirs.rdata)  # removed by hand after our read
         result = send_tlsa_update(server(bind), ZONE, key, [], [mine], 60, expected=seen)
-        assert (result.conflicts, result.deleted) == (1, {mine})
+        assert (result.conflicts, result.deleted) == (1, frozenset({mine}))
         assert bind.dig_tlsa(MX) == set()
 
     def test_too_many_conflicts_give_up(self, bind: BindServer, key: TsigKey) -> None:

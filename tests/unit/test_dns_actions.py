@@ -119,7 +119,7 @@ def _sections(message: dns.update.UpdateMessage) -> tuple[list[str], list[str]]:
     assert isinstance(parsed, dns.update.UpdateMessage)
 
     def lines(rrsets: list[dns.rrset.RRset]) -> list[str]:
-        out = []
+        out: list[str] = []
         for rrset in rrsets:
             out.extend(line for line in rrset.to_text().splitlines())
         return sorted(out)

@@ -174,6 +174,12 @@ class TestTsigKey:
             assert repr(SECRET) not in shown
             assert "<hidden>" in shown
 
+    def test_refuses_what_it_cannot_sign_with(self) -> None:
+        with pytest.raises(ValueError, match="unsupported TSIG algorithm 'hmac-md5'"):
+            TsigKey("k", "hmac-md5", b"x")
+        with pytest.raises(ValueError, match="empty TSIG secret"):
+            TsigKey("k", "hmac-sha256", b"")
+
     @pytest.mark.parametrize("algorithm", SUPPORTED_ALGORITHMS)
     def test_signs_messages_dnspython_verifies(self, algorithm: str) -> None:
         key = TsigKey("danesync.example", algorithm, os.urandom(32))

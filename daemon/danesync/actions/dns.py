@@ -376,6 +376,8 @@ class UpdateResult:
 
 
 _TRANSIENT_RCODES = {dns.rcode.SERVFAIL}
+# DnsUpdateError.rcode values that say "try again later" rather than "fix something".
+TRANSIENT_FAILURES = frozenset({"TIMEOUT", "UNREACHABLE", "UNRESOLVED", "SERVFAIL"})
 _CONFLICT_RCODES = {dns.rcode.NXRRSET, dns.rcode.YXRRSET}
 
 
@@ -459,7 +461,7 @@ def _check_zone(zone: str, names: Iterable[str]) -> None:
         )
 
 
-def build_tlsa_update(  # noqa: PLR0917
+def build_tlsa_update(
     zone: str,
     current: Mapping[str, frozenset[TlsaRecord]],
     add: Iterable[TlsaRecord],
@@ -490,7 +492,7 @@ def build_tlsa_update(  # noqa: PLR0917
     return message
 
 
-def send_tlsa_update(  # noqa: PLR0917 - the signature the planner calls
+def send_tlsa_update(
     primary: Server,
     zone: str,
     key: TsigKey | None,
@@ -506,7 +508,8 @@ def send_tlsa_update(  # noqa: PLR0917 - the signature the planner calls
     """Add and delete single TLSA records at the primary, over TCP.
 
     Records already present are not added again, absent ones not deleted;
-    other records at the same names are never touched. `expected` is the
+    other records at the same names are never touched (though an RRset has
+    one TTL: adding a record sets it to `ttl`). `expected` is the
     caller's view of the RRsets (as just queried): it spares one read, and if
     it is stale the prerequisite fails and the RRsets are read again.
     Transient failures are retried `retry.attempts` times with exponential
