@@ -86,3 +86,12 @@ class DnsUpdateError(DnsError):
 
 class StateError(DanesyncError):
     """The state file cannot be read or written."""
+
+
+class WatchError(DanesyncError):
+    """The certbot directory cannot be watched (inotify limits, permissions)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"cannot watch {path}: {reason}")
