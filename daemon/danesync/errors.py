@@ -88,6 +88,16 @@ class StateError(DanesyncError):
     """The state file cannot be read or written."""
 
 
+class AriError(DanesyncError):
+    """ACME Renewal Information (RFC 9773) could not be fetched or understood."""
+
+    def __init__(self, url: str | None, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        source = f" from {url}" if url else ""
+        super().__init__(f"renewal information{source}: {reason}")
+
+
 class WatchError(DanesyncError):
     """The certbot directory cannot be watched (inotify limits, permissions)."""
 

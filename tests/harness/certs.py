@@ -145,6 +145,7 @@ class Hierarchy:
         eku: list[x509.ObjectIdentifier] | None = None,
         signer: PrivateKey | None = None,
         serial: int | None = None,
+        authority_key_id: bool = False,
     ) -> Leaf:
         hostnames = hostnames or ["mx.example.test"]
         key = key or make_key(key_kind or self.key_kind)
@@ -162,5 +163,9 @@ class Hierarchy:
         usages = [ExtendedKeyUsageOID.SERVER_AUTH] if eku is None else eku
         if usages:
             builder = builder.add_extension(x509.ExtendedKeyUsage(usages), False)
+        if authority_key_id:  # as real CAs issue them; ARI (RFC 9773) names leaves by it
+            issuer_key = self.intermediate_key.public_key()
+            aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key)
+            builder = builder.add_extension(aki, False)
         cert = builder.sign(signer or self.intermediate_key, _hash_for(self.intermediate_key))
         return Leaf(key=key, cert=cert, chain=[self.intermediate])
