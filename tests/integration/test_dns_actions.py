@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -60,6 +61,58 @@ class _Sleeps:
         self.delays.append(seconds)
         if callable(self.action):
             self.action()
+
+
+class _UpdateAnswerDropper:
+    """A TCP relay to BIND that passes everything but drops the answer to the
+    first UPDATE: the update is applied, the client never hears so."""
+
+    def __init__(self, target: BindServer) -> None:
+        self.target = target
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.listener.settimeout(0.05)
+        self.stopping = threading.Event()
+        self.dropped = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        return Server("127.0.0.1", self.listener.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=5)
+        self.listener.close()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            client.settimeout(5)
+            with client, socket.create_connection((self.target.host, self.target.port)) as up:
+                request = _read_framed(client)
+                up.sendall(request)
+                answer = _read_framed(up)
+                is_update = (request[4] >> 3) & 0xF == 5  # opcode, after the length
+                if is_update and not self.dropped:
+                    self.dropped = True
+                    continue  # close without answering
+                client.sendall(answer)
+
+
+def _read_framed(connection: socket.socket) -> bytes:
+    """One DNS-over-TCP message, with its two-byte length prefix."""
+    data = b""
+    while len(data) < 2 or len(data) < 2 + int.from_bytes(data[:2], "big"):
+        chunk = connection.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
 
 
 @pytest.fixture
@@ -264,6 +317,19 @@ class TestSendTlsaUpdate:
         assert f"{silent}: no answer within 0.3 s (2 attempts)" in str(info.value)
         assert time.monotonic() - started < 3
 
+    def test_lost_answer_still_counts_as_ours(self, bind: BindServer, key: TsigKey) -> None:
+        # The first update reaches BIND, but its answer is lost on the way back.
+        mine, theirs = record(MX, "mine"), record(MX, "theirs", usage=2)
+        bind.add_record(MX, "TLSA", theirs.rdata)
+        with _UpdateAnswerDropper(bind) as relay:
+            result = send_tlsa_update(relay, ZONE, key, [mine], [], 60, sleep=_Sleeps())
+        assert (result.added, result.sends, result.retries) == (frozenset({mine}), 1, 1)
+        assert bind.dig_tlsa(MX) == {mine.rdata, theirs.rdata}
+        with _UpdateAnswerDropper(bind) as relay:
+            result = send_tlsa_update(relay, ZONE, key, [], [mine], 60, sleep=_Sleeps())
+        assert (result.deleted, result.sends, result.retries) == (frozenset({mine}), 1, 1)
+        assert bind.dig_tlsa(MX) == {theirs.rdata}
+
     def test_concurrent_add_is_detected_and_kept(self, bind: BindServer, key: TsigKey) -> None:
         mine, theirs = record(MX, "mine"), record(MX, "theirs", usage=2)
         seen = {MX: query_tlsa(server(bind), MX)}  # empty
@@ -297,7 +363,7 @@ class TestSendTlsaUpdate:
                 retry=RetryPolicy(conflicts=1),
             )
         assert info.value.rcode == "YXRRSET"
-        assert "changed 1 times while danesync was updating them" in str(info.value)
+        assert "kept changing while danesync was updating them (1 attempts)" in str(info.value)
         assert bind.dig_tlsa(MX) == {theirs.rdata}
 
 

@@ -530,18 +530,28 @@ def send_tlsa_update(
     if expected is not None:
         current = {n: frozenset(expected.get(n, frozenset())) for n in names}
     sends = failures = conflicts = 0
+    # Changes sent without an answer: if the re-read shows them made, they are
+    # ours (the caller must know, to retire exactly what danesync published).
+    unsure_adds: set[TlsaRecord] = set()
+    unsure_deletes: set[TlsaRecord] = set()
     while True:
+        to_add = to_delete = frozenset[TlsaRecord]()
         try:
             if current is None:
                 current = {n: _query_tlsa(primary, n, timeout, tcp=True) for n in names}
-            to_add = frozenset(r for r in adds if r not in current[r.name])
-            to_delete = frozenset(r for r in deletes if r in current[r.name])
+            now = current
+            done_adds = frozenset(r for r in unsure_adds if r in now[r.name])
+            done_deletes = frozenset(r for r in unsure_deletes if r not in now[r.name])
+            to_add = frozenset(r for r in adds if r not in now[r.name])
+            to_delete = frozenset(r for r in deletes if r in now[r.name])
             if not to_add and not to_delete:
-                return UpdateResult(frozenset(), frozenset(), sends, conflicts, failures)
-            message = build_tlsa_update(zone, current, to_add, to_delete, ttl, key)
+                return UpdateResult(done_adds, done_deletes, sends, conflicts, failures)
+            message = build_tlsa_update(zone, now, to_add, to_delete, ttl, key)
             sends += 1
             response = _exchange(primary, message, timeout, tcp=True)
         except _Unreachable as error:
+            unsure_adds.update(to_add)
+            unsure_deletes.update(to_delete)
             failures += 1
             if failures >= retry.attempts:
                 raise DnsUpdateError(
@@ -561,15 +571,18 @@ def send_tlsa_update(
         if rcode == dns.rcode.NOERROR:
             if key is not None and not response.had_tsig:
                 raise _update_failure(zone, "NOSIGNATURE", primary, key, names)
-            return UpdateResult(to_add, to_delete, sends, conflicts, failures)
+            return UpdateResult(
+                to_add | done_adds, to_delete | done_deletes, sends, conflicts, failures
+            )
         if rcode in _CONFLICT_RCODES:
             conflicts += 1
             if conflicts >= retry.conflicts:
                 raise DnsUpdateError(
                     zone,
                     dns.rcode.to_text(rcode),
-                    f"the TLSA records at {', '.join(names)} changed {conflicts} times while "
-                    "danesync was updating them; it will try again on the next pass",
+                    f"the TLSA records at {', '.join(names)} kept changing while danesync "
+                    f"was updating them ({conflicts} attempts); it will try again on the "
+                    "next pass",
                 )
             current = None
             continue
