@@ -110,13 +110,19 @@ def _read_regular_file(lineage: str, path: Path) -> bytes:
                 lineage, f"{path} is a symlink; certbot's archive holds regular files"
             ) from None
         raise ChainError(lineage, f"{path} cannot be opened: {error.strerror}") from None
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(file.fileno())
+    try:
+        # fstat before fdopen: fdopen itself refuses a directory with an OSError.
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ChainError(lineage, f"{path} is not a regular file")
         if info.st_size > MAX_FILE_SIZE:
             raise ChainError(lineage, f"{path} is {info.st_size} bytes; the limit is 1 MiB")
-        data = file.read(MAX_FILE_SIZE + 1)
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            data = file.read(MAX_FILE_SIZE + 1)
+    except OSError as error:
+        raise ChainError(lineage, f"{path} cannot be read: {error.strerror}") from None
+    finally:
+        os.close(fd)
     if len(data) > MAX_FILE_SIZE:
         raise ChainError(lineage, f"{path} is over the 1 MiB limit")
     return data
