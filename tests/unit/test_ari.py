@@ -98,7 +98,8 @@ class TestRenewalNotice:
     NOT_AFTER = NOW + 80 * DAY
 
     def _plan(self, now: dt.datetime, deployed: bool = True, url: str | None = None) -> str | None:
-        return plan_renewal_notice(_window(self.START, self.END, url), self.NOT_AFTER, deployed, now)
+        window = _window(self.START, self.END, url)
+        return plan_renewal_notice(window, self.NOT_AFTER, deployed, now)
 
     def test_before_the_window(self) -> None:
         assert self._plan(NOW) is None
@@ -153,7 +154,7 @@ class TestRenewalIdentifier:
             .not_valid_before(NOW)
             .not_valid_after(NOW + DAY)
             .add_extension(x509.AuthorityKeyIdentifier(key_id, None, None), False)
-            .sign(hierarchy.intermediate_key, hashes.SHA256())  # type: ignore[arg-type]
+            .sign(hierarchy.intermediate_key, hashes.SHA256())
         )
         assert build_renewal_identifier(leaf) == "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE"
 
