@@ -202,8 +202,8 @@ def fetch_renewal_window(
     from josepy.errors import DeserializationError
 
     url = directory_url
+    net = client.ClientNetwork(key=None, user_agent=f"danesync/{__version__}", timeout=timeout)
     try:
-        net = client.ClientNetwork(key=None, user_agent=f"danesync/{__version__}", timeout=timeout)
         ca = client.ClientV2(client.ClientV2.get_directory(directory_url, net), net)
         try:
             base: Any = ca.directory["renewalInfo"]
@@ -223,6 +223,8 @@ def fetch_renewal_window(
         raise AriError(url, _describe_client_error(error)) from error
     except (DeserializationError, ValueError) as error:
         raise AriError(url, f"malformed response: {error}") from error
+    finally:
+        net.session.close()  # the daemon asks again in hours: keep no idle connection
     start, end = window.start, window.end
     if start is None or end is None:
         raise AriError(url, "the suggested window lacks a start or an end")

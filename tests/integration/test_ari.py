@@ -269,6 +269,23 @@ def _leaf(hierarchy: Hierarchy, days_left: float = 60, serial: int | None = None
     )
 
 
+def _reissue(hierarchy: Hierarchy, key: Any) -> x509.Certificate:
+    """The hierarchy's intermediate name with a Subject Key Identifier of `key`."""
+    now = _utc_now()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(hierarchy.intermediate.subject)
+        .issuer_name(hierarchy.root.subject)
+        .public_key(key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - DAY)
+        .not_valid_after(now + 365 * DAY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), False)
+        .sign(hierarchy.root_key, hashes.SHA256())
+    )
+
+
 @needs_ari
 class TestFetch:
     """fetch_renewal_window asks the CA through acme's ClientV2 and ClientNetwork."""
@@ -350,6 +367,17 @@ class TestFetch:
         with pytest.raises(AriError, match="not the certificate's issuer"):
             fetch_renewal_window(server.directory_url, leaf.cert, Hierarchy("Other").intermediate)
         assert server.seen() == []
+
+    def test_issuer_with_key_identifier(self, server: AriServer, hierarchy: Hierarchy) -> None:
+        # Real intermediates carry a Subject Key Identifier: it must match the leaf's AKI.
+        leaf = _leaf(hierarchy)
+        now = _utc_now()
+        server.suggest(leaf, now - DAY, now + DAY)
+        issuer = _reissue(hierarchy, hierarchy.intermediate_key.public_key())
+        assert fetch_renewal_window(server.directory_url, leaf.cert, issuer) is not None
+        stranger = _reissue(hierarchy, ec.generate_private_key(ec.SECP256R1()).public_key())
+        with pytest.raises(AriError, match="does not match the certificate's AKI"):
+            fetch_renewal_window(server.directory_url, leaf.cert, stranger)
 
     @pytest.mark.parametrize(
         ("answer", "reason"),
