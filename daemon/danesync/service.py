@@ -503,6 +503,7 @@ class Service:
         self._confirm_served(chains)
 
     def _confirm_served(self, chains: list[Chain]) -> None:
+        """The STARTTLS probe must see each new leaf (asking by name or key type)."""
         endpoint = self.config.postfix.probe
         if endpoint is None or not self.config.postfix.reload:
             return
@@ -510,32 +511,17 @@ class Service:
             certificate = self.config.certificate(chain.lineage)
             assert certificate is not None
             servername = certificate.hostnames[0] if certificate.sni else None
-            expected = _leaf_der(chain)
             if not probe.wait_for_leaf(
-                endpoint.host, endpoint.port, expected, servername=servername
+                endpoint.host,
+                endpoint.port,
+                _leaf_der(chain),
+                servername=servername,
+                key_algorithm=None if certificate.sni else chain.key_algorithm,
             ):
-                if not certificate.sni and self._default_algorithms_differ(chain):
-                    # The probe saw another default chain (RSA vs ECDSA): that is fine.
-                    continue
-                log.error(
-                    "probe.failed",
-                    lineage=chain.lineage,
-                    serial=chain.serial,
-                    reason=f"{endpoint} does not serve the new leaf",
-                )
-                raise ProbeError(f"{endpoint} does not serve the new leaf of {chain.lineage}")
+                reason = f"{endpoint} does not serve the new leaf"
+                log.error("probe.failed", lineage=chain.lineage, serial=chain.serial, reason=reason)
+                raise ProbeError(f"{chain.lineage}: {reason}")
             log.info("probe.ok", lineage=chain.lineage, serial=chain.serial)
-
-    def _default_algorithms_differ(self, chain: Chain) -> bool:
-        others = [
-            s.deployed.key_algorithm
-            for name, s in self.state.lineages.items()
-            if name != chain.lineage
-            and s.deployed is not None
-            and (c := self.config.certificate(name)) is not None
-            and not c.sni
-        ]
-        return any(algorithm != chain.key_algorithm for algorithm in others)
 
     def _roll_back(self, chains: list[Chain], reason: str, result: PassResult) -> None:
         log.error("postfix.failed", reason=reason)

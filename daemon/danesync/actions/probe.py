@@ -50,18 +50,35 @@ def format_host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _client_context() -> ssl.SSLContext:
+# OpenSSL cipher strings that make the server pick the chain of one key
+# algorithm (TLS 1.2 only: TLS 1.3 negotiates it with signature algorithms,
+# which Python's ssl module cannot restrict).
+_ALGORITHM_CIPHERS = {"rsa": "aRSA", "ecdsa": "aECDSA"}
+
+
+def _client_context(key_algorithm: str | None = None) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     # We compare the exact leaf instead (module docstring).
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    if key_algorithm in _ALGORITHM_CIPHERS:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(_ALGORITHM_CIPHERS[key_algorithm])
     return context
 
 
 def probe_starttls(
-    host: str, port: int, servername: str | None = None, timeout: float = 5
+    host: str,
+    port: int,
+    servername: str | None = None,
+    timeout: float = 5,
+    *,
+    key_algorithm: str | None = None,
 ) -> bytes:
     """EHLO, STARTTLS, handshake (with SNI `servername` if given); the served leaf, DER.
+
+    With `key_algorithm` ("rsa", "ecdsa"), only that kind of chain is
+    acceptable to the client, so a host serving both shows the one asked for.
 
     Raises ProbeError saying which step failed.
     """
@@ -84,7 +101,7 @@ def probe_starttls(
         if smtp.sock is None:
             raise ProbeError(f"{where}: connection closed after STARTTLS")
         try:
-            tls = _client_context().wrap_socket(smtp.sock, server_hostname=servername)
+            tls = _client_context(key_algorithm).wrap_socket(smtp.sock, server_hostname=servername)
         except ssl.SSLError as error:
             raise ProbeError(f"{where}: TLS handshake failed: {error}") from error
         # As smtplib's own starttls does: later commands go over TLS.
@@ -112,6 +129,7 @@ def wait_for_leaf(
     deadline: float = 10,
     interval: float = 0.25,
     timeout: float = 5,
+    key_algorithm: str | None = None,
 ) -> bool:
     """Probe until `expected_der` is served (True) or `deadline` seconds pass (False).
 
@@ -122,7 +140,10 @@ def wait_for_leaf(
     end = time.monotonic() + deadline
     while True:
         try:
-            if probe_starttls(host, port, servername, timeout) == expected_der:
+            if (
+                probe_starttls(host, port, servername, timeout, key_algorithm=key_algorithm)
+                == expected_der
+            ):
                 return True
         except ProbeError:
             pass
