@@ -184,10 +184,12 @@ class _HttpsServer(ThreadingHTTPServer):
         # The handshake runs in the connection's thread: a client that rejects
         # our certificate must not stall the accept loop.
         try:
-            request = self.context.wrap_socket(request, server_side=True)
+            wrapped = self.context.wrap_socket(request, server_side=True)
         except (ssl.SSLError, OSError):
             return
-        super().finish_request(request, client_address)
+        # socketserver closes the original socket, which the wrapper has detached.
+        with wrapped:
+            super().finish_request(wrapped, client_address)
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
