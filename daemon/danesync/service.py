@@ -247,32 +247,40 @@ class Service:
         return self._verify_servers
 
     def _observe_dns(self, names: frozenset[str], result: PassResult) -> DnsView | None:
-        if self.config.dns.mode is DnsMode.OFF or not names:
-            return (
-                None
-                if self.config.dns.mode is DnsMode.OFF
-                else DnsView(names, frozenset(), frozenset())
-            )
+        """Ask every verify server for every name; None when any could not answer."""
+        if self.config.dns.mode is DnsMode.OFF:
+            return None
+        if not names:
+            return DnsView(names, frozenset(), frozenset())
         try:
             servers = self._servers()
-            visibility = dns_actions.query_visibility(servers, sorted(names))
-            primary = self._primary()
-            on_primary: frozenset[TlsaRecord] = frozenset()
-            if primary is not None:
-                on_primary = (
-                    frozenset(
-                        record for name in names for record in visibility.on_server(primary, name)
-                    )
-                    if primary in servers
-                    else frozenset(
-                        record for name in names for record in dns_actions.query_tlsa(primary, name)
-                    )
-                )
         except DnsError as error:
             log.error("dns.failed", reason=str(error))
             result.failed = True
             return None
-        visible = frozenset(record for name in names for record in visibility.visible_records(name))
+        visibility = dns_actions.query_visibility(servers, sorted(names))
+        if not visibility.complete:
+            log.error("dns.failed", reason="; ".join(visibility.problems()))
+            result.failed = True
+            return None
+        visible = frozenset(visibility.visible_records())
+        primary = self._primary()
+        on_primary = visible
+        if primary is not None:
+            try:
+                on_primary = frozenset(
+                    record
+                    for name in sorted(names)
+                    for record in (
+                        visibility.on_server(primary, name)
+                        if primary in servers
+                        else dns_actions.query_tlsa(primary, name)
+                    )
+                )
+            except DnsError as error:
+                log.error("dns.failed", reason=str(error))
+                result.failed = True
+                return None
         return DnsView(names, visible, on_primary)
 
     def _send_update(
