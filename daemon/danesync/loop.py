@@ -212,7 +212,7 @@ class Daemon:
     def _next_poll(self, result: PassResult) -> float:
         now = time.monotonic()
         if result.failed:
-            delay = min(FAILURE_RETRY[0] * 2 ** max(self.failures - 1, 0), FAILURE_RETRY[1])
+            delay = min(FAILURE_RETRY[0] * 2.0 ** max(self.failures - 1, 0), FAILURE_RETRY[1])
             return now + delay
         if not result.waiting:
             return now + self.config.daemon.reconcile_interval

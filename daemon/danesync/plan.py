@@ -283,11 +283,11 @@ def _refuse_duplicate_algorithms(
 ) -> list[Decision]:
     """Postfix takes one default chain per key algorithm: two are an error."""
     owners: dict[str, str] = {}
-    for certificate in config.certificates:
-        lineage_state = state.lineages.get(certificate.lineage)
-        if certificate.sni or lineage_state is None or lineage_state.deployed is None:
+    for configured in config.certificates:
+        lineage_state = state.lineages.get(configured.lineage)
+        if configured.sni or lineage_state is None or lineage_state.deployed is None:
             continue
-        owners.setdefault(lineage_state.deployed.key_algorithm, certificate.lineage)
+        owners.setdefault(lineage_state.deployed.key_algorithm, configured.lineage)
     result = []
     for decision in decisions:
         certificate = config.certificate(decision.lineage)

@@ -19,12 +19,14 @@ from typing import Any
 
 import structlog
 
+from danesync import ari
 from danesync.actions import dns as dns_actions
 from danesync.actions import files, postfix, probe
-from danesync.certbot import read_chain
+from danesync.certbot import read_acme_server, read_chain
 from danesync.chain import Chain, LineageFiles, format_time, validate_chain
 from danesync.config import CertificateConfig, Config, DnsMode
 from danesync.errors import (
+    AriError,
     ChainError,
     DnsError,
     LineagePending,
@@ -80,6 +82,8 @@ class Service:
         self._last_logged: dict[str, tuple[Verb, str | None]] = {}
         self._verify_servers: list[dns_actions.Server] | None = None
         self._tsig_key: TsigKey | None = None
+        self._ari_notice_logged = False
+        self._ari_next_check: dict[str, dt.datetime] = {}
         self.recover()
 
     # --- persistence -------------------------------------------------------
@@ -188,7 +192,9 @@ class Service:
                 self.state.records.pop(record, None)
                 log.info("tlsa.retired", tlsa=record.zone_line(self.config.dns.ttl))
             self.save()
-        self._warn_expiring(now)
+        if lineages is None:  # monitoring belongs to full passes
+            self._warn_expiring(now)
+            self._check_renewal_info(candidates, now)
         return False
 
     def _select(self, lineages: Iterable[str] | None) -> list[CertificateConfig]:
@@ -563,21 +569,62 @@ class Service:
     # --- monitoring ---------------------------------------------------------------
 
     def _warn_expiring(self, now: dt.datetime) -> None:
+        """`cert.expiring` at 21 and 7 days before notAfter, at every full pass."""
         for name, lineage_state in sorted(self.state.lineages.items()):
             deployed = lineage_state.deployed
-            if deployed is None:
+            warning = deployed and ari.plan_expiry_warnings(deployed.not_after, now)
+            if deployed is None or not warning:
                 continue
-            left = deployed.not_after - now
-            for days, level in ((7, "error"), (21, "warning")):
-                if left <= dt.timedelta(days=days):
-                    getattr(log, level)(
-                        "cert.expiring",
-                        lineage=name,
-                        serial=deployed.serial,
-                        not_after=format_time(deployed.not_after),
-                        reason=f"expires in {max(left.days, 0)} days",
-                    )
-                    break
+            level, reason = warning
+            getattr(log, level)(
+                "cert.expiring",
+                lineage=name,
+                serial=deployed.serial,
+                not_after=format_time(deployed.not_after),
+                reason=reason,
+            )
+
+    def _check_renewal_info(self, candidates: Mapping[str, Candidate], now: dt.datetime) -> None:
+        """ARI (RFC 9773): tell the operator when the CA wants a renewal certbot has not done."""
+        unsupported = ari.ari_support()
+        if unsupported is not None:
+            if not self._ari_notice_logged:
+                log.info("renewal.unsupported", reason=unsupported)
+                self._ari_notice_logged = True
+            return
+        for lineage, candidate in sorted(candidates.items()):
+            lineage_state = self.state.lineages.get(lineage)
+            deployed = lineage_state.deployed if lineage_state else None
+            if deployed is None or not isinstance(candidate, Chain) or not candidate.intermediates:
+                continue
+            if self._ari_next_check.get(lineage, now) > now:
+                continue
+            directory = read_acme_server(self.config.certbot.config_dir, lineage)
+            if directory is None:
+                continue
+            try:
+                window = ari.fetch_renewal_window(
+                    directory, candidate.leaf, candidate.intermediates[0]
+                )
+            except AriError as error:
+                log.warning("renewal.unknown", lineage=lineage, reason=str(error))
+                self._ari_next_check[lineage] = now + dt.timedelta(hours=1)
+                continue
+            if window is None:
+                self._ari_next_check[lineage] = now + dt.timedelta(days=1)
+                continue
+            self._ari_next_check[lineage] = window.next_check
+            reason = ari.plan_renewal_notice(
+                window, deployed.not_after, candidate.fingerprint == deployed.fingerprint, now
+            )
+            if reason is not None:
+                log.warning(
+                    "renewal.suggested",
+                    lineage=lineage,
+                    serial=deployed.serial,
+                    not_after=format_time(deployed.not_after),
+                    reason=reason,
+                )
 
     def clear_failures(self) -> None:
         for lineage_state in self.state.lineages.values():

@@ -85,7 +85,7 @@ def make_lineage(
     name: str,
     leaf: Leaf,
     version: int = 1,
-    server: str = "https://acme-v02.api.letsencrypt.org/directory",
+    server: str = "https://127.0.0.1:1/directory",  # refuses at once: no ARI in tests
 ) -> Path:
     """A complete lineage at `version`, with its renewal config. Returns live/<name>."""
     (config_dir / "live").mkdir(parents=True, exist_ok=True, mode=0o700)
