@@ -253,28 +253,38 @@ class LineageWatcher:
         """Bring the watches in line with the directories that exist now.
 
         A watch follows an inode: one whose directory was replaced is dropped
-        and made again.
+        and made again. Directories can appear while a watch is being added,
+        unseen by it, so the check repeats until nothing changes.
         """
         observer = self._observer
         if observer is None:
             return
         had_live = self.watching_live
-        old_live_key = (str(self._root), True)
-        root = Path(os.path.realpath(self.live_dir))
-        desired = self._desired_watches(root)
         live_dropped = False
-        for key, (watch, identity) in list(self._watches.items()):
-            if key not in desired or _identity(key[0]) != identity:
-                del self._watches[key]
+        for _ in range(64):  # far more than the levels of any real path
+            old_live_key = (str(self._root), True)
+            root = Path(os.path.realpath(self.live_dir))
+            desired = self._desired_watches(root)
+            stale = [
+                key
+                for key, (_, identity) in self._watches.items()
+                if key not in desired or _identity(key[0]) != identity
+            ]
+            missing = sorted(desired - self._watches.keys())
+            if not stale and not missing:
+                break
+            for key in stale:
+                watch, _ = self._watches.pop(key)
                 observer.unschedule(watch)
                 live_dropped = live_dropped or key == old_live_key
-        self._root = root
-        for key in sorted(desired):
-            if key not in self._watches:
+            self._root = root
+            for key in missing:
                 path, recursive = key
                 identity = _identity(path)
-                watch = observer.schedule(self._handler, path, recursive=recursive)
-                self._watches[key] = (watch, identity)
+                self._watches[key] = (
+                    observer.schedule(self._handler, path, recursive=recursive),
+                    identity,
+                )
         if not report:
             return
         has_live = self.watching_live
