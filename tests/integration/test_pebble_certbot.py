@@ -125,8 +125,9 @@ class TestCaRollover:
     def test_restart_then_renew(self, certbot: Certbot, pebble: PebbleCA) -> None:
         certbot.certonly(NAME, cert_name="rsa-lineage", key_type="rsa")
         first = assert_complete_lineage(certbot, "rsa-lineage", 1)
-        assert isinstance(first.public_key(), rsa.RSAPublicKey)
-        assert first.public_key().key_size == 2048
+        public_key = first.public_key()
+        assert isinstance(public_key, rsa.RSAPublicKey)
+        assert public_key.key_size == 2048
         old_intermediate = x509.load_pem_x509_certificate(pebble.intermediate_pem())
         old_root = pebble.root_pem()
         (old_chain,) = certificates(certbot.read("rsa-lineage", "chain"))
