@@ -27,6 +27,7 @@ from typing import Any
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.utils import BaseThread
 
 from danesync.errors import WatchError
 from danesync.log import get_logger
@@ -92,7 +93,8 @@ class Debouncer:
 # watchdog drops the kernel's IN_Q_OVERFLOW record (wd -1) without telling
 # its users (up to 6.x; 7.x only logs it). The only place to see it is the
 # static method that parses the raw buffer, so it is wrapped once per process
-# and reports to every running watcher.
+# and reports to every running watcher. A dying watchdog thread is reported
+# the same way.
 _overflow_lock = threading.Lock()
 _overflow_listeners: dict[int, OverflowCallback] = {}
 _overflow_hook: bool | None = None
@@ -133,6 +135,40 @@ def _install_overflow_hook() -> bool:
         return True
 
 
+_last_death: list[BaseException | None] = [None]
+
+
+def _install_thread_death_hook() -> None:
+    """Report a watchdog thread that dies of an exception as lost events.
+
+    watchdog's reader and dispatch threads end silently on an unexpected
+    error, and with them all watching; `threading.excepthook` is the one
+    place that sees it. Installed again if something replaced it since.
+    """
+    with _overflow_lock:
+        previous = threading.excepthook
+        if getattr(previous, "_danesync_watcher", False):
+            return
+
+        def hook(args: threading.ExceptHookArgs) -> None:
+            # A chain of hooks may hold this one twice: report each death once.
+            if (
+                isinstance(args.thread, BaseThread)
+                and _overflow_listeners
+                and args.exc_value is not _last_death[0]
+            ):
+                _last_death[0] = args.exc_value
+                name = args.thread.name if args.thread is not None else "?"
+                log.error(
+                    "watcher.failed", reason=f"watchdog thread {name} died: {args.exc_value!r}"
+                )
+                _notify_overflow()
+            previous(args)
+
+        hook._danesync_watcher = True  # type: ignore[attr-defined]
+        threading.excepthook = hook
+
+
 def _fspath(path: bytes | str) -> str:
     return os.fsdecode(path)
 
@@ -143,7 +179,12 @@ class _Handler(FileSystemEventHandler):
         self._watcher = watcher
 
     def dispatch(self, event: FileSystemEvent) -> None:
-        self._watcher._handle(event)
+        try:
+            self._watcher._handle(event)
+        except Exception as error:
+            # Raising here would end watchdog's dispatch thread and all watching.
+            log.error("watcher.failed", reason=repr(error))
+            self._watcher._overflowed()
 
 
 class LineageWatcher:
@@ -191,6 +232,7 @@ class LineageWatcher:
                 raise RuntimeError("watcher already started")
             self._stopping = False
             self._overflow_hook = _install_overflow_hook()
+            _install_thread_death_hook()
             if not self._overflow_hook:
                 log.warning(
                     "watcher.overflow_unreported",

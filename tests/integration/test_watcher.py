@@ -337,6 +337,67 @@ class TestRobustness:
         assert failures[0]["lineage"] == NAME
         assert "bug in the loop" in failures[0]["reason"]
 
+    def test_error_in_the_watcher_is_logged_and_reported(
+        self,
+        config_dir: Path,
+        leaf: Leaf,
+        recorder: Recorder,
+        watch: LineageWatcher,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        make_lineage(config_dir, NAME, leaf)
+        watch.start()
+        original = watch._lineage_of
+        failed = []
+
+        def buggy(path: str, is_directory: bool) -> str | None:
+            if not failed:
+                failed.append(path)
+                raise KeyError("a bug")
+            return original(path, is_directory)
+
+        monkeypatch.setattr(watch, "_lineage_of", buggy)
+        with capture_logs() as logs:
+            renew(config_dir, NAME, leaf)
+            recorder.wait_overflow(0)
+            recorder.wait_change(NAME, 0)
+        assert watch.alive()
+        assert any(e["event"] == "watcher.failed" and "a bug" in e["reason"] for e in logs)
+
+    @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+    def test_dead_watchdog_thread_is_reported_and_a_restart_recovers(
+        self,
+        config_dir: Path,
+        leaf: Leaf,
+        recorder: Recorder,
+        watch: LineageWatcher,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        make_lineage(config_dir, NAME, leaf)
+        watch.start()
+
+        class Fatal(BaseException):
+            """Not an Exception: nothing in the watcher catches it."""
+
+        def fatal(path: str, is_directory: bool) -> str | None:
+            raise Fatal("watchdog thread killed")
+
+        monkeypatch.setattr(watch, "_lineage_of", fatal)
+        with capture_logs() as logs:
+            renew(config_dir, NAME, leaf)
+            recorder.wait_overflow(0)
+        assert any("died" in e.get("reason", "") for e in logs if e["event"] == "watcher.failed")
+        deadline = time.monotonic() + PROMPT
+        while watch.alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not watch.alive()
+        # What the loop does after a reported failure: a fresh watcher.
+        monkeypatch.undo()
+        watch.stop()
+        watch.start()
+        renew(config_dir, NAME, leaf)
+        recorder.wait_change(NAME, 0)
+
     def test_stop(self, config_dir: Path, leaf: Leaf, recorder: Recorder) -> None:
         make_lineage(config_dir, NAME, leaf)
         watcher = LineageWatcher(config_dir / "live", recorder.on_change)
