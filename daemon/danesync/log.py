@@ -156,6 +156,13 @@ def plain_values(_logger: WrappedLogger, _method: str, event_dict: EventDict) ->
     return event_dict
 
 
+def order_fields(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """Processor: `timestamp`, `level`, `event` first, for a reader of the raw lines."""
+    head = {k: event_dict.pop(k) for k in ("timestamp", "level", "event") if k in event_dict}
+    head.update(event_dict)
+    return head
+
+
 def _text(value: Any) -> str:
     value = _plain(value)
     if isinstance(value, list):
@@ -342,7 +349,7 @@ def configure_logging(fmt: LogFormat = "auto", level: str | int = "info") -> Con
         processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
         logger_factory = structlog.PrintLoggerFactory(sys.stderr)
     else:
-        processors.append(structlog.processors.JSONRenderer(sort_keys=False))
+        processors += [order_fields, structlog.processors.JSONRenderer(sort_keys=False)]
         logger_factory = structlog.PrintLoggerFactory(sys.stdout)
 
     structlog.configure(

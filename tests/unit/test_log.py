@@ -160,6 +160,7 @@ class TestJsonOutput:
         captured = capsys.readouterr()
         assert captured.err == ""
         first, second = json_lines(captured.out)
+        assert list(first)[:3] == ["timestamp", "level", "event"]
         assert first["event"] == "chain.deployed"
         assert first["level"] == "info"
         assert first["lineage"] == "mx.example.test"
