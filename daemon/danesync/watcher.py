@@ -190,10 +190,15 @@ class _Handler(FileSystemEventHandler):
 class LineageWatcher:
     """Calls ``on_change(name)`` for every change under ``live_dir/<name>/``.
 
-    Callbacks run on watchdog's thread: they must be quick and thread-safe
-    (put the name on a queue). Start the watcher before the first full
-    reconcile so that nothing falls between the two. A symlink in the path
-    of ``live_dir`` is resolved when the watches are set up.
+    ``on_overflow()`` means "events may have been lost, reconcile everything":
+    an inotify queue overflow, ``live/`` removed or replaced, or a failure
+    inside watchdog (then `alive()` may be False: `stop()` and `start()`).
+
+    Callbacks run on watchdog's threads: they must be quick and thread-safe
+    (put the name on a queue) and must not call `stop()`. Start the watcher
+    before the first full reconcile so that nothing falls between the two.
+    A symlink in the path of ``live_dir`` is resolved when the watches are
+    set up.
     """
 
     def __init__(
