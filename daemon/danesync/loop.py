@@ -190,6 +190,10 @@ class Daemon:
             if overflow or signal.SIGUSR1 in signals:
                 next_full = now
             if now >= next_full:
+                if self.watcher is not None and not self.watcher.alive():
+                    log.warning("watcher.restarted", reason="the watcher thread had died")
+                    self._stop_watcher()
+                    self._start_watcher()
                 self.service.clear_failures()
                 result = self._pass(None)
                 next_full = now + self.config.daemon.reconcile_interval

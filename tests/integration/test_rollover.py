@@ -12,6 +12,7 @@ import json
 import re
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -107,18 +108,23 @@ class Host:
         raise AssertionError(f"no {event} within {limit}s")
 
 
+def issuer_of(hierarchy: Hierarchy) -> str:
+    return hierarchy.intermediate.subject.rfc4514_string()
+
+
 def names(events: list[dict[str, Any]]) -> list[str]:
     return [str(e["event"]) for e in events]
 
 
 @pytest.fixture
 def old() -> Hierarchy:
-    return Hierarchy("Old")
+    # Unique names: the module's Postfix may still serve an earlier test's chain.
+    return Hierarchy(f"Old {uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture
 def new() -> Hierarchy:
-    return Hierarchy("New")
+    return Hierarchy(f"New {uuid.uuid4().hex[:8]}")
 
 
 class TestRolloverWithSync:
@@ -138,19 +144,19 @@ class TestRolloverWithSync:
         assert ta(old) in bind.dig_tlsa(NAME)
 
         host.sync_until("chain.deployed")
-        assert host.served_issuer() == "CN=Old Intermediate"
+        assert host.served_issuer() == issuer_of(old)
 
         renew(host.letsencrypt, MX, new.issue([MX]))
         code, events = host.sync()
         assert code == 0 and "tlsa.published" in names(events)
         assert bind.dig_tlsa(NAME) >= {ta(old), ta(new)}
-        assert host.served_issuer() == "CN=Old Intermediate"  # held
+        assert host.served_issuer() == issuer_of(old)  # held
         status = host.status()["lineages"][MX]
         assert status["pending"]["tlsa"] == [ta(new)]
 
         events = host.sync_until("chain.deployed")
         assert "tlsa.retired" in names(events)
-        assert host.served_issuer() == "CN=New Intermediate"
+        assert host.served_issuer() == issuer_of(new)
         assert bind.dig_tlsa(NAME) == {ta(new), "3 1 1 " + "ab" * 32}
         ok, output = postfix.dane_verify(MX, ta(new))
         assert ok, output
@@ -220,9 +226,9 @@ class TestRolloverWithSync:
             code, events = host.sync()
             assert code == 1 and "dns.failed" in names(events)
             assert "chain.deployed" not in names(events)
-            assert host.served_issuer() == "CN=Old Intermediate"
+            assert host.served_issuer() == issuer_of(old)
         host.sync_until("chain.deployed")
-        assert host.served_issuer() == "CN=New Intermediate"
+        assert host.served_issuer() == issuer_of(new)
 
     def test_check_mode_reports_and_waits_for_the_operator(
         self, tmp_path: Path, postfix: PostfixInstance, bind: BindServer, old: Hierarchy
@@ -236,7 +242,7 @@ class TestRolloverWithSync:
         assert bind.dig_tlsa(NAME) == set()  # check mode publishes nothing
         bind.add_record(NAME, "TLSA", ta(old))
         events = host.sync_until("chain.deployed")
-        assert host.served_issuer() == "CN=Old Intermediate"
+        assert host.served_issuer() == issuer_of(old)
 
 
 class TestRolloverUnderTheDaemon:
@@ -247,7 +253,8 @@ class TestRolloverUnderTheDaemon:
     ) -> None:
         host = Host(tmp_path, postfix, bind)
         make_lineage(host.letsencrypt, MX, old.issue([MX]))
-        issuers = {"CN=Old Intermediate": ta(old), "CN=New Intermediate": ta(new)}
+        old_issuer, new_issuer = issuer_of(old), issuer_of(new)
+        issuers = {old_issuer: ta(old), new_issuer: ta(new)}
         samples: list[tuple[float, set[str], str | None, set[str]]] = []
         stop = threading.Event()
 
@@ -263,9 +270,9 @@ class TestRolloverUnderTheDaemon:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         try:
-            wait_for(lambda: host.served_issuer_or_none() == "CN=Old Intermediate", 30, log)
+            wait_for(lambda: host.served_issuer_or_none() == old_issuer, 30, log)
             renew(host.letsencrypt, MX, new.issue([MX]))
-            wait_for(lambda: host.served_issuer_or_none() == "CN=New Intermediate", 30, log)
+            wait_for(lambda: host.served_issuer_or_none() == new_issuer, 30, log)
             wait_for(lambda: bind.dig_tlsa(NAME) == {ta(new)}, 15, log)
         finally:
             stop.set()
@@ -277,14 +284,14 @@ class TestRolloverUnderTheDaemon:
                          "chain.deployed", "tlsa.retired", "daemon.stopping"):
             assert expected in events, (expected, events)
 
-        served = [s for s in samples if s[2] is not None]
+        served = [s for s in samples if s[2] in issuers]
         assert len(served) > 20
         for _, before, issuer, after in served:
             assert issuer is not None
             record = issuers[issuer]
             assert record in before and record in after, (issuer, before, after)
         new_visible = min(t for t, before, _, _ in samples if ta(new) in before)
-        switched = min(t for t, _, issuer, _ in served if issuer == "CN=New Intermediate")
+        switched = min(t for t, _, issuer, _ in served if issuer == new_issuer)
         assert switched - new_visible >= WAIT - 0.5
 
 
