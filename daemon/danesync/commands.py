@@ -15,7 +15,7 @@ from typing import TextIO
 from danesync.certbot import read_chain
 from danesync.chain import Chain, format_time
 from danesync.config import CertificateConfig, Config
-from danesync.errors import ChainError, LineagePending
+from danesync.errors import ChainError, DanesyncError, LineagePending
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,10 @@ def judge(config: Config, certificate: CertificateConfig, now: dt.datetime) -> V
 
 
 def run_check(
-    config: Config, lineages: Sequence[str], now: dt.datetime, out: TextIO = sys.stdout
+    config: Config, lineages: Sequence[str], now: dt.datetime, out: TextIO | None = None
 ) -> int:
+    # None, not sys.stdout, as the default: print(file=None) finds the stream
+    # at call time, so a replaced sys.stdout (capture, redirection) is honoured.
     certificates = select_certificates(config, lineages)
     print(f"config {config.path}: ok, {len(config.certificates)} certificate(s)", file=out)
     if not certificates:
@@ -70,16 +72,33 @@ def run_check(
         rows += [("tlsa", record.zone_line(config.dns.ttl)) for record in chain.tlsa]
         for name, value in rows:
             print(f"  {name:<9} {value}", file=out)
+    _print_postfix_audit(config, out)
     return status
+
+
+def _print_postfix_audit(config: Config, out: TextIO) -> None:
+    """Warnings only: a questionable TLS setting does not make a lineage invalid."""
+    from danesync.actions.postfix import read_tls_audit
+
+    try:
+        warnings = read_tls_audit(config.postfix.config_dir)
+    except DanesyncError as error:
+        print(f"postfix {config.postfix.config_dir}: not audited: {error}", file=out)
+        return
+    if not warnings:
+        print(f"postfix {config.postfix.config_dir}: TLS settings ok", file=out)
+    for warning in warnings:
+        print(f"postfix {config.postfix.config_dir}: warning: {warning}", file=out)
 
 
 def run_tlsa(
     config: Config,
     lineages: Sequence[str],
     now: dt.datetime,
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
+    err = err or sys.stderr
     status = 0
     lines: list[str] = []
     for certificate in select_certificates(config, lineages):
