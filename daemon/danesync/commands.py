@@ -76,7 +76,7 @@ def run_check(
     return status
 
 
-def _print_postfix_audit(config: Config, out: TextIO) -> None:
+def _print_postfix_audit(config: Config, out: TextIO | None) -> None:
     """Warnings only: a questionable TLS setting does not make a lineage invalid."""
     from danesync.actions.postfix import read_tls_audit
 
