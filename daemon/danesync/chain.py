@@ -128,16 +128,25 @@ def validate_chain(
         raise fail("chain.pem is not the rest of fullchain.pem")
 
     try:
+        _describe(leaf)  # the names are parsed lazily too, and `check` prints them
         _check_key_matches(key, certificates, fail)
         algorithm = _check_key_strength(leaf, fail)
         _check_leaf_extensions(leaf, fail)
         _check_hostnames(leaf, hostnames, fail)
         _check_order_and_signatures(certificates, fail)
         _check_validity(certificates, now, fail)
-    except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension) as error:
-        # cryptography parses keys and extensions lazily: a malformed one
-        # surfaces here, not when the PEM was read.
-        raise fail(f"fullchain.pem holds a malformed certificate: {error}") from error
+    except (
+        ValueError,
+        KeyError,
+        UnsupportedAlgorithm,
+        x509.DuplicateExtension,
+        x509.UnsupportedGeneralNameType,
+    ) as error:
+        # cryptography parses keys, names and extensions lazily: a malformed
+        # one surfaces here, not when the PEM was read. (cryptography 38
+        # raises KeyError for a name in an unknown ASN.1 string type.)
+        detail = f"unknown ASN.1 type {error}" if isinstance(error, KeyError) else str(error)
+        raise fail(f"fullchain.pem holds a malformed certificate: {detail}") from error
     if Usage.DANE_TA in usages and not intermediates:
         raise fail('"2 1 1" needs the issuing certificate, but fullchain.pem holds only the leaf')
 

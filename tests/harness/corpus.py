@@ -73,10 +73,13 @@ def make_certificate(
     issuer_key: PrivateKey,
     not_before: dt.datetime,
     not_after: dt.datetime,
-    ca: bool,
+    ca: bool | None,
     san: list[str] | None = None,
 ) -> x509.Certificate:
-    """A certificate with exactly the given properties (the harness cannot make odd ones)."""
+    """A certificate with exactly the given properties (the harness cannot make odd ones).
+
+    `ca=None` leaves basicConstraints out, as in old v1-style certificates.
+    """
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(subject))
@@ -85,8 +88,10 @@ def make_certificate(
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), True)
     )
+    if ca is not None:
+        constraints = x509.BasicConstraints(ca=ca, path_length=0 if ca else None)
+        builder = builder.add_extension(constraints, True)
     if san is not None:
         builder = builder.add_extension(
             x509.SubjectAlternativeName([x509.DNSName(n) for n in san]), False
@@ -263,6 +268,29 @@ def build_corpus(now: dt.datetime) -> list[BadCase]:
         privkey=signed_by_not_ca.key_pem,
         chain=cert_pem(not_ca),
         fullchain=signed_by_not_ca.cert_pem + cert_pem(not_ca),
+    )
+    bare_key = make_key("ec256")
+    bare = make_certificate(
+        "Bare Intermediate",
+        bare_key,
+        hierarchy.root.subject,
+        hierarchy.root_key,
+        now - 90 * day,
+        now + 900 * day,
+        ca=None,
+    )
+    bare_leaf_key = make_key("ec256")
+    bare_leaf = make_certificate(
+        HOST, bare_leaf_key, bare.subject, bare_key, now - day, now + 89 * day, ca=False, san=[HOST]
+    )
+    add(
+        "intermediate-without-constraints",
+        "certificate 2 of fullchain.pem (CN=Bare Intermediate) is not a CA "
+        "(basicConstraints CA:TRUE missing)",
+        cert=cert_pem(bare_leaf),
+        privkey=key_pem(bare_leaf_key),
+        chain=cert_pem(bare),
+        fullchain=cert_pem(bare_leaf) + cert_pem(bare),
     )
     add(
         "cert-not-fullchain-leaf",

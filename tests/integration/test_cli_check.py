@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import os
 import subprocess
 import sys
@@ -18,6 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from danesync.__main__ import main
+from danesync.commands import run_check, run_tlsa
+from danesync.config import load_config
 from tests.conftest import require_program
 from tests.harness.certs import Hierarchy, Leaf, make_key
 from tests.harness.corpus import BadCase, build_corpus, write_lineage_files
@@ -351,3 +355,32 @@ class TestExitStatuses:
         version = danesync("--version")
         assert version.returncode == 0
         assert version.stdout.startswith("danesync ")
+
+
+class TestInProcess:
+    """The same commands called in-process (for coverage, and a fixed `now`)."""
+
+    def test_run_check_at_a_given_moment(self, site: Site) -> None:
+        config = load_config(site.config)
+        out = io.StringIO()
+        assert run_check(config, ["mx-ec"], NOW) == 0
+        assert run_check(config, ["mx-ec"], NOW, out=out) == 0
+        assert "mx-ec: valid" in out.getvalue()
+        later = io.StringIO()
+        assert run_check(config, ["mx-ec"], NOW + 61 * DAY, out=later) == 1
+        assert "mx-ec: INVALID: the leaf expired at" in later.getvalue()
+
+    def test_run_tlsa(self, site: Site) -> None:
+        config = load_config(site.config)
+        out, err = io.StringIO(), io.StringIO()
+        assert run_tlsa(config, ["mx-both", "expired-leaf"], NOW, out=out, err=err) == 1
+        assert len(out.getvalue().splitlines()) == 2
+        assert err.getvalue().startswith("danesync: expired-leaf: the leaf expired at")
+
+    def test_main(self, site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+        assert main(["check", "-c", str(site.config), "mx-ec"]) == 0
+        assert "mx-ec: valid" in capsys.readouterr().out
+        assert main(["tlsa", "-c", str(site.config), "mx-ec"]) == 0
+        assert " IN TLSA 2 1 1 " in capsys.readouterr().out
+        assert main(["check", "-c", str(site.config / "nothing")]) == 78
+        assert main(["nonsense"]) == 2

@@ -5,10 +5,13 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import subprocess
+from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,6 +20,7 @@ from danesync.chain import LineageFiles, name_matches, validate_chain, verify_si
 from danesync.errors import ChainError
 from danesync.pem import parse_certificates, parse_private_key
 from danesync.tlsa import TlsaRecord, Usage, spki_sha256
+from tests.conftest import require_program
 from tests.harness.certs import NOW, Hierarchy, Leaf, cert_pem, key_pem, make_key
 from tests.harness.corpus import HOST, BadCase, build_corpus, files_of, make_certificate
 
@@ -192,6 +196,26 @@ class TestHappyPaths:
         }
         assert validate(files).leaf == leaf.cert
 
+    def test_leaf_without_basic_constraints(self, hierarchy: Hierarchy) -> None:
+        key = make_key("ec256")
+        leaf = make_certificate(
+            HOST,
+            key,
+            hierarchy.intermediate.subject,
+            hierarchy.intermediate_key,
+            NOW - DAY,
+            NOW + DAY,
+            ca=None,
+            san=[HOST],
+        )
+        files = {
+            "cert": cert_pem(leaf),
+            "privkey": key_pem(key),
+            "chain": cert_pem(hierarchy.intermediate),
+            "fullchain": cert_pem(leaf) + cert_pem(hierarchy.intermediate),
+        }
+        assert validate(files).leaf == leaf
+
     def test_no_eku_and_any_eku_are_accepted(self, hierarchy: Hierarchy) -> None:
         for eku in (
             [],
@@ -199,6 +223,113 @@ class TestHappyPaths:
             [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH],
         ):
             assert validate(files_of(hierarchy.issue(eku=eku))).leaf is not None
+
+
+class TestSignatures:
+    """verify_signature: which issuer key signed a certificate."""
+
+    def test_mismatched_algorithms_do_not_verify(self, hierarchy: Hierarchy) -> None:
+        ed_key = make_key("ed25519")
+        ed_ca = make_certificate(
+            "Ed CA", ed_key, hierarchy.root.subject, hierarchy.root_key, NOW - DAY, NOW + DAY, True
+        )
+        by_ed = make_certificate(
+            HOST, make_key("ec256"), ed_ca.subject, ed_key, NOW - DAY, NOW + DAY, False, san=[HOST]
+        )
+        rsa_key = make_key("rsa", slot=1)
+        rsa_ca = make_certificate(
+            "RSA CA",
+            rsa_key,
+            hierarchy.root.subject,
+            hierarchy.root_key,
+            NOW - DAY,
+            NOW + DAY,
+            True,
+        )
+        by_rsa = make_certificate(
+            HOST,
+            make_key("ec256"),
+            rsa_ca.subject,
+            rsa_key,
+            NOW - DAY,
+            NOW + DAY,
+            False,
+            san=[HOST],
+        )
+        assert verify_signature(by_ed, ed_ca)
+        assert verify_signature(by_rsa, rsa_ca)
+        assert verify_signature(hierarchy.intermediate, hierarchy.root)
+        # every issuer key type against a signature of another type
+        assert not verify_signature(by_ed, hierarchy.intermediate)  # EC key, Ed25519 signature
+        assert not verify_signature(by_ed, rsa_ca)  # RSA key, Ed25519 signature
+        assert not verify_signature(by_rsa, ed_ca)  # Ed25519 key, RSA signature
+        assert not verify_signature(by_rsa, hierarchy.intermediate)  # EC key, RSA signature
+
+    def test_dsa_issuer_is_not_supported(self, hierarchy: Hierarchy) -> None:
+        dsa_key = dsa.generate_private_key(key_size=1024)
+        dsa_ca = make_certificate(
+            "DSA CA",
+            dsa_key,
+            hierarchy.root.subject,
+            hierarchy.root_key,
+            NOW - DAY,
+            NOW + DAY,
+            True,  # type: ignore[arg-type]
+        )
+        leaf = make_certificate(
+            HOST,
+            make_key("ec256"),
+            dsa_ca.subject,
+            dsa_key,
+            NOW - DAY,
+            NOW + DAY,
+            False,
+            san=[HOST],  # type: ignore[arg-type]
+        )
+        assert not verify_signature(leaf, dsa_ca)
+        files = {
+            "cert": cert_pem(leaf),
+            "privkey": key_pem(make_key("ec256")),
+            "chain": cert_pem(dsa_ca),
+            "fullchain": cert_pem(leaf) + cert_pem(dsa_ca),
+        }
+        with pytest.raises(ChainError, match="does not match"):
+            validate(files)
+
+    def test_rsa_pss_is_refused_not_crashed(self, tmp_path: Path) -> None:
+        """RSA-PSS chains are not verified (no public CA issues them): a clear refusal."""
+        require_program("openssl")
+
+        def openssl(command: str) -> None:
+            subprocess.run(
+                ["openssl", *command.split()], cwd=tmp_path, check=True, capture_output=True
+            )
+
+        pss = "-sha256 -sigopt rsa_padding_mode:pss"
+        openssl(
+            "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -subj /CN=PSS_CA "
+            f"-days 3650 -addext basicConstraints=critical,CA:TRUE {pss}"
+        )
+        openssl(f"req -new -newkey rsa:2048 -nodes -keyout leaf.key -out leaf.csr -subj /CN={HOST}")
+        (tmp_path / "ext").write_text(f"subjectAltName=DNS:{HOST}\n")
+        openssl(
+            "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out leaf.pem "
+            f"-days 30 -extfile ext {pss}"
+        )
+        leaf_pem, ca_pem = (tmp_path / "leaf.pem").read_bytes(), (tmp_path / "ca.pem").read_bytes()
+        files = {
+            "cert": leaf_pem,
+            "privkey": (tmp_path / "leaf.key").read_bytes(),
+            "chain": ca_pem,
+            "fullchain": leaf_pem + ca_pem,
+        }
+        now = dt.datetime.now(dt.UTC)
+        with pytest.raises(ChainError) as caught:
+            validate(files, now=now)
+        assert caught.value.reason == (
+            f"the signature on certificate 1 (CN={HOST}) does not verify with the key of "
+            "certificate 2 of fullchain.pem (CN=PSS_CA)"
+        )
 
 
 class TestChainValues:
