@@ -128,7 +128,8 @@ def validate_chain(
         raise fail("chain.pem is not the rest of fullchain.pem")
 
     try:
-        _describe(leaf)  # the names are parsed lazily too, and `check` prints them
+        for name in (leaf.subject, leaf.issuer):  # parsed lazily too; `check` prints both
+            name.rfc4514_string()
         _check_key_matches(key, certificates, fail)
         algorithm = _check_key_strength(leaf, fail)
         _check_leaf_extensions(leaf, fail)

@@ -471,7 +471,9 @@ class TestProperties:
     @given(data=st.data())
     def test_corrupted_certificates(self, data: st.DataObject) -> None:
         leaf: Leaf = HIERARCHY_LEAF
-        ders = [c.public_bytes(serialization.Encoding.DER) for c in (leaf.cert, *leaf.chain)]
+        leaf_only = data.draw(st.booleans(), label="leaf only (3 1 1)")
+        certificates = (leaf.cert,) if leaf_only else (leaf.cert, *leaf.chain)
+        ders = [c.public_bytes(serialization.Encoding.DER) for c in certificates]
         which = data.draw(st.integers(0, len(ders) - 1), label="certificate")
         der = bytearray(ders[which])
         for _ in range(data.draw(st.integers(1, 4), label="flips")):
@@ -485,12 +487,15 @@ class TestProperties:
             "chain": b"".join(pems[1:]),
             "fullchain": b"".join(pems),
         }
+        usages = (Usage.DANE_EE,) if leaf_only else (Usage.DANE_TA, Usage.DANE_EE)
         try:
-            chain = validate(files)
+            chain = validate(files, usages=usages)
         except ChainError as error:
             assert error.reason
         else:
             assert chain.leaf.public_bytes(serialization.Encoding.DER) == ders[0]
+            # everything `check` prints can be computed
+            assert all([chain.subject, chain.issuer, chain.serial, chain.not_after, chain.tlsa])
 
     @settings(max_examples=150, deadline=None)
     @given(
