@@ -36,6 +36,7 @@ import fcntl
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -204,10 +205,7 @@ class PostfixInstance:
         if not self._running:
             return
         self._running = False
-        pid = self._master_pid()
-        with contextlib.suppress(Exception):
-            self.postfix("stop")
-        _wait_gone(pid)
+        self._stop_master()
 
     def close(self) -> None:
         """Stop Postfix, remove the slot's files (unless DANESYNC_KEEP_POSTFIX=1), free it."""
@@ -230,6 +228,20 @@ class PostfixInstance:
             yield self
         finally:
             self.start()
+
+    def wait_for_log(self, text: str, since: int = 0, timeout: float = 10) -> bool:
+        """Wait until `text` appears in the mail log after offset `since`.
+
+        ``mark = len(postfix.maillog)`` before an action, then
+        ``postfix.wait_for_log("reload --", mark)``: the master logs that once
+        it has re-read its configuration, after ``postfix reload`` returned.
+        """
+        end = time.monotonic() + timeout
+        while text not in self.maillog[since:]:
+            if time.monotonic() > end:
+                return False
+            time.sleep(0.05)
+        return True
 
     # -- commands --------------------------------------------------------------
 
@@ -305,10 +317,7 @@ class PostfixInstance:
         slot = self.root
         if (self.config_dir / "main.cf").exists():
             # A test run that was killed may have left its Postfix running.
-            pid = self._master_pid()
-            with contextlib.suppress(Exception):
-                self.postfix("stop")
-            _wait_gone(pid)
+            self._stop_master()
         _empty_slot(slot)
         os.chmod(slot, 0o755)
         for name in ("etc", "queue"):
@@ -342,6 +351,9 @@ class PostfixInstance:
             "smtpd_banner": "$myhostname ESMTP danesync test instance",
             "smtpd_tls_security_level": "may",
             "smtpd_tls_loglevel": "1",
+            # A test that breaks main.cf on purpose makes daemons started meanwhile
+            # fail; do not let the master hold back that service for the default 60 s.
+            "service_throttle_time": "1s",
             **self.parameters,
         }
         lines = "".join(f"{name} = {value}\n" for name, value in main.items())
@@ -355,6 +367,21 @@ class PostfixInstance:
         past = time.time() - 10
         for path in (main_cf, master_cf):
             os.utime(path, (past, past))
+
+    def _stop_master(self) -> None:
+        pid = self._master_pid()
+        try:
+            self.postfix("stop")
+        except Exception:
+            # `postfix stop` refuses to run with a broken main.cf (a test may
+            # break it on purpose): signal the master as postfix-script does.
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        if not _wait_gone(pid) and pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)  # the master leads its process group
+            _wait_gone(pid)
 
     def _master_pid(self) -> int | None:
         try:
@@ -376,16 +403,18 @@ class PostfixInstance:
                 time.sleep(0.05)
 
 
-def _wait_gone(pid: int | None, timeout: float = 10) -> None:
+def _wait_gone(pid: int | None, timeout: float = 10) -> bool:
+    """Wait until process `pid` has exited; False if it is still there."""
     if pid is None:
-        return
+        return True
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            return
+            return True
         time.sleep(0.02)
+    return False
 
 
 def _empty_slot(slot: Path) -> None:
