@@ -26,6 +26,15 @@ Use in a test module::
         der = postfix.served_certificate("-servername", "mx.example.test")
 
 or directly: ``with PostfixInstance() as postfix: ...``.
+
+Also there: `config_dir`, `deploy_dir` (not created), `port`, `maillog`,
+`postconf(...)`, `set_parameters({...})`, `reload()`, `stopped()` (a block
+during which Postfix is down, e.g. to make `postfix reload` fail),
+`wait_for_log(text, since)`, and an independent TLS client:
+`s_client(...)`, `served_certificate(...)` (the leaf an ``openssl s_client``
+with those options gets) and `dane_verify(domain, "2 1 1 <hex>")`.
+`service_throttle_time` is 1 s, so a test that breaks main.cf on purpose
+does not leave smtpd throttled for a minute.
 """
 
 from __future__ import annotations

@@ -2,10 +2,21 @@
 
 Every Postfix program that reads a main.cf changed less than about two
 seconds ago (mtime in whole seconds) waits for it to "cool down", re-reading
-it every 0.3 s: measured on Postfix 3.7, a `postconf` or `postfix reload`
-right after a change takes 1.5-2.1 s instead of 10 ms. So a pass makes all
+it every 0.3 s. Measured on Debian 12's Postfix 3.7.11: `postconf -h` takes
+10 ms on a settled main.cf, and 1.51 s / 1.21 s / 0.91 s / 0.6 s when called
+0 / 0.9 / 1.1 / 1.9 s after a change; `postfix reload` right after
+`postconf -e` takes 1.8-2.4 s (40 ms otherwise). `postfix -c DIR` also reads
+/etc/postfix/main.cf, so a change there delays it too. So a pass makes all
 its edits in one `postconf -e` and then one reload, whatever the number of
-certificates, and builds the SNI table before it touches main.cf.
+certificates, builds the SNI table before it touches main.cf, and skips
+`postconf -e` when nothing changes (a renewal keeps the same file name, so
+it changes no parameter and its reload takes 40 ms). Measured pass with 1
+SNI certificate: 2.2 s; with 1,000: 3.1 s (0.9 s writing 1,000 chain files
+with fsync, 40 ms for `postmap -F`, 2.1 s for the reload).
+
+After the reload returns, the master re-reads its configuration; new
+connections got the new chain within 20 ms in every measurement, but a
+session already running keeps the old one, hence `probe.wait_for_leaf`.
 
 `build_*` functions are pure; the others run Postfix commands and raise
 `PostfixError`.
@@ -200,9 +211,12 @@ def write_sni_table(
     the table, so it must be rebuilt whenever one of them changes. postmap
     itself rewrites an existing table in place (open O_TRUNC under a lock),
     which a process that already has it open may see half-written; so this
-    compiles a fresh `<name>.new.db` and renames it over `<name>.db`. A
-    Postfix process notices the new file and restarts after its session.
-    The table files have mode 0600, like the chain files they contain.
+    compiles a fresh `<name>.new.db` and renames it over `<name>.db`.
+    smtpd notices the new file by itself (measured: the next connection got
+    the rebuilt entry, no reload needed). The table files have mode 0600,
+    like the chain files they contain. postmap only warns about (and leaves
+    out) an entry whose chain file it cannot read: that is an error here,
+    and the table in place stays as it was.
     """
     deploy_dir = Path(deploy_dir)
     ensure_deploy_dir(deploy_dir)
