@@ -136,6 +136,8 @@ class Daemon:
         self.debouncer = Debouncer(config.daemon.settle)
         self._start_watcher()
         log.info("config.reloaded", path=str(config.path), certificates=len(config.certificates))
+        # systemd 252 stays in "reloading" until READY=1 follows RELOADING=1.
+        self.notifier.ready(self._summary(PassResult()))
 
     def _poll_interval(self) -> float:
         """How often a held rollover looks at DNS again."""
