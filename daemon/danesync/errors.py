@@ -81,7 +81,9 @@ class DnsUpdateError(DnsError):
         self.zone = zone
         self.rcode = rcode
         self.detail = detail
-        super().__init__(f"update of zone {zone} failed: {rcode}" + (f": {detail}" if detail else ""))
+        super().__init__(
+            f"update of zone {zone} failed: {rcode}" + (f": {detail}" if detail else "")
+        )
 
 
 class StateError(DanesyncError):

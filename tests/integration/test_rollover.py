@@ -131,7 +131,12 @@ class TestRolloverWithSync:
     """One pass at a time, so every intermediate state can be looked at."""
 
     def test_adopt_then_roll_to_a_new_intermediate(
-        self, tmp_path: Path, postfix: PostfixInstance, bind: BindServer, old: Hierarchy, new: Hierarchy
+        self,
+        tmp_path: Path,
+        postfix: PostfixInstance,
+        bind: BindServer,
+        old: Hierarchy,
+        new: Hierarchy,
     ) -> None:
         host = Host(tmp_path, postfix, bind)
         make_lineage(host.letsencrypt, MX, old.issue([MX]))
@@ -214,7 +219,12 @@ class TestRolloverWithSync:
         assert "REFUSED" in str(failed["reason"])
 
     def test_server_stopped_mid_rollover(
-        self, tmp_path: Path, postfix: PostfixInstance, bind: BindServer, old: Hierarchy, new: Hierarchy
+        self,
+        tmp_path: Path,
+        postfix: PostfixInstance,
+        bind: BindServer,
+        old: Hierarchy,
+        new: Hierarchy,
     ) -> None:
         host = Host(tmp_path, postfix, bind)
         make_lineage(host.letsencrypt, MX, old.issue([MX]))
@@ -249,7 +259,12 @@ class TestRolloverUnderTheDaemon:
     """`danesync run` while a sampler watches Postfix and DNS several times a second."""
 
     def test_no_moment_without_a_matching_record(
-        self, tmp_path: Path, postfix: PostfixInstance, bind: BindServer, old: Hierarchy, new: Hierarchy
+        self,
+        tmp_path: Path,
+        postfix: PostfixInstance,
+        bind: BindServer,
+        old: Hierarchy,
+        new: Hierarchy,
     ) -> None:
         host = Host(tmp_path, postfix, bind)
         make_lineage(host.letsencrypt, MX, old.issue([MX]))
@@ -280,8 +295,15 @@ class TestRolloverUnderTheDaemon:
             daemon.terminate()
             assert daemon.wait(15) == 0
         events = names(json_events(log.read_text()))
-        for expected in ("chain.held", "tlsa.published", "tlsa.visible", "rollover.waiting",
-                         "chain.deployed", "tlsa.retired", "daemon.stopping"):
+        for expected in (
+            "chain.held",
+            "tlsa.published",
+            "tlsa.visible",
+            "rollover.waiting",
+            "chain.deployed",
+            "tlsa.retired",
+            "daemon.stopping",
+        ):
             assert expected in events, (expected, events)
 
         served = [s for s in samples if s[2] in issuers]
@@ -302,5 +324,3 @@ def wait_for(condition: Any, limit: float, log: Path) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out; daemon log:\n{log.read_text()[-4000:]}")
-
-

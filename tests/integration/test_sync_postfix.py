@@ -66,7 +66,9 @@ def events_named(events: list[dict[str, object]], name: str) -> list[dict[str, o
 class TestDeployWithDnsOff:
     """First deploy, renewals, a bad renewal, and a failed reload."""
 
-    def test_first_deploy_renewal_and_bad_key(self, tmp_path: Path, postfix: PostfixInstance) -> None:
+    def test_first_deploy_renewal_and_bad_key(
+        self, tmp_path: Path, postfix: PostfixInstance
+    ) -> None:
         ca = Hierarchy("Sync")
         host = Host(tmp_path, postfix, [{"lineage": MX}])
         first = ca.issue([MX])
@@ -132,7 +134,10 @@ class TestSeveralCertificates:
         host = Host(
             tmp_path,
             postfix,
-            [{"lineage": f"{MX}-rsa", "hostnames": [MX]}, {"lineage": f"{MX}-ecdsa", "hostnames": [MX]}],
+            [
+                {"lineage": f"{MX}-rsa", "hostnames": [MX]},
+                {"lineage": f"{MX}-ecdsa", "hostnames": [MX]},
+            ],
         )
         rsa_leaf = ca.issue([MX], key_kind="rsa")
         ec_leaf = ca.issue([MX], key_kind="ec256")
@@ -148,7 +153,9 @@ class TestSeveralCertificates:
         self, tmp_path: Path, postfix: PostfixInstance
     ) -> None:
         ca = Hierarchy("Twice")
-        host = Host(tmp_path, postfix, [{"lineage": "a.example.test"}, {"lineage": "b.example.test"}])
+        host = Host(
+            tmp_path, postfix, [{"lineage": "a.example.test"}, {"lineage": "b.example.test"}]
+        )
         make_lineage(host.letsencrypt, "a.example.test", ca.issue(["a.example.test"]))
         make_lineage(host.letsencrypt, "b.example.test", ca.issue(["b.example.test"]))
         code, events, _ = host.sync()
