@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from danesync import __version__
-from danesync.config import config_path, load_config
+from danesync.config import config_path, is_lineage_name, load_config
 from danesync.errors import ConfigError, DanesyncError
 
 EX_USAGE = 2
@@ -55,6 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0) and EX_USAGE
+    bad = [name for name in getattr(args, "lineages", []) if not is_lineage_name(name)]
+    if bad:
+        print(
+            f"danesync: {bad[0]!r} is not a lineage name (a directory under live/)", file=sys.stderr
+        )
+        return EX_USAGE
     path = config_path(args.config)
     try:
         config = load_config(path)

@@ -265,9 +265,14 @@ def _usage(value: Any) -> Usage:
         raise _Invalid(f'{text!r} is not supported; use "2 1 1" or "3 1 1"') from None
 
 
+def is_lineage_name(text: str) -> bool:
+    """A plain directory name under live/: no path separators, no '..'."""
+    return bool(_LINEAGE.fullmatch(text)) and ".." not in text
+
+
 def _lineage(value: Any) -> str:
     text = _string(value)
-    if not _LINEAGE.fullmatch(text) or ".." in text:
+    if not is_lineage_name(text):
         raise _Invalid(f"{text!r} is not a certbot lineage name (a directory under live/)")
     return text
 

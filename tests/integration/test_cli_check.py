@@ -25,6 +25,7 @@ from danesync.config import load_config
 from tests.conftest import require_program
 from tests.harness.certs import Hierarchy, Leaf, make_key
 from tests.harness.corpus import BadCase, build_corpus, write_lineage_files
+from tests.harness.danesync import run_danesync
 from tests.harness.lineage import make_lineage, write_version
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -401,3 +402,13 @@ class TestInProcess:
         assert " IN TLSA 2 1 1 " in capsys.readouterr().out
         assert main(["check", "-c", str(site.config / "nothing")]) == 78
         assert main(["nonsense"]) == 2
+
+
+class TestLineageArguments:
+    """Names on the command line are directory names, never paths."""
+
+    @pytest.mark.parametrize("name", ["../x", "a/b", "..", "/etc"])
+    def test_path_like_names_are_usage_errors(self, name: str) -> None:
+        result = run_danesync("check", "-c", "/nonexistent.toml", name)
+        assert result.returncode == 2
+        assert "is not a lineage name" in result.stderr
