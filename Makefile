@@ -25,8 +25,8 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 lint: venv
-	$(VENV)/bin/ruff check daemon tests bench
-	$(VENV)/bin/ruff format --check daemon tests bench
+	$(VENV)/bin/ruff check daemon tests $(wildcard bench)
+	$(VENV)/bin/ruff format --check daemon tests $(wildcard bench)
 
 types: venv
 	$(VENV)/bin/mypy
