@@ -1,0 +1,446 @@
+"""What every benchmark needs: lineages, a daemon to start and watch, the clock
+on what Postfix serves, process accounting from /proc, and the machine."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from tests.harness.certs import Hierarchy, Leaf, make_key
+from tests.harness.danesync import danesync_env, json_events, write_config
+from tests.harness.postfix import PostfixInstance
+
+from danesync.actions.probe import probe_starttls
+from danesync.errors import ProbeError
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+DOMAIN = "example.test"
+
+
+# --- figures -------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile (p95 of 20 values is the 19th smallest)."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[rank - 1]
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "median": statistics.median(values),
+        "p95": percentile(values, 0.95),
+        "min": min(values),
+        "max": max(values),
+        "mean": statistics.fmean(values),
+    }
+
+
+@dataclass
+class Row:
+    """One line of a result table: danesync's figure beside the baseline's."""
+
+    measure: str
+    danesync: str
+    baseline: str = ""
+    target: str = ""
+    met: bool | None = None  # None: no target
+
+
+@dataclass
+class Result:
+    name: str
+    title: str
+    setup: str
+    baseline: str
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed_targets(self) -> list[str]:
+        return [row.measure for row in self.rows if row.met is False]
+
+
+def seconds(value: float) -> str:
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+# --- lineages ---------------------------------------------------------------------
+
+
+def issue(ca: Hierarchy, hostname: str) -> Leaf:
+    """A leaf valid now (the harness's fixed NOW would age), with a new EC key."""
+    now = dt.datetime.now(dt.UTC)
+    return ca.issue(
+        [hostname],
+        key=make_key("ec256"),
+        not_before=now - dt.timedelta(hours=1),
+        not_after=now + dt.timedelta(days=89),
+    )
+
+
+def der(leaf: Leaf) -> bytes:
+    return leaf.cert.public_bytes(serialization.Encoding.DER)
+
+
+def sni_hostname(index: int) -> str:
+    return f"mx{index}.{DOMAIN}"
+
+
+DEFAULT_HOSTNAME = f"mx.{DOMAIN}"
+
+
+@dataclass
+class Host:
+    """A certbot directory with lineages and a danesync config for one Postfix."""
+
+    root: Path
+    postfix: PostfixInstance
+    config: Path
+    letsencrypt: Path
+    lineages: list[str]
+
+    @property
+    def deploy_dir(self) -> Path:
+        return self.root / "deploy"
+
+    def servername(self, lineage: str) -> str | None:
+        return None if lineage == DEFAULT_HOSTNAME else lineage
+
+
+def make_host(
+    root: Path,
+    postfix: PostfixInstance,
+    ca: Hierarchy,
+    sni_count: int,
+    *,
+    settle: float | None = None,
+    reconcile_interval: int | None = None,
+) -> Host:
+    """A default chain and `sni_count` SNI lineages (Postfix takes one default per
+    key algorithm, so a host with many certificates serves them by SNI); DNS off."""
+    from tests.harness.lineage import make_lineage
+
+    root.mkdir(parents=True, exist_ok=True)
+    letsencrypt = root / "letsencrypt"
+    names = [DEFAULT_HOSTNAME, *(sni_hostname(i) for i in range(sni_count))]
+    for name in names:
+        make_lineage(letsencrypt, name, issue(ca, name))
+    daemon: dict[str, Any] = {}
+    if settle is not None:
+        daemon["settle"] = settle
+    if reconcile_interval is not None:
+        daemon["reconcile_interval"] = reconcile_interval
+    sections: dict[str, dict[str, Any]] = {
+        "certbot": {"config_dir": letsencrypt},
+        "postfix": {
+            "config_dir": postfix.config_dir,
+            "deploy_dir": root / "deploy",
+            "probe": f"{postfix.host}:{postfix.port}",
+        },
+        "dns": {"mode": "off"},
+        "state": {"dir": root / "state"},
+    }
+    if daemon:
+        sections["daemon"] = daemon
+    certificates = [{"lineage": DEFAULT_HOSTNAME}] + [
+        {"lineage": name, "sni": True} for name in names[1:]
+    ]
+    config = write_config(root / "danesync.toml", sections, certificates)
+    return Host(root, postfix, config, letsencrypt, names)
+
+
+# --- what Postfix serves ------------------------------------------------------------
+
+
+def served_der(postfix: PostfixInstance, servername: str | None = None) -> bytes | None:
+    try:
+        return probe_starttls(postfix.host, postfix.port, servername, timeout=2)
+    except ProbeError:
+        return None
+
+
+def wait_served(
+    postfix: PostfixInstance,
+    expected: bytes,
+    servername: str | None = None,
+    timeout: float = 30,
+    interval: float = 0.005,
+) -> float:
+    """Poll STARTTLS until `expected` (DER) is served; the monotonic time it was seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if served_der(postfix, servername) == expected:
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{postfix.host}:{postfix.port} did not serve the new leaf")
+        time.sleep(interval)
+
+
+def wait_served_change(
+    postfix: PostfixInstance,
+    old: bytes | None,
+    servername: str | None = None,
+    timeout: float = 120,
+    interval: float = 0.005,
+) -> tuple[float, bytes]:
+    """Poll until a leaf other than `old` is served; (wall-clock time seen, that leaf)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        served = served_der(postfix, servername)
+        if served is not None and served != old:
+            return time.time(), served
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{postfix.host}:{postfix.port} kept serving the same leaf")
+        time.sleep(interval)
+
+
+# --- a danesync daemon -----------------------------------------------------------------
+
+
+class Daemon:
+    """`danesync run --log-format json` with a NOTIFY_SOCKET bound here, as systemd does."""
+
+    def __init__(
+        self,
+        config: Path,
+        workdir: Path,
+        *,
+        python: str = sys.executable,
+        env: Mapping[str, str] | None = None,
+        profile: Path | None = None,
+        name: str = "danesync",
+    ) -> None:
+        self.config = config
+        self.python = python
+        self.log_path = workdir / f"{name}.log"
+        self.socket_path = Path(tempfile.mkdtemp(prefix="danesync-bench-notify-")) / "notify"
+        self.extra_env = dict(env or {})
+        self.profile = profile
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+        self._socket: socket.socket | None = None
+        self._log: Any = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> None:
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(str(self.socket_path))
+        env = danesync_env({"NOTIFY_SOCKET": str(self.socket_path), **self.extra_env})
+        argv = [self.python]
+        if self.profile is not None:
+            argv += ["-m", "cProfile", "-o", str(self.profile)]
+        argv += ["-m", "danesync", "run", "-c", str(self.config), "--log-format", "json"]
+        self._log = self.log_path.open("ab")
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+
+    def wait_ready(self, timeout: float = 300) -> float:
+        """Seconds from start to READY=1 on the notify socket."""
+        assert self._socket is not None and self.process is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.process.poll() is not None:
+                raise RuntimeError(f"danesync not ready:\n{self.log_tail()}")
+            self._socket.settimeout(min(left, 1.0))
+            try:
+                message = self._socket.recv(4096).decode(errors="replace")
+            except TimeoutError:
+                continue
+            if "READY=1" in message.splitlines():
+                return time.monotonic() - self.started
+
+    def events(self) -> list[dict[str, Any]]:
+        try:
+            return json_events(self.log_path.read_text(errors="replace"))
+        except FileNotFoundError:
+            return []
+
+    def count(self, event: str) -> int:
+        return sum(1 for e in self.events() if e.get("event") == event)
+
+    def wait_count(self, event: str, count: int, timeout: float = 60) -> None:
+        """Wait until `event` has been logged `count` times in all."""
+        deadline = time.monotonic() + timeout
+        while self.count(event) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no {event} #{count}:\n{self.log_tail()}")
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"danesync exited:\n{self.log_tail()}")
+            time.sleep(0.02)
+
+    def errors(self) -> list[dict[str, Any]]:
+        return [e for e in self.events() if e.get("level") in ("error", "critical")]
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def stop(self) -> int | None:
+        code = None
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                code = self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                code = self.process.wait()
+        elif self.process is not None:
+            code = self.process.returncode
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+            with contextlib.suppress(OSError):
+                self.socket_path.unlink()
+                self.socket_path.parent.rmdir()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return code
+
+
+@contextlib.contextmanager
+def running(daemon: Daemon) -> Iterator[Daemon]:
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+# --- /proc accounting -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcessSample:
+    cpu: float  # utime + stime, seconds
+    children_cpu: float  # cutime + cstime of waited-for children, seconds
+    rss_kib: int
+    hwm_kib: int
+    threads: int
+    switches: int  # voluntary + involuntary context switches of every thread: wake-ups
+
+
+def sample_process(pid: int) -> ProcessSample:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # fields[0] is field 3 (state): utime is field 14, stime 15, cutime 16, cstime 17.
+    utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
+    status = _status(Path(f"/proc/{pid}/status"))
+    switches = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            task_status = _status(task / "status")
+            switches += int(task_status["voluntary_ctxt_switches"])
+            switches += int(task_status["nonvoluntary_ctxt_switches"])
+    return ProcessSample(
+        cpu=(utime + stime) / CLOCK_TICKS,
+        children_cpu=(cutime + cstime) / CLOCK_TICKS,
+        rss_kib=int(status["VmRSS"].split()[0]),
+        hwm_kib=int(status["VmHWM"].split()[0]),
+        threads=int(status["Threads"]),
+        switches=switches,
+    )
+
+
+def _status(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(":")
+        values[key] = value.strip()
+    return values
+
+
+# --- the machine ------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = "unknown"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    debian = "unknown"
+    with contextlib.suppress(OSError):
+        debian = Path("/etc/debian_version").read_text().strip()
+    postfix = "unknown"
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        postfix = subprocess.run(
+            ["postconf", "-h", "mail_version"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": str(len(os.sched_getaffinity(0))),
+        "cpu": cpu,
+        "ram": memory,
+        "kernel": platform.release(),
+        "debian": debian,
+        "python": f"{platform.python_version()} ({sys.executable})",
+        "postfix": postfix,
+    }
+
+
+def library_versions(python: str) -> str:
+    """The versions of danesync's libraries that `python` imports."""
+    code = (
+        "import importlib.metadata as m\n"
+        "names = ['cryptography', 'dnspython', 'watchdog', 'structlog', 'acme']\n"
+        "out = []\n"
+        "for n in names:\n"
+        "    try: out.append(f'{n} {m.version(n)}')\n"
+        "    except m.PackageNotFoundError: pass\n"
+        "print(', '.join(out))\n"
+    )
+    completed = subprocess.run([python, "-c", code], capture_output=True, text=True, check=False)
+    return completed.stdout.strip()
+
+
+def dump(path: Path, document: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+
+
+def progress(text: str) -> None:
+    print(f"  {text}", file=sys.stderr, flush=True)
+
+
+def timed(function: Callable[[], Any]) -> float:
+    started = time.monotonic()
+    function()
+    return time.monotonic() - started

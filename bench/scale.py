@@ -1,0 +1,187 @@
+"""Scale: a host with 1,000 lineages against one with a single SNI lineage.
+
+Both hosts have one default chain (`sni = false`; Postfix takes one per key
+algorithm) and the rest as SNI certificates, DNS off. For each:
+
+- cold start: no state, nothing deployed; seconds from exec to READY=1 on a
+  NOTIFY_SOCKET bound here (the first pass deploys everything before READY);
+- warm start: the same daemon restarted with everything deployed;
+- one renewal: certbot's link sequence on one SNI lineage (and on the default
+  chain), timed from the last link to the first STARTTLS handshake (with that
+  name as SNI) that gets the new leaf;
+- a full pass: `danesync sync` with nothing to do (what the daemon runs every
+  `reconcile_interval` and, while a rollover is held, at every DNS poll).
+"""
+
+from __future__ import annotations
+
+import io
+import pstats
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.harness.certs import Hierarchy
+from tests.harness.danesync import danesync_env
+from tests.harness.lineage import renew
+from tests.harness.postfix import PostfixInstance
+
+from bench.common import (
+    DEFAULT_HOSTNAME,
+    Daemon,
+    Host,
+    Result,
+    Row,
+    der,
+    issue,
+    make_host,
+    progress,
+    seconds,
+    summarize,
+    wait_served,
+)
+
+LARGE = 1000
+TARGET_READY = 5.0
+COOL_DOWN = 2.5
+
+
+def _measure(
+    workdir: Path, ca: Hierarchy, sni_count: int, renewals: int, profile_dir: Path | None
+) -> dict[str, Any]:
+    figures: dict[str, Any] = {"lineages": sni_count + 1}
+    with PostfixInstance() as postfix:
+        started = time.monotonic()
+        host = make_host(workdir / f"host{sni_count + 1}", postfix, ca, sni_count)
+        progress(f"scale: {sni_count + 1} lineages written in {time.monotonic() - started:.1f} s")
+
+        daemon = Daemon(host.config, workdir, name=f"danesync-cold-{sni_count + 1}")
+        daemon.start()
+        try:
+            figures["ready_cold"] = daemon.wait_ready()
+            deployed = daemon.count("chain.deployed")
+            if deployed != len(host.lineages):
+                raise RuntimeError(f"{deployed} of {len(host.lineages)} deployed")
+        finally:
+            if daemon.stop() != 0:
+                raise RuntimeError(f"danesync did not stop cleanly:\n{daemon.log_tail()}")
+        progress(f"  cold start: READY=1 after {seconds(figures['ready_cold'])}")
+        time.sleep(COOL_DOWN)
+
+        profile = profile_dir / f"daemon-{sni_count + 1}.prof" if profile_dir else None
+        name = f"danesync-warm-{sni_count + 1}"
+        daemon = Daemon(host.config, workdir, name=name, profile=profile)
+        daemon.start()
+        try:
+            figures["ready_warm"] = daemon.wait_ready()
+            progress(f"  warm start: READY=1 after {seconds(figures['ready_warm'])}")
+            figures["renew_sni"] = _renewals(daemon, host, ca, host.lineages[-1], renewals)
+            figures["renew_default"] = _renewals(daemon, host, ca, DEFAULT_HOSTNAME, renewals)
+            if daemon.errors():
+                raise RuntimeError(f"danesync logged errors: {daemon.errors()}")
+        finally:
+            daemon.stop()
+
+        figures["full_pass"] = _full_pass(host, profile_dir)
+        progress(f"  full pass (`danesync sync`): {seconds(figures['full_pass'])}")
+    return figures
+
+
+def _renewals(
+    daemon: Daemon, host: Host, ca: Hierarchy, lineage: str, count: int
+) -> dict[str, Any]:
+    times = []
+    for _ in range(count):
+        deployed = daemon.count("chain.deployed")
+        leaf = issue(ca, lineage)
+        renew(host.letsencrypt, lineage, leaf)
+        started = time.monotonic()
+        times.append(wait_served(host.postfix, der(leaf), host.servername(lineage)) - started)
+        daemon.wait_count("chain.deployed", deployed + 1)
+        time.sleep(0.3)
+    kind = "default" if lineage == DEFAULT_HOSTNAME else "SNI"
+    progress(f"  {kind} renewal: {', '.join(seconds(t) for t in times)}")
+    return {"summary": summarize(times), "samples": times}
+
+
+def _full_pass(host: Host, profile_dir: Path | None) -> float:
+    argv = [sys.executable, "-m", "danesync", "sync", "-c", str(host.config)]
+    started = time.monotonic()
+    completed = subprocess.run(argv, capture_output=True, text=True, env=danesync_env())
+    elapsed = time.monotonic() - started
+    if completed.returncode != 0:
+        raise RuntimeError(f"danesync sync failed: {completed.stdout}{completed.stderr}")
+    if profile_dir is not None:
+        profile = profile_dir / f"sync-{len(host.lineages)}.prof"
+        subprocess.run(
+            [sys.executable, "-m", "cProfile", "-o", str(profile), *argv[1:]],
+            capture_output=True,
+            env=danesync_env(),
+            check=True,
+        )
+    return elapsed
+
+
+def profile_text(path: Path, limit: int = 25) -> str:
+    """The top of a cProfile file, by cumulative time."""
+    out = io.StringIO()
+    stats = pstats.Stats(str(path), stream=out)
+    stats.strip_dirs().sort_stats("cumulative").print_stats(limit)
+    return out.getvalue()
+
+
+def run(workdir: Path, renewals: int, profile_dir: Path | None = None) -> Result:
+    ca = Hierarchy("Bench Scale")
+    small = _measure(workdir, ca, 1, renewals, profile_dir)
+    large = _measure(workdir, ca, LARGE - 1, renewals, profile_dir)
+    result = Result(
+        name="scale",
+        title=f"Scale, {LARGE:,} lineages",
+        setup=(
+            f"`danesync run`, DNS off, the default chain + {LARGE - 1} SNI lineages (EC P-256);"
+            f" {renewals} renewals of each kind; times to READY=1 on a NOTIFY_SOCKET"
+        ),
+        baseline="the same with the default chain + 1 SNI lineage",
+    )
+    sni_ratio = large["renew_sni"]["summary"]["median"] / small["renew_sni"]["summary"]["median"]
+    result.rows += [
+        Row(
+            "ready, warm start (all deployed)",
+            seconds(large["ready_warm"]),
+            seconds(small["ready_warm"]),
+            f"< {seconds(TARGET_READY)}",
+            large["ready_warm"] < TARGET_READY,
+        ),
+        Row(
+            "ready, cold start (deploys everything first)",
+            seconds(large["ready_cold"]),
+            seconds(small["ready_cold"]),
+            f"< {seconds(TARGET_READY)}",
+            large["ready_cold"] < TARGET_READY,
+        ),
+        Row(
+            "one SNI renewal to served, median",
+            seconds(large["renew_sni"]["summary"]["median"]),
+            seconds(small["renew_sni"]["summary"]["median"]),
+            "as with one lineage",
+            sni_ratio < 1.5,
+        ),
+        Row(
+            "one default-chain renewal to served, median",
+            seconds(large["renew_default"]["summary"]["median"]),
+            seconds(small["renew_default"]["summary"]["median"]),
+        ),
+        Row(
+            "a full pass (`danesync sync`, nothing to do)",
+            seconds(large["full_pass"]),
+            seconds(small["full_pass"]),
+        ),
+    ]
+    result.data = {"large": large, "small": small}
+    if profile_dir is not None:
+        for path in sorted(profile_dir.glob("*.prof")):
+            (path.with_suffix(".txt")).write_text(profile_text(path, 40))
+        result.notes.append(f"cProfile output: {profile_dir}/*.txt")
+    return result
