@@ -347,6 +347,8 @@ class ProcessSample:
     children_cpu: float  # cutime + cstime of waited-for children, seconds
     rss_kib: int
     hwm_kib: int
+    pss_kib: int  # proportional share: shared library pages divided among their users
+    private_kib: int  # pages no other process shares (USS)
     threads: int
     switches: int  # voluntary + involuntary context switches of every thread: wake-ups
 
@@ -363,7 +365,10 @@ def sample_process(pid: int) -> ProcessSample:
             task_status = _status(task / "status")
             switches += int(task_status["voluntary_ctxt_switches"])
             switches += int(task_status["nonvoluntary_ctxt_switches"])
+    rollup = _status(Path(f"/proc/{pid}/smaps_rollup"))
     return ProcessSample(
+        pss_kib=int(rollup["Pss"].split()[0]),
+        private_kib=sum(int(rollup[k].split()[0]) for k in ("Private_Clean", "Private_Dirty")),
         cpu=(utime + stime) / CLOCK_TICKS,
         children_cpu=(cutime + cstime) / CLOCK_TICKS,
         rss_kib=int(status["VmRSS"].split()[0]),

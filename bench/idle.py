@@ -63,10 +63,8 @@ def _sleeper(python: str, seconds: float, imports: bool) -> subprocess.Popen[byt
 
 
 def run(workdir: Path, window: float) -> Result:
-    lanes = [("PyPI venv", sys.executable)]
-    if os.path.exists(DEBIAN_PYTHON) and os.path.realpath(DEBIAN_PYTHON) != os.path.realpath(
-        sys.executable
-    ):
+    lanes = [("PyPI venv" if sys.prefix != sys.base_prefix else "this python", sys.executable)]
+    if sys.prefix != sys.base_prefix and os.path.exists(DEBIAN_PYTHON):
         lanes.append(("Debian 12 python3-*", DEBIAN_PYTHON))
     ca = Hierarchy("Bench Idle")
     samples: dict[str, tuple[ProcessSample, ProcessSample]] = {}
@@ -112,6 +110,9 @@ def run(workdir: Path, window: float) -> Result:
     def rss(key: str) -> float:
         return samples[key][1].rss_kib / 1024
 
+    def mib(key: str, name: str) -> str:
+        return f"{getattr(samples[key][1], name) / 1024:.1f} MiB"
+
     def wakeups(key: str) -> float:
         start, end = samples[key]
         return (end.switches - start.switches) * per_minute
@@ -146,6 +147,11 @@ def run(workdir: Path, window: float) -> Result:
                 f"{rss(bare):.1f} MiB bare, {rss(imports):.1f} MiB imports",
                 f"< {TARGET_RSS_MIB} MB",
                 rss(ours) < TARGET_RSS_MIB,
+            ),
+            Row(
+                f"{label}: memory not shared with other processes (USS), PSS",
+                f"{mib(ours, 'private_kib')}, {mib(ours, 'pss_kib')}",
+                f"{mib(imports, 'private_kib')}, {mib(imports, 'pss_kib')} (imports)",
             ),
             Row(
                 f"{label}: peak memory (VmHWM), threads",
