@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             w, renewals=5 if quick else 20, certbot_renewals=1 if quick else 3
         ),
         "idle": lambda w: idle.run(w, window=15.0 if quick else 60.0),
-        "scale": lambda w: scale.run(w, renewals=3 if quick else 5, profile_dir=profile_dir),
+        "scale": lambda w: scale.run(
+            w, renewals=3 if quick else 5, profile_dir=profile_dir, ari_delayed=not quick
+        ),
     }
     host = machine()
     results: list[Result] = []
@@ -114,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             failed.append(name)
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            if os.environ.get("DANESYNC_BENCH_KEEP") == "1":  # to read the daemons' logs
+                print(f"kept {workdir}", file=sys.stderr)
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
     table = render(results, host, quick)
     print()
     print(table)

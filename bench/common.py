@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -89,14 +90,18 @@ def seconds(value: float) -> str:
 # --- lineages ---------------------------------------------------------------------
 
 
-def issue(ca: Hierarchy, hostname: str) -> Leaf:
-    """A leaf valid now (the harness's fixed NOW would age), with a new EC key."""
+def issue(ca: Hierarchy, hostname: str, *, authority_key_id: bool = False) -> Leaf:
+    """A leaf valid now (the harness's fixed NOW would age), with a new EC key.
+
+    `authority_key_id`: as real CAs issue them; ARI needs it to name the leaf.
+    """
     now = dt.datetime.now(dt.UTC)
     return ca.issue(
         [hostname],
         key=make_key("ec256"),
         not_before=now - dt.timedelta(hours=1),
         not_after=now + dt.timedelta(days=89),
+        authority_key_id=authority_key_id,
     )
 
 
@@ -137,16 +142,26 @@ def make_host(
     *,
     settle: float | None = None,
     reconcile_interval: int | None = None,
+    acme_server: str | None = None,
 ) -> Host:
     """A default chain and `sni_count` SNI lineages (Postfix takes one default per
-    key algorithm, so a host with many certificates serves them by SNI); DNS off."""
+    key algorithm, so a host with many certificates serves them by SNI); DNS off.
+
+    With `acme_server`, certbot's renewal configurations name that CA and the
+    leaves carry an Authority Key Identifier, so danesync asks the CA for ARI.
+    Without, the harness's unreachable server and no AKI: no ARI requests.
+    """
     from tests.harness.lineage import make_lineage
 
     root.mkdir(parents=True, exist_ok=True)
     letsencrypt = root / "letsencrypt"
     names = [DEFAULT_HOSTNAME, *(sni_hostname(i) for i in range(sni_count))]
     for name in names:
-        make_lineage(letsencrypt, name, issue(ca, name))
+        leaf = issue(ca, name, authority_key_id=acme_server is not None)
+        if acme_server is None:
+            make_lineage(letsencrypt, name, leaf)
+        else:
+            make_lineage(letsencrypt, name, leaf, server=acme_server)
     daemon: dict[str, Any] = {}
     if settle is not None:
         daemon["settle"] = settle
@@ -181,39 +196,88 @@ def served_der(postfix: PostfixInstance, servername: str | None = None) -> bytes
         return None
 
 
-def wait_served(
+def first_served(
     postfix: PostfixInstance,
-    expected: bytes,
+    wanted: Callable[[bytes], bool],
     servername: str | None = None,
     timeout: float = 30,
+    workers: int = 4,
     interval: float = 0.005,
-) -> float:
-    """Poll STARTTLS until `expected` (DER) is served; the monotonic time it was seen."""
+) -> tuple[float, bytes]:
+    """The first STARTTLS client that gets a `wanted` leaf (DER): (when it connected, leaf).
+
+    Several clients poll side by side, each opening a new connection every
+    `interval`, and the time is when the winning client connected: a session
+    that starts just as Postfix reloads can stall for a second in STARTTLS
+    (Postfix's behaviour, with or without danesync), which would otherwise be
+    counted as time the new leaf was not served.
+    """
+    found: list[tuple[float, bytes]] = []
+    done = threading.Event()
+    lock = threading.Lock()
     deadline = time.monotonic() + timeout
-    while True:
-        if served_der(postfix, servername) == expected:
-            return time.monotonic()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{postfix.host}:{postfix.port} did not serve the new leaf")
-        time.sleep(interval)
+
+    def poll(offset: float) -> None:
+        time.sleep(offset)
+        while not done.is_set() and time.monotonic() < deadline:
+            connected = time.monotonic()
+            served = served_der(postfix, servername)
+            if served is not None and wanted(served):
+                with lock:
+                    found.append((connected, served))
+                done.set()
+                return
+            time.sleep(interval)
+
+    threads = [
+        threading.Thread(target=poll, args=(index * interval / workers,), daemon=True)
+        for index in range(workers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if not found:
+        raise TimeoutError(f"{postfix.host}:{postfix.port} did not serve the new leaf")
+    return min(found)
+
+
+def wait_served(
+    postfix: PostfixInstance, expected: bytes, servername: str | None = None, timeout: float = 30
+) -> float:
+    """Monotonic time the first client that got `expected` (DER) connected."""
+    return first_served(postfix, lambda leaf: leaf == expected, servername, timeout)[0]
+
+
+class Stopwatch:
+    """`first_served` in a thread, started before the action it times."""
+
+    def __init__(self, postfix: PostfixInstance, expected: bytes, servername: str | None = None):
+        self._result: list[float] = []
+        self._error: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self._result.append(wait_served(postfix, expected, servername))
+            except BaseException as error:
+                self._error.append(error)
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def seen(self) -> float:
+        self._thread.join()
+        if self._error:
+            raise self._error[0]
+        return self._result[0]
 
 
 def wait_served_change(
-    postfix: PostfixInstance,
-    old: bytes | None,
-    servername: str | None = None,
-    timeout: float = 120,
-    interval: float = 0.005,
+    postfix: PostfixInstance, old: bytes | None, servername: str | None = None, timeout: float = 120
 ) -> tuple[float, bytes]:
-    """Poll until a leaf other than `old` is served; (wall-clock time seen, that leaf)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        served = served_der(postfix, servername)
-        if served is not None and served != old:
-            return time.time(), served
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{postfix.host}:{postfix.port} kept serving the same leaf")
-        time.sleep(interval)
+    """The first client that got a leaf other than `old`: (wall-clock time, leaf)."""
+    seen, leaf = first_served(postfix, lambda der: der != old, servername, timeout)
+    return time.time() - (time.monotonic() - seen), leaf
 
 
 # --- a danesync daemon -----------------------------------------------------------------
@@ -242,6 +306,9 @@ class Daemon:
         self.started = 0.0
         self._socket: socket.socket | None = None
         self._log: Any = None
+        self._ready = threading.Event()
+        self.ready_at = 0.0
+        self.notifications: list[tuple[float, str]] = []
 
     @property
     def pid(self) -> int:
@@ -251,6 +318,7 @@ class Daemon:
     def start(self) -> None:
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._socket.bind(str(self.socket_path))
+        threading.Thread(target=self._listen, daemon=True).start()
         env = danesync_env({"NOTIFY_SOCKET": str(self.socket_path), **self.extra_env})
         argv = [self.python]
         if self.profile is not None:
@@ -262,21 +330,31 @@ class Daemon:
             argv, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
 
-    def wait_ready(self, timeout: float = 300) -> float:
-        """Seconds from start to READY=1 on the notify socket."""
-        assert self._socket is not None and self.process is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or self.process.poll() is not None:
-                raise RuntimeError(f"danesync not ready:\n{self.log_tail()}")
-            self._socket.settimeout(min(left, 1.0))
+    def _listen(self) -> None:
+        """Read every notification, as systemd does: a full socket would block the daemon."""
+        sock = self._socket
+        assert sock is not None
+        sock.settimeout(0.2)
+        while self._socket is not None:
             try:
-                message = self._socket.recv(4096).decode(errors="replace")
+                message = sock.recv(4096).decode(errors="replace")
             except TimeoutError:
                 continue
-            if "READY=1" in message.splitlines():
-                return time.monotonic() - self.started
+            except OSError:
+                return  # closed by stop()
+            self.notifications.append((time.monotonic(), message))
+            if "READY=1" in message.splitlines() and not self._ready.is_set():
+                self.ready_at = time.monotonic()
+                self._ready.set()
+
+    def wait_ready(self, timeout: float = 300) -> float:
+        """Seconds from start to READY=1 on the notify socket."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.1):
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"danesync not ready:\n{self.log_tail()}")
+        return self.ready_at - self.started
 
     def events(self) -> list[dict[str, Any]]:
         try:
@@ -318,8 +396,9 @@ class Daemon:
         elif self.process is not None:
             code = self.process.returncode
         if self._socket is not None:
-            self._socket.close()
-            self._socket = None
+            sock, self._socket = self._socket, None  # the reader stops within 0.2 s
+            time.sleep(0.25)
+            sock.close()
             with contextlib.suppress(OSError):
                 self.socket_path.unlink()
                 self.socket_path.parent.rmdir()

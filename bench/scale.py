@@ -28,6 +28,7 @@ from tests.harness.danesync import danesync_env
 from tests.harness.lineage import renew
 from tests.harness.postfix import PostfixInstance
 
+from bench.ari_endpoint import AriEndpoint
 from bench.common import (
     DEFAULT_HOSTNAME,
     Daemon,
@@ -42,8 +43,11 @@ from bench.common import (
     summarize,
     wait_served,
 )
+from danesync.ari import ari_support
 
 LARGE = 1000
+ARI_DELAYED = 100  # lineages for the slow-CA measurement
+ARI_DELAY = 0.05  # seconds the CA takes per answer, for a mail host far from its CA
 TARGET_READY = 5.0
 COOL_DOWN = 2.5
 
@@ -106,15 +110,56 @@ def _renewals(
     return {"summary": summarize(times), "samples": times}
 
 
-def _full_pass(host: Host) -> float:
+def _full_pass(host: Host, env: dict[str, str] | None = None) -> float:
     """Seconds `danesync sync` takes when nothing changed (interpreter start included)."""
     argv = [sys.executable, "-m", "danesync", "sync", "-c", str(host.config)]
     started = time.monotonic()
-    completed = subprocess.run(argv, capture_output=True, text=True, env=danesync_env())
+    completed = subprocess.run(argv, capture_output=True, text=True, env=danesync_env(env))
     elapsed = time.monotonic() - started
     if completed.returncode != 0:
         raise RuntimeError(f"danesync sync failed: {completed.stdout}{completed.stderr}")
     return elapsed
+
+
+def _measure_ari(
+    workdir: Path, ca: Hierarchy, sni_count: int, delay: float = 0.0, daemon: bool = True
+) -> dict[str, Any]:
+    """A full pass and a warm start when every lineage's CA offers ARI (loopback CA).
+
+    `delay` holds back each of the CA's answers, standing in for the network.
+    """
+    figures: dict[str, Any] = {"lineages": sni_count + 1, "delay": delay}
+    tag = f"{sni_count + 1}-{int(delay * 1000)}ms"
+    with AriEndpoint(workdir / f"ari-{tag}") as endpoint, PostfixInstance() as postfix:
+        host = make_host(
+            workdir / f"ari-{tag}",
+            postfix,
+            ca,
+            sni_count,
+            acme_server=endpoint.directory_url,
+        )
+        env = {"REQUESTS_CA_BUNDLE": str(endpoint.ca_file), "NO_PROXY": "127.0.0.1"}
+        endpoint.delay = 0.0
+        _full_pass(host, env)  # deploys everything
+        time.sleep(COOL_DOWN)
+        endpoint.delay = delay
+        before = endpoint.requests
+        figures["full_pass"] = _full_pass(host, env)
+        figures["requests"] = endpoint.requests - before
+        text = f"full pass {seconds(figures['full_pass'])} ({figures['requests']} requests)"
+        if daemon:
+            process = Daemon(host.config, workdir, name=f"danesync-ari-{tag}", env=env)
+            process.start()
+            try:
+                figures["ready_warm"] = process.wait_ready()
+                if process.count("renewal.unknown") or process.errors():
+                    raise RuntimeError(f"ARI requests failed:\n{process.log_tail()}")
+            finally:
+                process.stop()
+            text += f", READY=1 after {seconds(figures['ready_warm'])}"
+    where = f"{figures['lineages']} lineages, {delay * 1000:.0f} ms per answer"
+    progress(f"  with ARI ({where}): {text}")
+    return figures
 
 
 def _profile(host: Host, profile_dir: Path) -> None:
@@ -140,10 +185,18 @@ def profile_text(path: Path, limit: int = 25) -> str:
     return out.getvalue()
 
 
-def run(workdir: Path, renewals: int, profile_dir: Path | None = None) -> Result:
+def run(
+    workdir: Path, renewals: int, profile_dir: Path | None = None, ari_delayed: bool = True
+) -> Result:
     ca = Hierarchy("Bench Scale")
     small = _measure(workdir, ca, 1, renewals, profile_dir)
     large = _measure(workdir, ca, LARGE - 1, renewals, profile_dir)
+    ari_small = ari_large = ari_delay = None
+    if ari_support() is None:  # acme >= 4.1: danesync asks the CA on full passes
+        ari_small = _measure_ari(workdir, ca, 1)
+        ari_large = _measure_ari(workdir, ca, LARGE - 1)
+        if ari_delayed:
+            ari_delay = _measure_ari(workdir, ca, ARI_DELAYED - 1, ARI_DELAY, daemon=False)
     result = Result(
         name="scale",
         title=f"Scale, {LARGE:,} lineages",
@@ -187,7 +240,44 @@ def run(workdir: Path, renewals: int, profile_dir: Path | None = None) -> Result
             seconds(small["full_pass"]),
         ),
     ]
-    result.data = {"large": large, "small": small}
+    if ari_small is not None and ari_large is not None:
+        result.rows += [
+            Row(
+                "with ARI: a full pass (loopback CA, no network delay)",
+                f"{seconds(ari_large['full_pass'])}, {ari_large['requests']} HTTPS requests",
+                f"{seconds(ari_small['full_pass'])}, {ari_small['requests']} HTTPS requests",
+            ),
+            Row(
+                "with ARI: ready, warm start",
+                seconds(ari_large["ready_warm"]),
+                seconds(ari_small["ready_warm"]),
+                f"< {seconds(TARGET_READY)}",
+                ari_large["ready_warm"] < TARGET_READY,
+            ),
+        ]
+        if ari_delay is not None:
+            per_lineage = (ari_delay["full_pass"] - ari_small["full_pass"]) / ARI_DELAYED
+            result.rows.append(
+                Row(
+                    f"with ARI, the CA answering in {ARI_DELAY * 1000:.0f} ms:"
+                    f" a full pass, {ARI_DELAYED} lineages",
+                    f"{seconds(ari_delay['full_pass'])} ({seconds(per_lineage)} a lineage;"
+                    f" {LARGE:,} lineages: about {per_lineage * LARGE:.0f} s)",
+                )
+            )
+        result.notes.append(
+            "With ARI (acme >= 4.1), a full pass asks the CA about every lineage whose"
+            " renewal configuration names a server: two HTTPS requests each (directory and"
+            " renewalInfo), one after the other on the main loop, before READY=1 on the"
+            " first pass. Debian 12's acme 2.1 has no ARI, so the .deb makes no requests."
+        )
+    result.data = {
+        "large": large,
+        "small": small,
+        "ari_large": ari_large,
+        "ari_small": ari_small,
+        "ari_delayed": ari_delay,
+    }
     if profile_dir is not None:
         for path in sorted(profile_dir.glob("*.prof")):
             (path.with_suffix(".txt")).write_text(profile_text(path, 40))
