@@ -78,7 +78,11 @@ class _Wakeup:
         with self.lock:
             changed, self.changed = self.changed, set()
             overflow, self.overflow = self.overflow, False
-        taken, self.signals[:] = list(self.signals), []
+        # pop() one at a time: a handler can run between any two bytecodes, and
+        # copying then clearing the list would drop a signal that lands between.
+        taken: list[int] = []
+        while self.signals:
+            taken.append(self.signals.pop(0))
         return changed, overflow, taken
 
 

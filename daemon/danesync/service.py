@@ -84,6 +84,9 @@ class Service:
         self._tsig_key: TsigKey | None = None
         self._ari_notice_logged = False
         self._ari_next_check: dict[str, dt.datetime] = {}
+        # Chains `recover` found on disk but not in the state: the next pass reloads
+        # Postfix, confirms them and logs them as deployed.
+        self._recovered: dict[str, Chain] = {}
         self.recover()
 
     # --- persistence -------------------------------------------------------
@@ -100,21 +103,22 @@ class Service:
         """
         changed = False
         for certificate in self.config.certificates:
-            info = self._read_deployed_file(certificate)
-            if info is None:
+            chain = self._read_deployed_file(certificate)
+            if chain is None:
                 continue
             lineage_state = self.state.lineage(certificate.lineage)
             if (
                 lineage_state.deployed is None
-                or lineage_state.deployed.fingerprint != info.fingerprint
+                or lineage_state.deployed.fingerprint != chain.fingerprint
             ):
-                lineage_state.deployed = info
+                lineage_state.deployed = ChainInfo.from_chain(chain)
                 self.state.reload_pending = True
+                self._recovered[certificate.lineage] = chain
                 changed = True
         if changed:
             self.save()
 
-    def _read_deployed_file(self, certificate: CertificateConfig) -> ChainInfo | None:
+    def _read_deployed_file(self, certificate: CertificateConfig) -> Chain | None:
         path = self.deploy_path(certificate.lineage)
         try:
             data = path.read_bytes()
@@ -147,7 +151,7 @@ class Service:
                 reason=f"the deployed file {path} cannot be read back: {error}",
             )
             return None
-        return ChainInfo.from_chain(chain)
+        return chain
 
     def deploy_path(self, lineage: str) -> Path:
         return self.config.postfix.deploy_dir / f"{lineage}.pem"
@@ -184,8 +188,9 @@ class Service:
                 self.state.record(record).published = True
                 log.info("tlsa.published", tlsa=record.zone_line(self.config.dns.ttl))
             self.save()
-        if plan.deploys:
-            self._deploy(plan.deploys, result, now)
+        deploys = plan.deploys + self._plan_repairs(plan)
+        if deploys:
+            self._deploy(deploys, result, now)
             return True
         if plan.retire and self._send_update(add=(), delete=plan.retire, result=result):
             for record in plan.retire:
@@ -196,6 +201,35 @@ class Service:
             self._warn_expiring(now)
             self._check_renewal_info(candidates, now)
         return False
+
+    def _plan_repairs(self, plan: Plan) -> tuple[Decision, ...]:
+        """Deployed chains whose file is gone or altered: write them again.
+
+        Postfix reads the file whenever it starts an smtpd; without it every
+        handshake fails. The candidate is the deployed chain, already cleared.
+        """
+        repairs = []
+        for decision in plan.decisions:
+            chain = decision.chain
+            certificate = self.config.certificate(decision.lineage)
+            if decision.verb is not Verb.UNCHANGED or chain is None or certificate is None:
+                continue
+            path = self.deploy_path(decision.lineage)
+            try:
+                intact = path.read_bytes() == chain.deploy_pem
+            except OSError:
+                intact = False
+            if not intact:
+                # Same leaf and key in other bytes (another chain order, another
+                # danesync version) is still what was cleared: leave it.
+                on_disk = self._read_deployed_file(certificate)
+                intact = on_disk is not None and on_disk.fingerprint == chain.fingerprint
+            if intact:
+                continue
+            reason = f"{path} is missing or was changed; writing the deployed chain again"
+            log.warning("chain.damaged", lineage=chain.lineage, serial=chain.serial, reason=reason)
+            repairs.append(Decision(decision.lineage, Verb.DEPLOY, chain, reason=reason))
+        return tuple(repairs)
 
     def _select(self, lineages: Iterable[str] | None) -> list[CertificateConfig]:
         if lineages is None:
@@ -457,13 +491,29 @@ class Service:
 
     def _finish_interrupted_deploy(self, result: PassResult) -> None:
         """A crash cut a deploy short: the files are in place; reload and confirm."""
-        log.info("chain.deployed", reason="finishing a deploy interrupted by a restart")
+        recovered = list(self._recovered.values())
+        log.info(
+            "deploy.resumed",
+            reason="a deploy was interrupted by a restart; reloading Postfix",
+            lineages=sorted(self._recovered),
+        )
         try:
-            self._apply_postfix([], [c.lineage for c in self.config.certificates])
+            self._apply_postfix(recovered, [c.lineage for c in self.config.certificates])
         except (PostfixError, ProbeError, OSError) as error:
             log.error("postfix.failed", reason=str(error))
             result.failed = True
             return
+        for chain in recovered:
+            log.info(
+                "chain.deployed",
+                lineage=chain.lineage,
+                serial=chain.serial,
+                not_after=format_time(chain.not_after),
+                issuer=chain.issuer,
+                tlsa=[r.zone_line(self.config.dns.ttl) for r in chain.tlsa],
+                reason="finished a deploy interrupted by a restart",
+            )
+        self._recovered.clear()
         self.state.reload_pending = False
         self.save()
 
@@ -540,6 +590,9 @@ class Service:
     def _roll_back(self, chains: list[Chain], reason: str, result: PassResult) -> None:
         log.error("postfix.failed", reason=reason)
         for chain in chains:
+            deployed = self.state.lineage(chain.lineage).deployed
+            if deployed is not None and deployed.fingerprint == chain.fingerprint:
+                continue  # a repair: the .prev file is older than what it rewrote
             restored = files.restore_chain_file(self.config.postfix.deploy_dir, chain.lineage)
             if not restored and self.state.lineage(chain.lineage).deployed is None:
                 # Nothing was deployed before: leave the new file rather than none at

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 
 from danesync.tlsa import spki_sha256
 from tests.conftest import require_program
-from tests.harness.certs import Hierarchy
+from tests.harness.certs import Hierarchy, Leaf
 from tests.harness.danesync import json_events, run_danesync, start_danesync, write_config
 from tests.harness.lineage import make_lineage, renew, update_links, write_version
 from tests.harness.pebble import CERTBOT, Certbot, PebbleCA, pebble_fixture
@@ -77,6 +77,12 @@ def der(certificate: x509.Certificate) -> bytes:
 
 def fingerprint(leaf_der: bytes) -> str:
     return hashlib.sha256(leaf_der).hexdigest()
+
+
+def serial(leaf: Leaf) -> str:
+    """As danesync logs it: hex, like `openssl x509 -serial`."""
+    text = f"{leaf.cert.serial_number:X}"
+    return text if len(text) % 2 == 0 else "0" + text
 
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z ]+)-----.+?-----END \1-----\s*", re.DOTALL)
@@ -144,6 +150,15 @@ class Sampler:
 
     def first_served(self, leaf: bytes) -> Sample | None:
         return next((s for s in self.samples if s.served == leaf), None)
+
+    def wait_served(self, leaf: bytes, timeout: float = 20) -> Sample:
+        """The first sample that got `leaf`, once there is one."""
+        end = time.monotonic() + timeout
+        while (first := self.first_served(leaf)) is None:
+            if time.monotonic() > end:
+                raise AssertionError(f"{len(self.samples)} samples, none served the new leaf")
+            time.sleep(0.02)
+        return first
 
 
 # --- the daemon and its config ------------------------------------------------------
@@ -396,14 +411,12 @@ class TestEndToEnd:
                 pebble.restart()
             wait_cool(postfix)  # measure danesync, not Postfix's cool-down after our postconf
             deployed = len(daemon.events("chain.deployed"))
-            with Sampler(postfix.port, host.chain_file(), interval=0.0) as sampler:
+            with Sampler(postfix.port, host.chain_file(), interval=0.01) as sampler:
                 certbot.renew(MX)
                 new_leaf = live_leaf(certbot)
                 daemon.wait_for("chain.deployed", deployed + 1)
-                wait_served(postfix, new_leaf)
+                first = sampler.wait_served(new_leaf)
             updated = certbot.lineage_updated_at(MX)
-            first = sampler.first_served(new_leaf)
-            assert first is not None
             before = [s for s in sampler.samples if s.finished < first.started]
             latency = first.finished - updated
             latencies.append(latency)
@@ -461,7 +474,7 @@ class TestHalfUpdatedLineage:
             )
             complete = steps[-1][0]
             daemon.wait_for("chain.deployed", 2)
-            wait_served(postfix, new_leaf)
+            sampler.wait_served(new_leaf)
         assert steps[-1][1] == "remove previous_fullchain.pem"
 
         # The daemon did look while the lineage was half-updated, and held off.
@@ -476,7 +489,6 @@ class TestHalfUpdatedLineage:
                 assert sample.served == old_leaf, (sample, steps)
                 assert sample.chain_file == old_leaf, (sample, steps)
         assert sum(s.finished < complete for s in sampler.samples) > 50
-        assert sampler.first_served(new_leaf) is not None
         assert daemon.stop() == 0
         daemon.assert_no_errors()
 
@@ -617,7 +629,7 @@ class TestSignals:
     def test_usr1_runs_a_full_pass(
         self, tmp_path: Path, postfix: PostfixInstance, daemons: list[Daemon]
     ) -> None:
-        """A change the watcher cannot see (archive files rewritten in place) waits for it."""
+        """Changes the watcher cannot see (archive rewritten in place, a deleted chain file)."""
         ca = Hierarchy(f"Usr1 {uuid.uuid4().hex[:8]}")
         old, new = ca.issue([MX]), ca.issue([MX])
         host = Host(tmp_path, postfix, reconcile_interval=3600)
@@ -636,8 +648,22 @@ class TestSignals:
         daemon.signal(signal.SIGUSR1)
         daemon.wait_for("chain.deployed", 2, timeout=10)
         wait_served(postfix, der(new.cert))
+
+        # The chain file deleted by hand: the next smtpd Postfix starts would fail
+        # every handshake. deploy_dir is not watched; a full pass writes it again.
+        host.chain_file().unlink()
+        time.sleep(0.5)
+        assert not host.chain_file().exists()
+        daemon.signal(signal.SIGUSR1)
+        damaged = daemon.wait_for("chain.damaged", timeout=10)
+        assert damaged["lineage"] == MX and damaged["serial"] == serial(new), damaged
+        daemon.wait_for("chain.deployed", 3, timeout=10)
+        assert read_chain_file(host.chain_file()) == der(new.cert)
+        assert host.chain_file().stat().st_mode & 0o777 == 0o600
+        assert openssl_served(postfix) == der(new.cert)
         assert daemon.stop() == 0
-        daemon.assert_no_errors()
+        errors = [e for e in daemon.events() if e.get("level") in ("error", "critical")]
+        assert not errors, errors
 
 
 class TestCrashes:
@@ -672,12 +698,18 @@ class TestCrashes:
             restarted = host.start(name="restarted")
             daemons.append(restarted)
             restarted.wait_for("daemon.ready")
-            wait_served(postfix, new_leaf)
+            sampler.wait_served(new_leaf)
             state = host.state()
             assert state["reload_pending"] is False
             assert state["lineages"][MX]["deployed"]["fingerprint"] == fingerprint(new_leaf)
             assert restarted.stop() == 0
         restarted.assert_no_errors()
+        # The journal names what the restart finished: the new chain, once.
+        (deployed,) = restarted.events("chain.deployed")
+        assert deployed["lineage"] == MX and deployed["serial"] == serial(new), deployed
+        if crash_at != "before-files":  # the file was in place: the restart only finished
+            assert "interrupted by a restart" in str(deployed["reason"]), deployed
+            assert [e["lineage"] for e in restarted.events("probe.ok")] == [MX]
         assert openssl_served(postfix) == new_leaf
         ok, output = postfix.dane_verify(MX, f"2 1 1 {spki_sha256(ca.intermediate)}")
         assert ok, output
