@@ -54,8 +54,11 @@ deb: deps
 deb-check: deps
 	$(SUDO) .ci/deb-check
 
+# The figures go to bench/results/ and (full runs only) docs/benchmarks.md.
+# `make bench BENCH_ARGS=--quick` for a shorter run.
+BENCH_ARGS ?=
 bench: deps venv
-	$(PY) -m bench
+	$(PY) -m bench --update-docs $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage build dist *.egg-info daemon/*.egg-info

@@ -143,9 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     dump(output / "latest.json", document)
     (output / "latest.md").write_text(table + "\n")
     print(f"\nwritten: {output / 'latest.json'}, {output / 'latest.md'}", file=sys.stderr)
-    if args.update_docs and not failed:
+    if args.update_docs and not failed and not quick and args.only == list(NAMES):
         update_docs(table)
         print(f"updated: {DOCS}", file=sys.stderr)
+    elif args.update_docs:
+        print(f"not updating {DOCS.name}: only a full run of every benchmark does", file=sys.stderr)
     missed = [f"{r.name}: {m}" for r in results for m in r.failed_targets]
     if missed:
         print(f"targets missed: {'; '.join(missed)}", file=sys.stderr)
