@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="fewer renewals and a 15 s idle window (about 1.5 min instead of 4)",
+        help="fewer renewals and a 15 s idle window (about 2 min instead of 4)",
     )
     parser.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES))
     parser.add_argument(

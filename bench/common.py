@@ -179,9 +179,8 @@ def make_host(
     }
     if daemon:
         sections["daemon"] = daemon
-    certificates = [{"lineage": DEFAULT_HOSTNAME}] + [
-        {"lineage": name, "sni": True} for name in names[1:]
-    ]
+    certificates: list[Mapping[str, Any]] = [{"lineage": DEFAULT_HOSTNAME}]
+    certificates += [{"lineage": name, "sni": True} for name in names[1:]]
     config = write_config(root / "danesync.toml", sections, certificates)
     return Host(root, postfix, config, letsencrypt, names)
 
@@ -191,9 +190,10 @@ def make_host(
 
 def served_der(postfix: PostfixInstance, servername: str | None = None) -> bytes | None:
     try:
-        return probe_starttls(postfix.host, postfix.port, servername, timeout=2)
+        leaf: bytes = probe_starttls(postfix.host, postfix.port, servername, timeout=2)
     except ProbeError:
         return None
+    return leaf
 
 
 def first_served(

@@ -85,9 +85,9 @@ def run(workdir: Path, window: float) -> Result:
                 raise RuntimeError(f"{label}: {deployed} of {LINEAGES} chains deployed")
         sleepers: dict[str, subprocess.Popen[bytes]] = {}
         for label, python in lanes:
-            for imports in (False, True):
-                key = f"{label}|{'imports' if imports else 'bare'}"
-                sleepers[key] = _sleeper(python, window + QUIET + 30, imports)
+            for with_imports in (False, True):
+                key = f"{label}|{'imports' if with_imports else 'bare'}"
+                sleepers[key] = _sleeper(python, window + QUIET + 30, with_imports)
                 stack.callback(sleepers[key].kill)
         time.sleep(QUIET)
         pids = {f"{label}|danesync": d.pid for label, d in daemons.items()}

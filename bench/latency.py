@@ -185,8 +185,8 @@ def run(workdir: Path, renewals: int, certbot_renewals: int) -> Result:
         }
         result.notes.append(
             "Real renewals: `certbot renew --force-renewal` against Pebble, timed from the"
-            " mtime of live/<name>/ (certbot's last link change) to the first handshake"
-            " with the new leaf; the baseline is certbot's own"
+            " mtime of live/<name>/ (certbot's last link change) to the first client"
+            " that got the new leaf; the baseline is certbot's own"
             " `--deploy-hook 'postfix -c DIR reload'`, which certbot runs after it has"
             " finished the lineage."
         )
