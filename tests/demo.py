@@ -333,7 +333,7 @@ def demo(stack: contextlib.ExitStack, workdir: Path) -> None:
     say(
         "Writing danesync's configuration: certbot's directory, this Postfix, and BIND.\n"
         f"  Short times for the demo: TTL {TTL} s, rollover_wait {ROLLOVER_WAIT} s "
-        "(on a real host: an hour and two)."
+        "(on a real host: 3600 s and 7200 s)."
     )
     config = write_config(
         workdir / "danesync.toml",
