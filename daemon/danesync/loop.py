@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import signal
 import socket
 import threading
@@ -134,11 +135,16 @@ class Daemon:
             log.error("config.invalid", reason="; ".join(error.problems), path=str(error.path))
             self.notifier.ready(self._summary(PassResult()))
             return
-        self._stop_watcher()
+        # The same live/ keeps its watcher: restarting it loses events meanwhile
+        # (and watchdog 7 logs an error when an event meets the stopping thread).
+        restart_watcher = config.certbot.live_dir != self.config.certbot.live_dir
+        if restart_watcher:
+            self._stop_watcher()
         self.config = config
         self.service = Service(config)
         self.debouncer = Debouncer(config.daemon.settle)
-        self._start_watcher()
+        if restart_watcher or self.watcher is None:
+            self._start_watcher()
         log.info("config.reloaded", path=str(config.path), certificates=len(config.certificates))
         # systemd 252 stays in "reloading" until READY=1 follows RELOADING=1.
         self.notifier.ready(self._summary(PassResult()))
@@ -233,6 +239,19 @@ class Daemon:
         return now + delay
 
 
+class _WatchdogStopRace(logging.Filter):
+    """Drops watchdog 7's error for an inotify event that meets a stopping watch.
+
+    Stopping or replacing a watch while certbot writes makes watchdog >= 7
+    log "InotifyEmitter.queue_events() called when the thread is inactive" at
+    error level; the event is only one that nobody waits for any more.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in str(record.msg)
+
+
 def run_daemon(config: Config, log_format: str) -> int:
     configure_logging(log_format)  # type: ignore[arg-type]
+    logging.getLogger("watchdog.observers.inotify").addFilter(_WatchdogStopRace())
     return Daemon(config, Notifier()).run()

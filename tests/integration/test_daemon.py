@@ -22,7 +22,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,7 +183,7 @@ class Host:
         self.config = root / "danesync.toml"
         self.daemon = {"settle": settle, "reconcile_interval": reconcile_interval}
 
-    def write_config(self, certificates: list[dict[str, Any]], extra: str = "") -> Path:
+    def write_config(self, certificates: list[Mapping[str, Any]], extra: str = "") -> Path:
         write_config(
             self.config,
             {
@@ -405,7 +405,6 @@ class TestEndToEnd:
         assert openssl_served(postfix) == live_leaf(certbot)
         first_issuer = live_issuer(certbot)
 
-        latencies = []
         for round_ in ("renewal", "new intermediate"):
             if round_ == "new intermediate":
                 pebble.restart()
@@ -419,7 +418,6 @@ class TestEndToEnd:
             updated = certbot.lineage_updated_at(MX)
             before = [s for s in sampler.samples if s.finished < first.started]
             latency = first.finished - updated
-            latencies.append(latency)
             print(
                 f"{round_}: certbot's last link change to the new leaf served:"
                 f" {latency * 1000:.0f} ms (at least {(first.started - updated) * 1000:.0f} ms;"
@@ -433,9 +431,7 @@ class TestEndToEnd:
             assert openssl_served(postfix) == new_leaf
 
         new_issuer = live_issuer(certbot)
-        assert new_issuer.subject != first_issuer.subject or spki_sha256(new_issuer) != spki_sha256(
-            first_issuer
-        )
+        assert spki_sha256(new_issuer) != spki_sha256(first_issuer)
         assert new_issuer == x509.load_pem_x509_certificate(pebble.intermediate_pem())
         ok, output = postfix.dane_verify(MX, f"2 1 1 {spki_sha256(new_issuer)}")
         assert ok, output
@@ -488,7 +484,7 @@ class TestHalfUpdatedLineage:
             if sample.finished < complete:
                 assert sample.served == old_leaf, (sample, steps)
                 assert sample.chain_file == old_leaf, (sample, steps)
-        assert sum(s.finished < complete for s in sampler.samples) > 50
+        assert sum(s.finished < complete for s in sampler.samples) > 20
         assert daemon.stop() == 0
         daemon.assert_no_errors()
 
@@ -622,12 +618,29 @@ class TestSignals:
         tls12 = ("-tls1_2", "-cipher")
         assert openssl_served(postfix, *tls12, "ECDHE-RSA-AES128-GCM-SHA256") == der(rsa_leaf.cert)
         assert openssl_served(postfix, *tls12, "ECDHE-ECDSA-AES128-GCM-SHA256") == der(second.cert)
+
+        # certbot's config_dir moves: the watcher follows it.
+        host.letsencrypt = tmp_path / "letsencrypt-moved"
+        make_lineage(host.letsencrypt, ec_lineage, second)
+        make_lineage(host.letsencrypt, rsa_lineage, rsa_leaf)
+        host.write_config([ec_certificate, {"lineage": rsa_lineage, "hostnames": [MX]}])
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_for("config.reloaded", 2)
+        third = ca.issue([MX])
+        renew(host.letsencrypt, ec_lineage, third)
+        deployed = daemon.wait_for("chain.deployed", 4)
+        assert deployed["lineage"] == ec_lineage and deployed["serial"] == serial(third)
+        assert openssl_served(postfix, *tls12, "ECDHE-ECDSA-AES128-GCM-SHA256") == der(third.cert)
         assert daemon.stop() == 0
         errors = [e for e in daemon.events() if e.get("level") == "error"]
         assert [e["event"] for e in errors] == ["config.invalid"], errors
 
     def test_usr1_runs_a_full_pass(
-        self, tmp_path: Path, postfix: PostfixInstance, daemons: list[Daemon]
+        self,
+        tmp_path: Path,
+        postfix: PostfixInstance,
+        notify_socket: NotifySocket,
+        daemons: list[Daemon],
     ) -> None:
         """Changes the watcher cannot see (archive rewritten in place, a deleted chain file)."""
         ca = Hierarchy(f"Usr1 {uuid.uuid4().hex[:8]}")
@@ -635,32 +648,41 @@ class TestSignals:
         host = Host(tmp_path, postfix, reconcile_interval=3600)
         host.write_config([{"lineage": MX}])
         make_lineage(host.letsencrypt, MX, old)
-        daemon = host.start()
+        daemon = host.start(env=notify_socket.env)
         daemons.append(daemon)
-        daemon.wait_for("chain.deployed")
-        wait_served(postfix, der(old.cert))
+        mark = notify_socket.wait_for("READY")  # the first pass is over
+        assert len(daemon.events("chain.deployed")) == 1
+
+        def full_pass() -> None:
+            """SIGUSR1, and wait for the STATUS= every pass ends with; none may run before."""
+            nonlocal mark
+            notify_socket.receive(0.01)
+            assert notify_socket.indexes("STATUS")[-1] <= mark, notify_socket.messages
+            daemon.signal(signal.SIGUSR1)
+            mark = notify_socket.wait_for("STATUS", mark + 1, timeout=10)
 
         write_version(host.letsencrypt, MX, new, 1)  # in place: live/ does not change
         time.sleep(1.0)  # ten settle periods: the watcher saw nothing
-        assert len(daemon.events("chain.deployed")) == 1
         assert served_leaf(postfix.port) == der(old.cert)
-
-        daemon.signal(signal.SIGUSR1)
-        daemon.wait_for("chain.deployed", 2, timeout=10)
-        wait_served(postfix, der(new.cert))
+        full_pass()
+        assert len(daemon.events("chain.deployed")) == 2
+        assert openssl_served(postfix) == der(new.cert)
 
         # The chain file deleted by hand: the next smtpd Postfix starts would fail
         # every handshake. deploy_dir is not watched; a full pass writes it again.
         host.chain_file().unlink()
         time.sleep(0.5)
         assert not host.chain_file().exists()
-        daemon.signal(signal.SIGUSR1)
-        damaged = daemon.wait_for("chain.damaged", timeout=10)
+        full_pass()
+        (damaged,) = daemon.events("chain.damaged")
         assert damaged["lineage"] == MX and damaged["serial"] == serial(new), damaged
-        daemon.wait_for("chain.deployed", 3, timeout=10)
+        assert len(daemon.events("chain.deployed")) == 3
         assert read_chain_file(host.chain_file()) == der(new.cert)
         assert host.chain_file().stat().st_mode & 0o777 == 0o600
         assert openssl_served(postfix) == der(new.cert)
+
+        full_pass()  # an intact file is left alone
+        assert len(daemon.events("chain.deployed")) == 3
         assert daemon.stop() == 0
         errors = [e for e in daemon.events() if e.get("level") in ("error", "critical")]
         assert not errors, errors
