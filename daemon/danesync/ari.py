@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import email.utils
+import functools
 import importlib.metadata
 import re
 from dataclasses import dataclass
@@ -147,6 +148,7 @@ def _not_after(cert: x509.Certificate) -> dt.datetime:
 # -- effects ------------------------------------------------------------------
 
 
+@functools.cache
 def ari_support() -> str | None:
     """None when the installed acme library can fetch ARI, else why not (one line)."""
     try:

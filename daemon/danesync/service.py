@@ -12,7 +12,9 @@ import datetime as dt
 import hashlib
 import os
 import signal
+import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,8 @@ from danesync.tsigkey import TsigKey, read_tsig_key
 log = structlog.get_logger("danesync")
 
 SNI_TABLE = "sni"
+PROBE_WORKERS = 16  # concurrent STARTTLS probes after a deploy
+ARI_BUDGET = 10.0  # seconds of ARI requests per pass; the rest wait for the next
 
 
 def utc_now() -> dt.datetime:
@@ -161,13 +165,6 @@ class Service:
     def reconcile(self, lineages: Iterable[str] | None = None) -> PassResult:
         """One pass over `lineages` (default: every configured certificate)."""
         result = PassResult()
-        for _ in range(3):  # a deploy is followed by a pass that retires old records
-            deployed = self._reconcile_once(lineages, result)
-            if not deployed:
-                break
-        return result
-
-    def _reconcile_once(self, lineages: Iterable[str] | None, result: PassResult) -> bool:
         now = utc_now()
         certificates = self._select(lineages)
         if self.state.reload_pending:
@@ -175,15 +172,25 @@ class Service:
         candidates: dict[str, Candidate] = {
             c.lineage: self._read_candidate(c, now) for c in certificates
         }
+        # A deploy is followed by a round that retires the records the old chains
+        # needed; the lineages just read are still what certbot holds.
+        for _ in range(3):
+            if not self._reconcile_once(lineages, candidates, result):
+                break
+        return result
+
+    def _reconcile_once(
+        self, lineages: Iterable[str] | None, candidates: dict[str, Candidate], result: PassResult
+    ) -> bool:
+        now = utc_now()
+        certificates = self._select(lineages)
         served = self._probe_adoptions(certificates, candidates)
         view = self._observe_dns(build_query_names(self.config, self.state, candidates), result)
         plan = plan_pass(self.config, self.state, candidates, view, served, now)
 
         self._apply_visibility(plan, now)
         self._record_decisions(plan, now, result)
-        if plan.publish and not self._send_update(add=plan.publish, delete=(), result=result):
-            pass
-        elif plan.publish:
+        if plan.publish and self._send_update(add=plan.publish, delete=(), result=result):
             for record in plan.publish:
                 self.state.record(record).published = True
                 log.info("tlsa.published", tlsa=record.zone_line(self.config.dns.ttl))
@@ -251,8 +258,8 @@ class Service:
         """On adoption, what Postfix serves now (a chain it already serves needs no wait)."""
         endpoint = self.config.postfix.probe
         served: dict[str, str] = {}
-        if endpoint is None:
-            return served
+        if endpoint is None or self.config.dns.mode is DnsMode.OFF:
+            return served  # with DNS off nothing waits, so what is served does not matter
         for certificate in certificates:
             lineage_state = self.state.lineages.get(certificate.lineage)
             if lineage_state is not None and lineage_state.deployed is not None:
@@ -567,25 +574,37 @@ class Service:
         self._confirm_served(chains)
 
     def _confirm_served(self, chains: list[Chain]) -> None:
-        """The STARTTLS probe must see each new leaf (asking by name or key type)."""
+        """The STARTTLS probe must see each new leaf (asking by name or key type).
+
+        A pass that deploys many SNI chains probes them side by side.
+        """
         endpoint = self.config.postfix.probe
-        if endpoint is None or not self.config.postfix.reload:
+        if endpoint is None or not self.config.postfix.reload or not chains:
             return
-        for chain in chains:
+
+        def confirm(chain: Chain) -> bool:
             certificate = self.config.certificate(chain.lineage)
             assert certificate is not None
-            servername = certificate.hostnames[0] if certificate.sni else None
-            if not probe.wait_for_leaf(
+            return probe.wait_for_leaf(
                 endpoint.host,
                 endpoint.port,
                 _leaf_der(chain),
-                servername=servername,
+                servername=certificate.hostnames[0] if certificate.sni else None,
                 key_algorithm=None if certificate.sni else chain.key_algorithm,
-            ):
+            )
+
+        with ThreadPoolExecutor(max_workers=min(PROBE_WORKERS, len(chains))) as pool:
+            outcomes = list(pool.map(confirm, chains))
+        failed = [chain for chain, ok in zip(chains, outcomes, strict=True) if not ok]
+        for chain in chains:
+            if chain in failed:
                 reason = f"{endpoint} does not serve the new leaf"
                 log.error("probe.failed", lineage=chain.lineage, serial=chain.serial, reason=reason)
-                raise ProbeError(f"{chain.lineage}: {reason}")
-            log.info("probe.ok", lineage=chain.lineage, serial=chain.serial)
+            else:
+                log.info("probe.ok", lineage=chain.lineage, serial=chain.serial)
+        if failed:
+            names = ", ".join(chain.lineage for chain in failed)
+            raise ProbeError(f"{names}: {endpoint} does not serve the new leaf")
 
     def _roll_back(self, chains: list[Chain], reason: str, result: PassResult) -> None:
         log.error("postfix.failed", reason=reason)
@@ -593,11 +612,9 @@ class Service:
             deployed = self.state.lineage(chain.lineage).deployed
             if deployed is not None and deployed.fingerprint == chain.fingerprint:
                 continue  # a repair: the .prev file is older than what it rewrote
-            restored = files.restore_chain_file(self.config.postfix.deploy_dir, chain.lineage)
-            if not restored and self.state.lineage(chain.lineage).deployed is None:
-                # Nothing was deployed before: leave the new file rather than none at
-                # all only if Postfix already references it; otherwise remove it.
-                pass
+            # Without a .prev (a first deploy) the new file stays; the restored
+            # parameters below no longer name it, so Postfix does not read it.
+            files.restore_chain_file(self.config.postfix.deploy_dir, chain.lineage)
         try:
             if getattr(self, "_previous_parameters", None):
                 postfix.write_parameters(self.config.postfix.config_dir, self._previous_parameters)
@@ -645,6 +662,7 @@ class Service:
                 log.info("renewal.unsupported", reason=unsupported)
                 self._ari_notice_logged = True
             return
+        give_up = time.monotonic() + ARI_BUDGET  # one slow CA must not stall the loop
         for lineage, candidate in sorted(candidates.items()):
             lineage_state = self.state.lineages.get(lineage)
             deployed = lineage_state.deployed if lineage_state else None
@@ -652,6 +670,8 @@ class Service:
                 continue
             if self._ari_next_check.get(lineage, now) > now:
                 continue
+            if time.monotonic() > give_up:
+                break
             directory = read_acme_server(self.config.certbot.config_dir, lineage)
             if directory is None:
                 continue
