@@ -108,9 +108,9 @@ class Daemon:
             self.watcher.stop()
             self.watcher = None
 
-    def _pass(self, lineages: set[str] | None) -> PassResult:
+    def _pass(self, lineages: set[str] | None, monitor: bool = True) -> PassResult:
         try:
-            result = self.service.reconcile(lineages)
+            result = self.service.reconcile(lineages, monitor=monitor)
         except DanesyncError as error:
             log.error("pass.failed", reason=str(error))
             result = PassResult(failed=True)
@@ -170,9 +170,10 @@ class Daemon:
                 reason=f"no [[certificate]] is configured in {self.config.path}; waiting",
             )
         self._start_watcher()
-        result = self._pass(None)
+        result = self._pass(None, monitor=False)  # ARI can take seconds: after READY=1
         self.notifier.ready(self._summary(result))
         log.info("daemon.ready", certificates=len(self.config.certificates))
+        self.service.run_monitoring()
 
         ping_every = watchdog_interval()
         next_full = time.monotonic() + self.config.daemon.reconcile_interval

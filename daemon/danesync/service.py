@@ -87,6 +87,7 @@ class Service:
         self._verify_servers: list[dns_actions.Server] | None = None
         self._tsig_key: TsigKey | None = None
         self._ari_notice_logged = False
+        self._full_pass_candidates: dict[str, Candidate] = {}
         self._ari_next_check: dict[str, dt.datetime] = {}
         # Chains `recover` found on disk but not in the state: the next pass reloads
         # Postfix, confirms them and logs them as deployed.
@@ -162,8 +163,12 @@ class Service:
 
     # --- one pass -----------------------------------------------------------
 
-    def reconcile(self, lineages: Iterable[str] | None = None) -> PassResult:
-        """One pass over `lineages` (default: every configured certificate)."""
+    def reconcile(self, lineages: Iterable[str] | None = None, monitor: bool = True) -> PassResult:
+        """One pass over `lineages` (default: every configured certificate).
+
+        A full pass ends with the monitoring (expiry, ARI) unless `monitor` is
+        false; the daemon runs that after READY=1 with `run_monitoring`.
+        """
         result = PassResult()
         now = utc_now()
         certificates = self._select(lineages)
@@ -177,7 +182,17 @@ class Service:
         for _ in range(3):
             if not self._reconcile_once(lineages, candidates, result):
                 break
+        if lineages is None:
+            self._full_pass_candidates = candidates
+            if monitor:
+                self.run_monitoring()
         return result
+
+    def run_monitoring(self) -> None:
+        """Expiry warnings and ARI for the lineages the last full pass read."""
+        now = utc_now()
+        self._warn_expiring(now)
+        self._check_renewal_info(self._full_pass_candidates, now)
 
     def _reconcile_once(
         self, lineages: Iterable[str] | None, candidates: dict[str, Candidate], result: PassResult
@@ -204,9 +219,6 @@ class Service:
                 self.state.records.pop(record, None)
                 log.info("tlsa.retired", tlsa=record.zone_line(self.config.dns.ttl))
             self.save()
-        if lineages is None:  # monitoring belongs to full passes
-            self._warn_expiring(now)
-            self._check_renewal_info(candidates, now)
         return False
 
     def _plan_repairs(self, plan: Plan) -> tuple[Decision, ...]:

@@ -289,6 +289,8 @@ class TestRolloverUnderTheDaemon:
             renew(host.letsencrypt, MX, new.issue([MX]))
             wait_for(lambda: host.served_issuer_or_none() == new_issuer, 30, log)
             wait_for(lambda: bind.dig_tlsa(NAME) == {ta(new)}, 15, log)
+            # The sampler itself must have seen the new chain before it stops.
+            wait_for(lambda: any(s[2] == new_issuer for s in samples), 15, log)
         finally:
             stop.set()
             sampler.join()
@@ -307,7 +309,7 @@ class TestRolloverUnderTheDaemon:
             assert expected in events, (expected, events)
 
         served = [s for s in samples if s[2] in issuers]
-        assert len(served) > 20
+        assert len(served) > 5  # a loaded machine samples slowly; each sample counts
         for _, before, issuer, after in served:
             assert issuer is not None
             record = issuers[issuer]
