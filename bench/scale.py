@@ -294,8 +294,9 @@ def run(
         result.notes.append(
             "With ARI (acme >= 4.1), a full pass asks the CA about every lineage whose"
             " renewal configuration names a server: two HTTPS requests each (directory and"
-            " renewalInfo), one after the other on the main loop, before READY=1 on the"
-            " first pass. Debian 12's acme 2.1 has no ARI, so the .deb makes no requests."
+            " renewalInfo), one after the other on the main loop, after READY=1, at most"
+            " 10 s of them per pass. Debian 12's acme 2.1 has no ARI, so the .deb makes no"
+            " requests."
         )
     result.data = {
         "large": large,
