@@ -119,7 +119,7 @@ _HOSTNAME = re.compile(
 _LINEAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-class _Invalid(Exception):
+class _Invalid(ValueError):
     """A value failed its check; the message completes 'key: ...'."""
 
 
@@ -177,6 +177,7 @@ def _endpoint(default_port: int) -> Callable[[Any], Endpoint]:
 
 def parse_endpoint(text: str, default_port: int) -> Endpoint:
     """ "192.0.2.1", "192.0.2.1:53", "[2001:db8::1]:53", "ns.example.com:53"."""
+    text = text.strip()
     host, port = text, default_port
     if text.startswith("["):
         close = text.find("]")

@@ -497,16 +497,20 @@ class Service:
             lineage_state.deployed = ChainInfo.from_chain(chain)
             lineage_state.pending = lineage_state.pending_since = lineage_state.proceed_at = None
             lineage_state.failed_fingerprint = lineage_state.failed_reason = None
-            log.info(
-                "chain.deployed",
-                lineage=chain.lineage,
-                serial=chain.serial,
-                not_after=format_time(chain.not_after),
-                issuer=chain.issuer,
-                tlsa=[r.zone_line(self.config.dns.ttl) for r in chain.tlsa],
-            )
+            self._log_deployed(chain)
         self.state.reload_pending = False
         self.save()
+
+    def _log_deployed(self, chain: Chain, reason: str | None = None) -> None:
+        log.info(
+            "chain.deployed",
+            lineage=chain.lineage,
+            serial=chain.serial,
+            not_after=format_time(chain.not_after),
+            issuer=chain.issuer,
+            tlsa=[r.zone_line(self.config.dns.ttl) for r in chain.tlsa],
+            **({"reason": reason} if reason else {}),
+        )
 
     def _finish_interrupted_deploy(self, result: PassResult) -> None:
         """A crash cut a deploy short: the files are in place; reload and confirm."""
@@ -523,15 +527,7 @@ class Service:
             result.failed = True
             return
         for chain in recovered:
-            log.info(
-                "chain.deployed",
-                lineage=chain.lineage,
-                serial=chain.serial,
-                not_after=format_time(chain.not_after),
-                issuer=chain.issuer,
-                tlsa=[r.zone_line(self.config.dns.ttl) for r in chain.tlsa],
-                reason="finished a deploy interrupted by a restart",
-            )
+            self._log_deployed(chain, "finished a deploy interrupted by a restart")
         self._recovered.clear()
         self.state.reload_pending = False
         self.save()

@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from danesync.actions.probe import format_host_port, parse_host_port
+from danesync.actions.probe import format_host_port
+from danesync.config import parse_endpoint
+
+
+def parse_host_port(text: str, default_port: int = 25) -> tuple[str, int]:
+    """The config's one host:port parser, as the probe's `probe` key uses it."""
+    endpoint = parse_endpoint(text, default_port)
+    return endpoint.host, endpoint.port
 
 
 class TestParseHostPort:

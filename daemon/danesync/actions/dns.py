@@ -31,6 +31,7 @@ import dns.rdatatype
 import dns.tsig
 import dns.update
 
+from danesync.config import parse_endpoint
 from danesync.errors import DnsError, DnsUpdateError
 from danesync.tlsa import TlsaRecord, absolute_name
 from danesync.tsigkey import TsigKey
@@ -49,27 +50,8 @@ class Server:
     def parse(cls, text: str, default_port: int = DEFAULT_PORT) -> Server:
         """``192.0.2.1``, ``192.0.2.1:53``, ``[2001:db8::1]:53``, ``2001:db8::1``,
         ``ns.example.com:5353``. Raises ValueError with the reason."""
-        text = text.strip()
-        host, port_text = text, ""
-        if text.startswith("["):
-            close = text.find("]")
-            if close < 0:
-                raise ValueError(f"{text!r} has '[' without ']'")
-            host, rest = text[1:close], text[close + 1 :]
-            if rest:
-                if not rest.startswith(":"):
-                    raise ValueError(f"{text!r}: expected ':port' after ']'")
-                port_text = rest[1:]
-        elif text.count(":") == 1:
-            host, port_text = text.split(":")
-        if not host:
-            raise ValueError(f"{text!r} has no host")
-        port = default_port
-        if port_text or text.endswith(":"):
-            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-                raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
-            port = int(port_text)
-        return cls(host, port)
+        endpoint = parse_endpoint(text.strip(), default_port)  # the config's own parser
+        return cls(endpoint.host, endpoint.port)
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"

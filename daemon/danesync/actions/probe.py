@@ -18,34 +18,6 @@ from danesync.errors import ProbeError
 DEFAULT_PORT = 25
 
 
-def parse_host_port(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """ "mx.example.com:25", "192.0.2.1", "[2001:db8::1]:25", "2001:db8::1" -> (host, port).
-
-    Raises ValueError naming what is wrong.
-    """
-    text = text.strip()
-    port_text = ""
-    if text.startswith("["):
-        host, close, rest = text[1:].partition("]")
-        if not close:
-            raise ValueError(f"{text!r}: '[' without ']'")
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"{text!r}: expected ':port' after ']'")
-            port_text = rest[1:]
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    else:  # a name, an IPv4 address, or a bare IPv6 address (no port)
-        host = text
-    if not host or any(c.isspace() for c in host):
-        raise ValueError(f"{text!r}: no host")
-    if not port_text:
-        return host, default_port
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"{text!r}: port must be a number from 1 to 65535")
-    return host, int(port_text)
-
-
 def format_host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
