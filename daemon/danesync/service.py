@@ -92,6 +92,8 @@ class Service:
         # Chains `recover` found on disk but not in the state: the next pass reloads
         # Postfix, confirms them and logs them as deployed.
         self._recovered: dict[str, Chain] = {}
+        # What the last deploy's postconf replaced, for a rollback.
+        self._previous_parameters: dict[str, str] = {}
         self.recover()
 
     # --- persistence -------------------------------------------------------
@@ -532,12 +534,30 @@ class Service:
         self.state.reload_pending = False
         self.save()
 
-    def _wanted_parameters(self, sni_changed: bool) -> dict[str, str]:
-        deployed = {
+    def _deployed_lineages(self) -> set[str]:
+        return {
             name
             for name, s in self.state.lineages.items()
             if s.deployed is not None and self.deploy_path(name).exists()
         }
+
+    def _sni_entries(self, deployed: set[str]) -> dict[str, Path]:
+        return {
+            hostname: self.deploy_path(c.lineage)
+            for c in self.config.certificates
+            if c.sni and c.lineage in deployed
+            for hostname in c.hostnames
+        }
+
+    def _write_sni_table(self) -> None:
+        """Rebuild the SNI table: `postmap -F` stores the chain files' contents."""
+        entries = self._sni_entries(self._deployed_lineages())
+        if entries:
+            postfix.write_sni_table(self.config.postfix.deploy_dir, entries)
+
+    def _wanted_parameters(self) -> dict[str, str]:
+        """The Postfix parameters for every deployed chain: defaults, then SNI."""
+        deployed = self._deployed_lineages()
         wanted: dict[str, str] = {}
         defaults = [
             self.deploy_path(c.lineage)
@@ -546,34 +566,22 @@ class Service:
         ]
         if defaults:
             wanted["smtpd_tls_chain_files"] = postfix.build_chain_files_value(defaults)
-        sni = {
-            hostname: self.deploy_path(c.lineage)
-            for c in self.config.certificates
-            if c.sni and c.lineage in deployed
-            for hostname in c.hostnames
-        }
-        if sni:
+        if self._sni_entries(deployed):
             table = self.config.postfix.deploy_dir / SNI_TABLE
-            if sni_changed or not table.exists():
-                table = postfix.write_sni_table(self.config.postfix.deploy_dir, sni)
             wanted["tls_server_sni_maps"] = postfix.build_sni_maps_value(table)
         return wanted
 
     def _apply_postfix(self, chains: list[Chain], lineages: list[str]) -> None:
-        """Parameters, reload and probe; raise on any failure so the caller rolls back."""
+        """SNI table, parameters, reload and probe; raise on failure so the caller rolls back."""
         config_dir = self.config.postfix.config_dir
-        for chain in chains:  # the state must list them before the parameters are built
-            self.state.lineage(chain.lineage)
         sni_lineages = {c.lineage for c in self.config.certificates if c.sni}
         with _provisional(self.state, chains):
-            wanted = self._wanted_parameters(sni_changed=bool(sni_lineages & set(lineages)))
-        current = postfix.read_parameters(config_dir, sorted(wanted))
-        changes = postfix.build_parameter_changes(current, wanted)
-        if changes:
-            self._previous_parameters = {name: current.get(name, "") for name in changes}
-            postfix.write_parameters(config_dir, changes)
-        else:
-            self._previous_parameters = {}
+            # The table first: main.cf must never name a table that is not there.
+            table = self.config.postfix.deploy_dir / SNI_TABLE
+            if sni_lineages & set(lineages) or not table.exists():
+                self._write_sni_table()
+            wanted = self._wanted_parameters()
+        self._previous_parameters = postfix.write_parameter_changes(config_dir, wanted)
         _crash_point("after-postconf")
         if self.config.postfix.reload:
             postfix.reload_postfix(config_dir)
@@ -624,11 +632,9 @@ class Service:
             # parameters below no longer name it, so Postfix does not read it.
             files.restore_chain_file(self.config.postfix.deploy_dir, chain.lineage)
         try:
-            if getattr(self, "_previous_parameters", None):
-                postfix.write_parameters(self.config.postfix.config_dir, self._previous_parameters)
-            sni = [c for c in chains if (cc := self.config.certificate(c.lineage)) and cc.sni]
-            if sni:
-                self._wanted_parameters(sni_changed=True)
+            postfix.write_parameters(self.config.postfix.config_dir, self._previous_parameters)
+            if any((c := self.config.certificate(chain.lineage)) and c.sni for chain in chains):
+                self._write_sni_table()  # from the restored files
             if self.config.postfix.reload:
                 postfix.reload_postfix(self.config.postfix.config_dir)
         except (PostfixError, OSError) as error:
