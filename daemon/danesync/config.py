@@ -385,6 +385,12 @@ def build_config(document: Mapping[str, Any], path: Path) -> Config:
             'dns.server: required when dns.mode is "check" and dns.verify_servers is not set: '
             "danesync must know which authoritative servers to ask for the TLSA records"
         )
+    deploy_dir = sections["postfix"].get("deploy_dir")
+    if deploy_dir is not None and re.search(r"[\s,]", str(deploy_dir)):
+        problems.append(
+            f"postfix.deploy_dir: {str(deploy_dir)!r} contains whitespace or a comma, which "
+            "Postfix cannot take in smtpd_tls_chain_files (its lists have no quoting)"
+        )
     if zone is not None and mode is DnsMode.RFC2136:
         for cert in certificates:
             for name in cert.tlsa:
