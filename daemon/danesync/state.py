@@ -257,7 +257,7 @@ class Loaded:
     legacy: dict[str, Any] | None = None  # a v1 document, for the service to migrate
 
 
-def build_state(directory: Path) -> Loaded:
+def read_state(directory: Path) -> Loaded:
     """Read the state directory. Never raises for content: a file that is not
     understood is moved aside and the state rebuilt from what is observed."""
     path = directory / FILENAME
@@ -342,7 +342,7 @@ class StateStore:
         self._written: dict[str, bytes] = {}
 
     def load(self) -> Loaded:
-        loaded = build_state(self.directory)
+        loaded = read_state(self.directory)
         if loaded.note is None:
             self._written = loaded.state.documents()
         return loaded

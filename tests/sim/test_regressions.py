@@ -50,3 +50,12 @@ class TestCounterexamples:
         assert world.service.state.lineages["rsa"].deployed.serial == "0005"
         records = {r.rdata for r in world.dns.rrset(world.dns.servers[0], MX).records}
         assert len(records) == 2  # the old issuer's record retired, ecdsa's kept
+
+    def test_old_record_outlives_the_old_chain(self) -> None:
+        """Found with records retired in the round that deploys (and without the
+        served-chain gate): the old issuer's record went before the old chain."""
+        world = checked(DanesyncWorld())
+        checked(world).full_pass()
+        checked(world).renew(kind="issuer", lineage="rsa")
+        checked(world).full_pass()
+        checked(world)
