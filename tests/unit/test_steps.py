@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from danesync.history import RRset
 from danesync.plan import Plan, Publish, Retire
 from danesync.runtime import PassResult
 from danesync.steps import execute_plan
