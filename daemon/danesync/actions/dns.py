@@ -70,10 +70,12 @@ class _Unreachable(DnsError):
         super().__init__(f"{server}: {detail}")
 
 
-def _address(server: Server) -> str:
-    """The IP address to send to; a host name is resolved by the system."""
+def _addresses(server: Server) -> list[str]:
+    """The IP addresses to send to, in the resolver's order; a host name is
+    resolved by the system (Debian's /etc/hosts makes ``localhost`` ::1 first,
+    then 127.0.0.1: a server listening on one of them only is still reached)."""
     try:
-        return str(ipaddress.ip_address(server.host))
+        return [str(ipaddress.ip_address(server.host))]
     except ValueError:
         pass
     try:
@@ -82,14 +84,41 @@ def _address(server: Server) -> str:
         raise _Unreachable(
             server, "UNRESOLVED", f"cannot resolve host name {server.host}: {error}"
         ) from error
-    return str(infos[0][4][0])
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 def _exchange(
-    server: Server, message: dns.message.Message, timeout: float, *, tcp: bool
+    server: Server,
+    message: dns.message.Message,
+    timeout: float,
+    *,
+    tcp: bool,
+    maybe_delivered: Callable[[], None] = lambda: None,
 ) -> dns.message.Message:
-    """Send one message and return the answer; network failures -> _Unreachable."""
-    where = _address(server)
+    """Send one message to the first of the server's addresses that answers
+    (each gets `timeout`). `maybe_delivered` is called when an address that
+    is then given up on may have received the message (a timeout, a
+    connection closed without an answer): an update may have been applied
+    there. Every address failing -> _Unreachable naming each."""
+    addresses = _addresses(server)
+    failures: list[_Unreachable] = []
+    for address in addresses:
+        try:
+            return _exchange_at(server, address, message, timeout, tcp=tcp)
+        except _Unreachable as error:
+            failures.append(error)
+            if address != addresses[-1] and not isinstance(error.__cause__, ConnectionRefusedError):
+                maybe_delivered()
+    if len(failures) == 1:
+        raise failures[0]
+    detail = "; ".join(f"{a}: {f.detail}" for a, f in zip(addresses, failures, strict=True))
+    raise _Unreachable(server, failures[-1].rcode, detail) from failures[-1]
+
+
+def _exchange_at(
+    server: Server, where: str, message: dns.message.Message, timeout: float, *, tcp: bool
+) -> dns.message.Message:
+    """Send one message to one address and return the answer; network failures -> _Unreachable."""
     try:
         if tcp:
             return dns.query.tcp(message, where, timeout=timeout, port=server.port)
@@ -530,7 +559,14 @@ def send_tlsa_update(
                 return UpdateResult(done_adds, done_deletes, sends, conflicts, failures)
             message = build_tlsa_update(zone, now, to_add, to_delete, ttl, key)
             sends += 1
-            response = _exchange(primary, message, timeout, tcp=True)
+
+            def unsure(
+                adds: frozenset[TlsaRecord] = to_add, deletes: frozenset[TlsaRecord] = to_delete
+            ) -> None:
+                unsure_adds.update(adds)
+                unsure_deletes.update(deletes)
+
+            response = _exchange(primary, message, timeout, tcp=True, maybe_delivered=unsure)
         except _Unreachable as error:
             unsure_adds.update(to_add)
             unsure_deletes.update(to_delete)
