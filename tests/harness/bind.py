@@ -375,7 +375,8 @@ zone "{self.zone}" {{
                 return
             time.sleep(0.05)
         raise RuntimeError(
-            f"{self.kind} on {self.address} not ready after {START_TIMEOUT} s:\n{self.log_text()[-3000:]}"
+            f"{self.kind} on {self.address} not ready after {START_TIMEOUT} s:\n"
+            + self.log_text()[-3000:]
         )
 
     # -- changes by hand and checks -------------------------------------
