@@ -450,4 +450,5 @@ from danesync.actions.dnsupdate import TRANSIENT_FAILURES as TRANSIENT_FAILURES 
 from danesync.actions.dnsupdate import RetryPolicy as RetryPolicy  # noqa: E402, PLC0414
 from danesync.actions.dnsupdate import UpdateResult as UpdateResult  # noqa: E402, PLC0414
 from danesync.actions.dnsupdate import build_tlsa_update as build_tlsa_update  # noqa: E402, PLC0414
+from danesync.actions.dnsupdate import probe_update_policy as probe_update_policy  # noqa: E402, PLC0414
 from danesync.actions.dnsupdate import send_tlsa_update as send_tlsa_update  # noqa: E402, PLC0414

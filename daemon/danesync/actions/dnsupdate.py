@@ -10,6 +10,7 @@ which answer the same fault differently (see `_update_failure`).
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -350,3 +351,35 @@ def send_tlsa_update(
             raise DnsUpdateError(zone, failure.rcode, f"{failure.detail} ({failures} attempts)")
         sleep(retry.delay(failures))
         current = None
+
+
+def probe_update_policy(
+    primary: Server, zone: str, key: TsigKey, name: str, timeout: float = 5.0
+) -> str:
+    """Ask whether `key` may change `name` TLSA, without changing anything.
+
+    The update deletes a TLSA record that does not exist (random data), under
+    the prerequisite "a random name under the zone is in use", which cannot
+    hold: every server refuses it, and none could change anything even if it
+    did not. What it answers tells whether its policy allowed the change:
+    BIND and Knot check the policy (update-policy, ACL) before prerequisites,
+    so NXDOMAIN means allowed and REFUSED (BIND) or NOTAUTH + BADKEY (Knot)
+    denied; PowerDNS checks prerequisites first, so there NXDOMAIN proves only
+    that the key may update the zone. Returns the rcode ("NXDOMAIN",
+    "REFUSED", ...), the TSIG error ("BADKEY", "BADSIG"), or "UNSIGNED-<rcode>"
+    for an answer without a signature; raises DnsError if there is no answer.
+    """
+    origin = dns.name.from_text(absolute_name(zone))
+    message = dns.update.UpdateMessage(origin, keyring=key.to_dnspython())
+    nowhere = dns.name.from_text(f"danesync-check-{secrets.token_hex(8)}", origin)
+    message.present(nowhere)  # "name is in use": it is not
+    nothing = TlsaRecord(absolute_name(name), 3, 1, 1, secrets.token_hex(32))
+    message.delete(dns.name.from_text(nothing.name), _rdata(nothing))
+    try:
+        response = _exchange_signed(primary, message, timeout)
+    except _Unreachable as error:
+        raise DnsError(f"{primary}: {error.detail}") from error
+    except dns.exception.DNSException as error:
+        return _tsig_failure(error) or "BADRESPONSE"
+    rcode = dns.rcode.to_text(response.rcode())
+    return rcode if response.had_tsig else f"UNSIGNED-{rcode}"
