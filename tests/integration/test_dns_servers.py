@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,7 @@ from danesync.tlsa import TlsaRecord
 from danesync.tsigkey import TsigKey, read_tsig_key
 from tests.harness.bind import BindServer
 from tests.harness.dnsservers import dns_server_fixture
+from tests.harness.pdns import PdnsServer
 
 pytestmark = pytest.mark.integration
 
@@ -143,3 +145,28 @@ class TestSoa:
         answer = query_soa(server(dns_server), "mx.example.test", key)
         assert answer.rcode == "NOERROR" and not answer.has_soa
         assert answer.enclosing == "example.test."
+
+
+@pytest.mark.usefixtures("clean")
+class TestKeyFilesOfEachServer:
+    """A key file as the server's own tool prints it works with that server."""
+
+    def test_native_key_file(self, dns_server: BindServer, tmp_path: Path) -> None:
+        secret = dns_server.secret_of(dns_server.key_path)
+        if isinstance(dns_server, PdnsServer):
+            listed = dns_server.pdnsutil("list-tsig-keys")
+            text = "".join(line + "\n" for line in listed.splitlines() if "danesync" in line)
+        elif dns_server.kind == "knot":
+            text = (
+                f"# hmac-sha256:danesync:{secret}\nkey:\n  - id: danesync\n"
+                f"    algorithm: hmac-sha256\n    secret: {secret}\n"
+            )
+        else:
+            text = dns_server.key_path.read_text()
+        native = tmp_path / "native.key"
+        native.write_text(text)
+        native.chmod(0o600)
+        key = read_tsig_key(native)
+        result = send_tlsa_update(server(dns_server), ZONE, key, [record(MX, "native")], [], 60)
+        assert result.added == {record(MX, "native")}
+        assert query_soa(server(dns_server), ZONE, key).signed
