@@ -193,14 +193,30 @@ BAD_VALUES = [
     ("daemon", "settle", "1979-05-27", "must be a number of seconds, not date"),
 ]
 
+# What danesync says about a name certbot accepts but Postfix's lists cannot hold.
+UNSUPPORTED_LINEAGE = (
+    ": danesync supports lineage names of ASCII letters, digits, '.', '_' and '-'"
+    " (starting with a letter or digit), because the name goes into main.cf's"
+    " smtpd_tls_chain_files list and the SNI table as <deploy_dir>/<lineage>.pem, which"
+    " Postfix splits on spaces and commas; certbot accepts it, so issue the certificate"
+    " again under a supported name (certbot --cert-name NAME)"
+)
+
 BAD_CERTIFICATE_VALUES = [
     ("lineage", "5", "must be a string, not an integer"),
     ("lineage", '""', "must not be empty"),
-    ("lineage", '"../etc"', "'../etc' is not a certbot lineage name (a directory under live/)"),
-    ("lineage", '"a/b"', "'a/b' is not a certbot lineage name (a directory under live/)"),
-    ("lineage", '"a..b"', "'a..b' is not a certbot lineage name (a directory under live/)"),
-    ("lineage", '".hidden"', "'.hidden' is not a certbot lineage name (a directory under live/)"),
-    ("lineage", '"mx\\n"', "'mx\\n' is not a certbot lineage name (a directory under live/)"),
+    (
+        "lineage",
+        '"../etc"',
+        "'../etc' is not a lineage name (a directory under live/: no '/' or '..')",
+    ),
+    ("lineage", '"a/b"', "'a/b' is not a lineage name (a directory under live/: no '/' or '..')"),
+    ("lineage", '"mx primary, rsa"', "'mx primary, rsa'" + UNSUPPORTED_LINEAGE),
+    ("lineage", '"müller"', "'müller'" + UNSUPPORTED_LINEAGE),
+    ("lineage", '"a;b"', "'a;b'" + UNSUPPORTED_LINEAGE),
+    ("lineage", '"a..b"', "'a..b' is not a lineage name (a directory under live/: no '/' or '..')"),
+    ("lineage", '".hidden"', "'.hidden'" + UNSUPPORTED_LINEAGE),
+    ("lineage", '"mx\\n"', "'mx\\n'" + UNSUPPORTED_LINEAGE),
     ("hostnames", '"mx.example.com"', "must be a list, not a string"),
     ("hostnames", "[]", "must not be empty"),
     ("hostnames", '["mx.example.com", "bad host"]', "item 2: 'bad host' is not a valid host name"),
