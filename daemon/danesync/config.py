@@ -86,6 +86,9 @@ class CertificateConfig:
     tlsa: tuple[str, ...]
     usages: tuple[Usage, ...] = (Usage.DANE_TA,)
     sni: bool = False
+    # Whether `hostnames` was written: an SNI certificate then serves only those
+    # names, otherwise every DNS name of its leaf (`sni.build_served_names`).
+    hostnames_set: bool = False
 
     @classmethod
     def default_for(cls, lineage: str) -> CertificateConfig:
@@ -475,7 +478,14 @@ def _build_certificates(raw: Any, problems: list[str]) -> list[CertificateConfig
         )
         usages: tuple[Usage, ...] = values.get("usages", (Usage.DANE_TA,))
         certificates.append(
-            CertificateConfig(lineage, hostnames, tlsa, usages, values.get("sni", False))
+            CertificateConfig(
+                lineage,
+                hostnames,
+                tlsa,
+                usages,
+                values.get("sni", False),
+                hostnames_set="hostnames" in values,
+            )
         )
     return certificates
 

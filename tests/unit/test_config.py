@@ -7,7 +7,7 @@ import math
 import re
 import tempfile
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -464,6 +464,12 @@ class TestDefaults:
             sni=False,
         )
         assert cert == CertificateConfig.default_for("mx.example.com")
+        assert not cert.hostnames_set
+
+    def test_hostnames_set_is_remembered(self) -> None:
+        # An SNI certificate serves its leaf's names unless hostnames narrows them.
+        (cert,) = parse(CERT + 'hostnames = ["mx.example.com"]\n').certificates
+        assert cert.hostnames_set and cert.hostnames == ("mx.example.com",)
 
     def test_tlsa_follows_the_first_hostname(self) -> None:
         text = CERT + 'hostnames = ["*.example.org", "example.org"]\n'
@@ -723,8 +729,8 @@ class TestSample:
         server = next(d.line for d in documented_keys() if d.name == "dns.server")
         config = build_config(tomllib.loads(uncomment(server, *block)), SAMPLE)
         (cert,) = config.certificates
-        # The example spells out the defaults for its lineage.
-        assert cert == CertificateConfig.default_for(cert.lineage)
+        # The example spells out the defaults for its lineage (hostnames written out).
+        assert cert == replace(CertificateConfig.default_for(cert.lineage), hostnames_set=True)
         with pytest.raises(ConfigError) as caught:
             build_config(tomllib.loads(uncomment(*block)), SAMPLE)
         assert caught.value.problems[0].startswith('dns.server: required when dns.mode is "check"')

@@ -15,11 +15,11 @@ from danesync.actions.postfix import (
     build_parameters_from_output,
     build_protocols_allowed,
     build_services_from_output,
-    build_sni_key,
     build_sni_maps_value,
     build_sni_table_source,
     build_tls_audit,
 )
+from danesync.sni import build_sni_key
 
 # What a sound Postfix 3.7 setup for danesync looks like, as postconf -x shows it.
 GOOD = {

@@ -34,6 +34,7 @@ from pathlib import Path
 from danesync.actions.execute import run_command, run_command_full
 from danesync.actions.files import ensure_deploy_dir, sync_directory, write_atomic
 from danesync.errors import CommandError, PostfixError
+from danesync.sni import build_sni_key
 
 POSTCONF = "postconf"
 POSTFIX = "postfix"
@@ -173,18 +174,14 @@ def build_sni_maps_value(table: Path) -> str:
     return f"{SNI_TABLE_TYPE}:{os.fspath(table)}"
 
 
-def build_sni_key(hostname: str) -> str:
-    """The lookup key of a hostname: lower case; `*.example.com` is `.example.com`."""
-    key = hostname.strip().lower().rstrip(".")
-    if key.startswith("*."):
-        key = key[1:]
-    if not key or not key.isascii() or any(c.isspace() or c in '#"\\,' for c in key):
-        raise ValueError(f"{hostname!r} is not an SNI name (IDNA names must be A-labels)")
-    return key
-
-
 def build_sni_table_source(entries: Mapping[str, Path | Sequence[Path]]) -> bytes:
-    """The `postmap -F` source: one line per hostname, its chain file(s) as the value."""
+    """The `postmap -F` source: one line per name, its chain file(s) as the value.
+
+    Keys are names or table keys (`sni.build_sni_entries`); several files for
+    one key (one per key algorithm) are a comma-separated list, the syntax of
+    smtpd_tls_chain_files that postconf(5) gives for tls_server_sni_maps, and
+    `postmap -F` stores their concatenated contents.
+    """
     lines: dict[str, str] = {}
     for hostname, value in entries.items():
         key = build_sni_key(hostname)

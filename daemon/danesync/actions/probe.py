@@ -14,6 +14,7 @@ import ssl
 import time
 
 from danesync.errors import ProbeError
+from danesync.sni import build_concrete_name
 
 DEFAULT_PORT = 25
 
@@ -73,7 +74,9 @@ def probe_starttls(
         if smtp.sock is None:
             raise ProbeError(f"{where}: connection closed after STARTTLS")
         try:
-            tls = _client_context(key_algorithm).wrap_socket(smtp.sock, server_hostname=servername)
+            # Postfix rejects a wildcard as an invalid SNI name: ask for a name under it.
+            sni_name = build_concrete_name(servername) if servername else None
+            tls = _client_context(key_algorithm).wrap_socket(smtp.sock, server_hostname=sni_name)
         except ssl.SSLError as error:
             raise ProbeError(f"{where}: TLS handshake failed: {error}") from error
         # As smtplib's own starttls does: later commands go over TLS.
