@@ -78,7 +78,7 @@ def run_check(
 
 def _print_postfix_audit(config: Config, out: TextIO | None) -> None:
     """Warnings only: a questionable TLS setting does not make a lineage invalid."""
-    from danesync.actions.postfix import read_tls_audit
+    from danesync.actions.postfix_audit import read_tls_audit
 
     try:
         warnings = read_tls_audit(config.postfix.config_dir)

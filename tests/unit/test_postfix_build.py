@@ -9,14 +9,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from danesync.actions.postfix import (
-    Service,
     build_chain_files_value,
+    build_legacy_removals,
     build_parameter_changes,
     build_parameters_from_output,
-    build_protocols_allowed,
-    build_services_from_output,
+    build_removed_parameters_notice,
     build_sni_maps_value,
     build_sni_table_source,
+)
+from danesync.actions.postfix_audit import (
+    Service,
+    build_protocols_allowed,
+    build_services_from_output,
     build_tls_audit,
 )
 from danesync.sni import build_sni_key
@@ -69,6 +73,40 @@ class TestParameters:
     def test_unchanged_values_are_left_out(self) -> None:
         current = {"a": "1", "b": "2"}
         assert build_parameter_changes(current, {"a": "1", "b": "3"}) == {"b": "3"}
+
+    def test_none_removes_only_what_main_cf_sets(self) -> None:
+        current = {"a": "1", "b": "", "c": "3"}
+        wanted: dict[str, str | None] = {"a": None, "b": None, "c": "3"}
+        assert build_parameter_changes(current, wanted, explicit={"a"}) == {"a": None}
+        assert build_parameter_changes(current, wanted) == {}
+
+    def test_legacy_removals_come_with_chain_files(self) -> None:
+        removals = build_legacy_removals({"smtpd_tls_chain_files": "/d/mx.pem"})
+        assert removals == {
+            "smtpd_tls_cert_file": None,
+            "smtpd_tls_key_file": None,
+            "smtpd_tls_eccert_file": None,
+            "smtpd_tls_eckey_file": None,
+            "smtpd_tls_dcert_file": None,
+            "smtpd_tls_dkey_file": None,
+        }
+        # SNI only: the legacy files still serve clients without SNI.
+        assert build_legacy_removals({"tls_server_sni_maps": "hash:/d/sni"}) == {}
+
+    def test_removed_parameters_notice(self) -> None:
+        previous = {
+            "smtpd_tls_chain_files": None,
+            "smtpd_tls_key_file": "/etc/ssl/private/ssl-cert-snakeoil.key",
+            "smtpd_tls_cert_file": "/etc/ssl/certs/ssl-cert-snakeoil.pem",
+        }
+        notice = build_removed_parameters_notice(previous)
+        assert notice is not None
+        assert notice.startswith(
+            "removed from main.cf: smtpd_tls_cert_file = /etc/ssl/certs/ssl-cert-snakeoil.pem;"
+            " smtpd_tls_key_file = /etc/ssl/private/ssl-cert-snakeoil.key"
+        )
+        assert "a rollback restores them" in notice
+        assert build_removed_parameters_notice({"smtpd_tls_chain_files": "/x"}) is None
 
     @given(st.dictionaries(st.from_regex(r"[a-z_]{1,12}", fullmatch=True), st.text()))
     def test_applying_the_changes_leaves_nothing_to_change(self, wanted: dict[str, str]) -> None:
@@ -235,8 +273,23 @@ class TestTlsAudit:
         ],
     )
     def test_weak_mandatory_protocols(self, value: str, weak: str) -> None:
-        (warning,) = self.audit(smtpd_tls_mandatory_protocols=value)
-        assert f"allows {weak}:" in warning
+        (warning,) = self.audit([SMTP, SUBMISSION_ENCRYPT], smtpd_tls_mandatory_protocols=value)
+        assert f"allows {weak} on 'submission', which requires TLS:" in warning
+
+    def test_mandatory_protocols_on_smtps_and_per_service(self) -> None:
+        smtps = Service(
+            "smtps",
+            "inet",
+            "smtpd",
+            (("smtpd_tls_wrappermode", "yes"), ("smtpd_tls_mandatory_protocols", ">=TLSv1.1")),
+        )
+        (warning,) = self.audit([SMTP, smtps])
+        assert warning.startswith("smtpd_tls_mandatory_protocols = >=TLSv1.1 allows TLSv1.1 on")
+
+    def test_stock_debian_port_25_at_may_is_not_flagged(self) -> None:
+        # Postfix's own default (>=TLSv1) applies only where TLS is required.
+        assert self.audit([SMTP], smtpd_tls_mandatory_protocols=">=TLSv1") == []
+        assert self.audit(smtpd_tls_mandatory_protocols=">=TLSv1") == []
 
     def test_legacy_certificate_files_beside_chain_files(self) -> None:
         (warning,) = self.audit(
@@ -250,8 +303,8 @@ class TestTlsAudit:
         assert self.audit(smtpd_tls_chain_files="", smtpd_tls_cert_file="/c.pem") == []
 
     def test_missing_parameters_are_read_as_defaults(self) -> None:
-        warnings = build_tls_audit({"smtpd_tls_security_level": "may"})
-        # Postfix's default smtpd_tls_mandatory_protocols is >=TLSv1, but an absent
-        # value here is empty: everything allowed, flagged.
-        assert len(warnings) == 1
-        assert "smtpd_tls_mandatory_protocols" in warnings[0]
+        assert build_tls_audit({"smtpd_tls_security_level": "may"}) == []
+        warnings = build_tls_audit({"smtpd_tls_security_level": "encrypt"})
+        # An absent smtpd_tls_mandatory_protocols here is empty: everything allowed, flagged.
+        assert len(warnings) == 2
+        assert "smtpd_tls_mandatory_protocols = (empty)" in warnings[1]
