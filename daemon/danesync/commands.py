@@ -81,7 +81,7 @@ def _print_postfix_audit(config: Config, out: TextIO | None) -> None:
     from danesync.actions.postfix_audit import read_tls_audit
 
     try:
-        warnings = read_tls_audit(config.postfix.config_dir)
+        warnings = read_tls_audit(config.postfix.config_dir, config.postfix.deploy_dir)
     except DanesyncError as error:
         print(f"postfix {config.postfix.config_dir}: not audited: {error}", file=out)
         return

@@ -19,7 +19,10 @@ from danesync.actions.postfix import (
 )
 from danesync.actions.postfix_audit import (
     Service,
+    ServiceOverride,
     build_protocols_allowed,
+    build_service_overrides_from_output,
+    build_service_tls_notices,
     build_services_from_output,
     build_tls_audit,
 )
@@ -308,3 +311,47 @@ class TestTlsAudit:
         # An absent smtpd_tls_mandatory_protocols here is empty: everything allowed, flagged.
         assert len(warnings) == 2
         assert "smtpd_tls_mandatory_protocols = (empty)" in warnings[1]
+
+
+class TestServiceCertificates:
+    """master.cf services that serve a certificate of their own are reported."""
+
+    OUTPUT = (
+        "submission/inet/smtpd_tls_cert_file = /etc/letsencrypt/live/mx/fullchain.pem\n"
+        "submission/inet/smtpd_tls_key_file = /etc/letsencrypt/live/mx/privkey.pem\n"
+        "submission/inet/smtpd_tls_security_level = encrypt\n"
+        "127.0.0.1:465/inet/smtpd_tls_chain_files = /etc/postfix/danesync/mx.pem\n"
+        "127.0.0.1:465/inet/smtpd_tls_wrappermode = yes\n"
+        "[::1]:587/inet/smtpd_tls_chain_files = /etc/postfix/danesync/mx.pem,/etc/x.pem\n"
+        "relay/unix/smtp_tls_cert_file = /etc/client.pem\n"
+        "smtps/inet/smtpd_tls_cert_file =\n"
+    )
+
+    def test_parse(self) -> None:
+        overrides = build_service_overrides_from_output(self.OUTPUT)
+        assert len(overrides) == 8
+        assert overrides[3] == ServiceOverride(
+            "127.0.0.1:465", "inet", "smtpd_tls_chain_files", "/etc/postfix/danesync/mx.pem"
+        )
+        assert overrides[5].where == "[::1]:587/inet"
+        assert overrides[7].value == ""
+
+    def test_notices(self) -> None:
+        overrides = build_service_overrides_from_output(self.OUTPUT)
+        notices = build_service_tls_notices(overrides, Path("/etc/postfix/danesync"))
+        # 465 uses danesync's file; relay's is a client certificate; smtps's is empty.
+        assert len(notices) == 2
+        assert notices[0].startswith(
+            "master.cf service submission/inet serves a certificate of its own"
+            " (-o smtpd_tls_cert_file=/etc/letsencrypt/live/mx/fullchain.pem,"
+            " -o smtpd_tls_key_file=/etc/letsencrypt/live/mx/privkey.pem):"
+            " danesync does not update it"
+        )
+        assert notices[1].startswith("master.cf service [::1]:587/inet serves")
+        assert "_587._tcp" in notices[1]
+
+    def test_reference_to_main_cf_is_managed(self) -> None:
+        overrides = [
+            ServiceOverride("smtps", "inet", "smtpd_tls_chain_files", "$smtpd_tls_chain_files")
+        ]
+        assert build_service_tls_notices(overrides) == []

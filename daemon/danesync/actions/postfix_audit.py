@@ -254,10 +254,12 @@ def read_tls_audit_parameters(config_dir: Path) -> dict[str, str]:
     return read_parameters(config_dir, TLS_AUDIT_PARAMETERS, expand=True)
 
 
-def read_tls_audit(config_dir: Path) -> list[str]:
-    """`build_tls_audit` on this Postfix, plus every chain file that cannot be read."""
+def read_tls_audit(config_dir: Path, deploy_dir: Path | None = None) -> list[str]:
+    """`build_tls_audit` on this Postfix, every chain file that cannot be read, and
+    the master.cf services serving certificates of their own."""
     params = read_tls_audit_parameters(config_dir)
     warnings = build_tls_audit(params, read_services(config_dir))
+    warnings += read_service_tls_notices(config_dir, deploy_dir)
     for item in _list_items(params.get("smtpd_tls_chain_files", "")):
         try:
             with open(item, "rb") as chain_file:
@@ -265,3 +267,90 @@ def read_tls_audit(config_dir: Path) -> list[str]:
         except OSError as error:
             warnings.append(f"smtpd_tls_chain_files: {item}: cannot be read: {error.strerror}")
     return warnings
+
+
+# --- master.cf services with certificates of their own ---------------------------
+
+# What a master.cf service can set to serve a certificate main.cf does not name.
+SERVICE_CERTIFICATE_PARAMETERS = (
+    "smtpd_tls_chain_files",
+    *LEGACY_CERTIFICATE_PARAMETERS,
+    "tls_server_sni_maps",
+)
+
+
+@dataclass(frozen=True)
+class ServiceOverride:
+    """One `-o name=value` of a master.cf service, as `postconf -P` prints it."""
+
+    service: str  # "submission", "127.0.0.1:465"
+    type: str  # "inet"
+    name: str
+    value: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.service}/{self.type}"
+
+
+def build_service_overrides_from_output(output: str) -> tuple[ServiceOverride, ...]:
+    """Parse `postconf -P` output: "service/type/name = value" lines."""
+    overrides = []
+    for line in output.splitlines():
+        key, separator, value = line.partition(" =")
+        parts = key.rsplit("/", 2)
+        if not separator or len(parts) != 3:
+            continue
+        overrides.append(ServiceOverride(parts[0], parts[1], parts[2], value.strip()))
+    return tuple(overrides)
+
+
+def build_service_tls_notices(
+    overrides: Sequence[ServiceOverride], deploy_dir: Path | None = None
+) -> list[str]:
+    """One line per master.cf service that serves a certificate danesync does not manage.
+
+    Such a service (submission or smtps, set up as the common TLS guides do
+    with `-o smtpd_tls_cert_file=...`) keeps serving its own files whatever
+    danesync deploys. A `-o smtpd_tls_chain_files` that lists only danesync's
+    files in `deploy_dir` (or `$smtpd_tls_chain_files`) is managed; an empty
+    value overrides nothing.
+    """
+    by_service: dict[str, list[ServiceOverride]] = {}
+    for override in overrides:
+        if override.name in SERVICE_CERTIFICATE_PARAMETERS and override.value:
+            by_service.setdefault(override.where, []).append(override)
+    notices = []
+    for where, items in by_service.items():
+        unmanaged = [o for o in items if not _is_managed(o, deploy_dir)]
+        if not unmanaged:
+            continue
+        settings = ", ".join(f"-o {o.name}={o.value}" for o in unmanaged)
+        notices.append(
+            f"master.cf service {where} serves a certificate of its own ({settings}):"
+            " danesync does not update it, so it keeps serving those files; remove the"
+            " override to serve main.cf's smtpd_tls_chain_files, and list its TLSA name"
+            " (e.g. _587._tcp or _465._tcp) in the certificate's tlsa"
+        )
+    return notices
+
+
+def _is_managed(override: ServiceOverride, deploy_dir: Path | None) -> bool:
+    items = _list_items(override.value)
+    if override.name == "smtpd_tls_chain_files":
+        if items in (["$smtpd_tls_chain_files"], ["${smtpd_tls_chain_files}"]):
+            return True
+        return deploy_dir is not None and all(Path(item).parent == deploy_dir for item in items)
+    if override.name == "tls_server_sni_maps":
+        return items in (["$tls_server_sni_maps"], ["${tls_server_sni_maps}"])
+    return False
+
+
+def read_service_overrides(config_dir: Path) -> tuple[ServiceOverride, ...]:
+    """Every master.cf `-o` override, from one `postconf -P` call."""
+    return build_service_overrides_from_output(_run([POSTCONF, "-c", str(config_dir), "-P"]))
+
+
+def read_service_tls_notices(config_dir: Path, deploy_dir: Path | None = None) -> list[str]:
+    """`build_service_tls_notices` for this Postfix: for `check` and the daemon's start."""
+    return build_service_tls_notices(read_service_overrides(config_dir), deploy_dir)
