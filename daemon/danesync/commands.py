@@ -81,7 +81,12 @@ def _print_postfix_audit(config: Config, out: TextIO | None) -> None:
     from danesync.actions.postfix_audit import read_tls_audit
 
     try:
-        warnings = read_tls_audit(config.postfix.config_dir, config.postfix.deploy_dir)
+        # danesync sets smtpd_tls_chain_files when it has a default (non-SNI) chain.
+        warnings = read_tls_audit(
+            config.postfix.config_dir,
+            config.postfix.deploy_dir,
+            chain_files_in_main=any(not c.sni for c in config.certificates) or None,
+        )
     except DanesyncError as error:
         print(f"postfix {config.postfix.config_dir}: not audited: {error}", file=out)
         return

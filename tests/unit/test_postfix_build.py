@@ -336,19 +336,34 @@ class TestServiceCertificates:
         assert overrides[5].where == "[::1]:587/inet"
         assert overrides[7].value == ""
 
-    def test_notices(self) -> None:
+    def test_notices_with_danesync_chain_files_in_main_cf(self) -> None:
         overrides = build_service_overrides_from_output(self.OUTPUT)
         notices = build_service_tls_notices(overrides, Path("/etc/postfix/danesync"))
         # 465 uses danesync's file; relay's is a client certificate; smtps's is empty.
         assert len(notices) == 2
+        assert notices[0] == (
+            "master.cf service submission/inet sets"
+            " -o smtpd_tls_cert_file=/etc/letsencrypt/live/mx/fullchain.pem,"
+            " -o smtpd_tls_key_file=/etc/letsencrypt/live/mx/privkey.pem: Postfix ignores them"
+            " because smtpd_tls_chain_files is set (the service serves those chains and warns"
+            " at every smtpd start); remove these overrides"
+        )
+        assert notices[1].startswith(
+            "master.cf service [::1]:587/inet serves a certificate of its own"
+            " (-o smtpd_tls_chain_files=/etc/postfix/danesync/mx.pem,/etc/x.pem):"
+            " danesync does not update it"
+        )
+        assert "_587._tcp" in notices[1]
+
+    def test_notices_without_chain_files_in_main_cf(self) -> None:
+        overrides = build_service_overrides_from_output(self.OUTPUT)
+        notices = build_service_tls_notices(
+            overrides, Path("/etc/postfix/danesync"), chain_files_in_main=False
+        )
         assert notices[0].startswith(
             "master.cf service submission/inet serves a certificate of its own"
             " (-o smtpd_tls_cert_file=/etc/letsencrypt/live/mx/fullchain.pem,"
-            " -o smtpd_tls_key_file=/etc/letsencrypt/live/mx/privkey.pem):"
-            " danesync does not update it"
         )
-        assert notices[1].startswith("master.cf service [::1]:587/inet serves")
-        assert "_587._tcp" in notices[1]
 
     def test_reference_to_main_cf_is_managed(self) -> None:
         overrides = [

@@ -254,12 +254,20 @@ def read_tls_audit_parameters(config_dir: Path) -> dict[str, str]:
     return read_parameters(config_dir, TLS_AUDIT_PARAMETERS, expand=True)
 
 
-def read_tls_audit(config_dir: Path, deploy_dir: Path | None = None) -> list[str]:
+def read_tls_audit(
+    config_dir: Path, deploy_dir: Path | None = None, *, chain_files_in_main: bool | None = None
+) -> list[str]:
     """`build_tls_audit` on this Postfix, every chain file that cannot be read, and
-    the master.cf services serving certificates of their own."""
+    `build_service_tls_notices` (`chain_files_in_main` None: as main.cf is now)."""
     params = read_tls_audit_parameters(config_dir)
     warnings = build_tls_audit(params, read_services(config_dir))
-    warnings += read_service_tls_notices(config_dir, deploy_dir)
+    warnings += read_service_tls_notices(
+        config_dir,
+        deploy_dir,
+        chain_files_in_main=chain_files_in_main
+        if chain_files_in_main is not None
+        else bool(params.get("smtpd_tls_chain_files", "").strip()),
+    )
     for item in _list_items(params.get("smtpd_tls_chain_files", "")):
         try:
             with open(item, "rb") as chain_file:
@@ -306,15 +314,22 @@ def build_service_overrides_from_output(output: str) -> tuple[ServiceOverride, .
 
 
 def build_service_tls_notices(
-    overrides: Sequence[ServiceOverride], deploy_dir: Path | None = None
+    overrides: Sequence[ServiceOverride],
+    deploy_dir: Path | None = None,
+    *,
+    chain_files_in_main: bool = True,
 ) -> list[str]:
-    """One line per master.cf service that serves a certificate danesync does not manage.
+    """One line per master.cf service whose certificate settings danesync does not manage.
 
-    Such a service (submission or smtps, set up as the common TLS guides do
-    with `-o smtpd_tls_cert_file=...`) keeps serving its own files whatever
-    danesync deploys. A `-o smtpd_tls_chain_files` that lists only danesync's
-    files in `deploy_dir` (or `$smtpd_tls_chain_files`) is managed; an empty
-    value overrides nothing.
+    The common TLS guides give submission and smtps a certificate of their
+    own (`-o smtpd_tls_cert_file=...`). Postfix ignores those legacy
+    parameters wherever smtpd_tls_chain_files is non-empty (measured: the
+    service then serves main.cf's chains and warns at every smtpd start), so
+    with `chain_files_in_main` (danesync sets it in main.cf) they are only
+    noise; a service's own `-o smtpd_tls_chain_files` (or
+    tls_server_sni_maps) that does not list danesync's files in `deploy_dir`
+    keeps serving those files whatever danesync deploys. An empty value
+    overrides nothing.
     """
     by_service: dict[str, list[ServiceOverride]] = {}
     for override in overrides:
@@ -322,17 +337,32 @@ def build_service_tls_notices(
             by_service.setdefault(override.where, []).append(override)
     notices = []
     for where, items in by_service.items():
-        unmanaged = [o for o in items if not _is_managed(o, deploy_dir)]
-        if not unmanaged:
-            continue
-        settings = ", ".join(f"-o {o.name}={o.value}" for o in unmanaged)
-        notices.append(
-            f"master.cf service {where} serves a certificate of its own ({settings}):"
-            " danesync does not update it, so it keeps serving those files; remove the"
-            " override to serve main.cf's smtpd_tls_chain_files, and list its TLSA name"
-            " (e.g. _587._tcp or _465._tcp) in the certificate's tlsa"
+        own = [o for o in items if o.name not in LEGACY_CERTIFICATE_PARAMETERS]
+        own = [o for o in own if not _is_managed(o, deploy_dir)]
+        legacy = [o for o in items if o.name in LEGACY_CERTIFICATE_PARAMETERS]
+        chain_files_set = chain_files_in_main or any(
+            o.name == "smtpd_tls_chain_files" for o in items
         )
+        if not chain_files_set:
+            own += legacy
+        elif legacy:
+            notices.append(
+                f"master.cf service {where} sets {_settings(legacy)}: Postfix ignores them"
+                " because smtpd_tls_chain_files is set (the service serves those chains"
+                " and warns at every smtpd start); remove these overrides"
+            )
+        if own:
+            notices.append(
+                f"master.cf service {where} serves a certificate of its own ({_settings(own)}):"
+                " danesync does not update it, so it keeps serving those files; remove the"
+                " override to serve main.cf's smtpd_tls_chain_files, and list its TLSA name"
+                " (e.g. _587._tcp or _465._tcp) in the certificate's tlsa"
+            )
     return notices
+
+
+def _settings(overrides: Sequence[ServiceOverride]) -> str:
+    return ", ".join(f"-o {o.name}={o.value}" for o in overrides)
 
 
 def _is_managed(override: ServiceOverride, deploy_dir: Path | None) -> bool:
@@ -351,6 +381,16 @@ def read_service_overrides(config_dir: Path) -> tuple[ServiceOverride, ...]:
     return build_service_overrides_from_output(_run([POSTCONF, "-c", str(config_dir), "-P"]))
 
 
-def read_service_tls_notices(config_dir: Path, deploy_dir: Path | None = None) -> list[str]:
-    """`build_service_tls_notices` for this Postfix: for `check` and the daemon's start."""
-    return build_service_tls_notices(read_service_overrides(config_dir), deploy_dir)
+def read_service_tls_notices(
+    config_dir: Path, deploy_dir: Path | None = None, *, chain_files_in_main: bool | None = None
+) -> list[str]:
+    """`build_service_tls_notices` for this Postfix: for `check` and the daemon's start.
+
+    `chain_files_in_main` None: whether main.cf sets smtpd_tls_chain_files now.
+    """
+    if chain_files_in_main is None:
+        values = read_parameters(config_dir, ["smtpd_tls_chain_files"])
+        chain_files_in_main = bool(values.get("smtpd_tls_chain_files", "").strip())
+    return build_service_tls_notices(
+        read_service_overrides(config_dir), deploy_dir, chain_files_in_main=chain_files_in_main
+    )
