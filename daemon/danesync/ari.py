@@ -233,6 +233,13 @@ def _base64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
 
 
+def build_validity(cert: x509.Certificate) -> tuple[dt.datetime, dt.datetime]:
+    """(notBefore, notAfter), aware UTC, on every cryptography version."""
+    value: dt.datetime | None = getattr(cert, "not_valid_before_utc", None)
+    not_before = value if value is not None else cert.not_valid_before.replace(tzinfo=dt.UTC)
+    return not_before, _not_after(cert)
+
+
 def _not_after(cert: x509.Certificate) -> dt.datetime:
     # cryptography 38 has no not_valid_after_utc; newer ones deprecate the naive one.
     value: dt.datetime | None = getattr(cert, "not_valid_after_utc", None)
