@@ -53,8 +53,10 @@ RENEWAL_GRACE = dt.timedelta(days=1)
 ERROR_MARGIN = dt.timedelta(days=1)
 # `check` warns when rollover_wait is more than this share of the lifetime.
 ROLLOVER_WAIT_SHARE = 0.10
-# What an unknown lifetime is taken to be: Let's Encrypt's classic profile.
-ASSUMED_LIFETIME = dt.timedelta(days=90)
+# Without the lifetime (a state written before it was kept): the old fixed
+# thresholds, error within 7 days and warning within 21.
+LEGACY_ERROR_LEFT = dt.timedelta(days=7)
+LEGACY_WARNING_LEFT = dt.timedelta(days=21)
 _MAX_BODY = 64 * 1024  # renewalInfo and directories are a few hundred bytes
 _JSON_TYPES = ("application/json", "application/problem+json")
 _RFC3339 = re.compile(
@@ -153,12 +155,14 @@ def plan_expiry_warnings(
     day, or a tenth of a short lifetime); a warning from then on; an error
     once little is left (`build_little_left`) or it has expired. `held`: certbot
     has renewed but danesync holds the new chain (it waits for its TLSA
-    records), which the reason then says. Without `not_before` the lifetime
-    is taken to be 90 days.
+    records), which the reason then says. Without `not_before` (lifetime
+    unknown) the old fixed thresholds apply: error within 7 days, warning
+    within 21.
     """
-    not_before = not_before if not_before is not None else not_after - ASSUMED_LIFETIME
-    lifetime = not_after - not_before
     left = not_after - now
+    if not_before is None:
+        return _plan_legacy_expiry_warning(not_after, left)
+    lifetime = not_after - not_before
     due = build_renewal_due(not_before, not_after, window_end)
     overdue_at = due + min(RENEWAL_GRACE, lifetime / 10)
     little = build_little_left(lifetime, rollover_wait)
@@ -183,6 +187,18 @@ def plan_expiry_warnings(
     else:
         parts.append(f"certbot should have renewed it by {format_time(due)} and has not")
     return level, "; ".join(parts)
+
+
+def _plan_legacy_expiry_warning(
+    not_after: dt.datetime, left: dt.timedelta
+) -> tuple[str, str] | None:
+    if left > LEGACY_WARNING_LEFT:
+        return None
+    level = "error" if left <= LEGACY_ERROR_LEFT else "warning"
+    when = format_time(not_after)
+    if left <= dt.timedelta(0):
+        return level, f"expired at {when}"
+    return level, f"expires in {_duration(left)}, at {when}"
 
 
 def build_rollover_wait_warning(

@@ -133,11 +133,22 @@ class TestExpiryWarnings:
         assert error[1].startswith(f"expires in 10 hours, at {format_time(NOW + 160 * HOUR)};")
         assert "less than 1 day of its 6 days lifetime left" in error[1]
 
-    def test_unknown_lifetime_is_taken_as_90_days(self) -> None:
+    def test_unknown_lifetime_keeps_the_fixed_thresholds(self) -> None:
+        # A state saved before the lifetime was kept: 21 and 7 days, as before.
         not_after = NOW + 90 * DAY
-        assert plan_expiry_warnings(not_after, NOW + 59 * DAY) is None
-        result = plan_expiry_warnings(not_after, NOW + 85 * DAY)
-        assert result is not None and result[0] == "error"
+        assert plan_expiry_warnings(not_after, not_after - 21 * DAY - SECOND) is None
+        assert plan_expiry_warnings(not_after, not_after - 21 * DAY) == (
+            "warning",
+            f"expires in 21 days, at {format_time(not_after)}",
+        )
+        assert plan_expiry_warnings(not_after, not_after - 7 * DAY) == (
+            "error",
+            f"expires in 7 days, at {format_time(not_after)}",
+        )
+        assert plan_expiry_warnings(not_after, not_after) == (
+            "error",
+            f"expired at {format_time(not_after)}",
+        )
 
     def test_time_zone_of_now_does_not_matter(self) -> None:
         paris = dt.timezone(dt.timedelta(hours=1))
