@@ -93,7 +93,7 @@ class Service:
         # Postfix, confirms them and logs them as deployed.
         self._recovered: dict[str, Chain] = {}
         # What the last deploy's postconf replaced, for a rollback.
-        self._previous_parameters: dict[str, str] = {}
+        self._previous_parameters: dict[str, str | None] = {}
         self.recover()
 
     # --- persistence -------------------------------------------------------
