@@ -1,7 +1,8 @@
 """Command line: `danesync run|check|tlsa|sync|status`.
 
 The only place that turns errors into exit statuses: 0 ok, 1 a lineage is
-invalid or a step failed, 2 usage error, 78 (EX_CONFIG) configuration error.
+invalid or a step failed, 2 usage error, 75 (EX_TEMPFAIL) another danesync
+holds the state directory, 78 (EX_CONFIG) configuration error.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from collections.abc import Sequence
 from danesync import __version__
 from danesync.config import config_path, is_lineage_name, lineage_name_problem, load_config
 from danesync.errors import ConfigError, DanesyncError
+from danesync.lock import LockHeld
 
 EX_USAGE = 2
+EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
 
@@ -89,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"danesync: {error}", file=sys.stderr)
         return EX_CONFIG
+    except LockHeld as error:
+        print(f"danesync: {error}", file=sys.stderr)
+        return EX_TEMPFAIL
     except DanesyncError as error:
         print(f"danesync: {error}", file=sys.stderr)
         return 1
