@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from danesync import __version__
-from danesync.config import config_path, is_lineage_name, load_config
+from danesync.config import config_path, is_lineage_name, lineage_name_problem, load_config
 from danesync.errors import ConfigError, DanesyncError
 from danesync.lock import LockHeld
 
@@ -60,9 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0) and EX_USAGE
     bad = [name for name in getattr(args, "lineages", []) if not is_lineage_name(name)]
     if bad:
-        print(
-            f"danesync: {bad[0]!r} is not a lineage name (a directory under live/)", file=sys.stderr
-        )
+        print(f"danesync: {lineage_name_problem(bad[0])}", file=sys.stderr)
         return EX_USAGE
     path = config_path(args.config)
     try:
