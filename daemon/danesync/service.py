@@ -265,8 +265,8 @@ def run_sync(config: Config) -> int:
     from danesync.lock import acquire_lock
     from danesync.log import configure_logging
 
+    lock = acquire_lock(config.state.dir)  # before anything else: exit 75 says it all
     configure_logging("auto")
-    lock = acquire_lock(config.state.dir)
     try:
         result = Service(config).reconcile()
     finally:

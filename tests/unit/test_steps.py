@@ -261,3 +261,33 @@ class TestFinding9ClockSteps:
         world.restart()
         world.full_pass()
         assert world.service.state.lineages["rsa"].deployed.serial == "0001"
+
+
+class TestLightCheck:
+    """Issue 13 finding 5: a record deleted by hand is noticed at the next light check."""
+
+    def test_deleted_record_asks_for_a_full_pass(self) -> None:
+        world = settled()
+        assert not world.service.light_check()
+        world.dns.zones[PRIMARY].pop(MX)
+        assert world.service.light_check()
+        world.full_pass()
+        assert world.dns.rrset(PRIMARY, MX).records  # published again
+
+
+class TestStatus:
+    """`danesync status` shows deployed chains, records and last failures from the state."""
+
+    def test_failures_are_shown(self) -> None:
+        import io
+
+        from danesync.status import build_status, print_status
+
+        world = DanesyncWorld()
+        world.postfix.fail_write.add("rsa")
+        world.full_pass()
+        document = build_status(world.config, world.service.state, world.clock.wall())
+        assert document["failures"][0]["lineage"] == "rsa"
+        out = io.StringIO()
+        print_status(document, out)
+        assert "No space left on device" in out.getvalue()
