@@ -15,7 +15,7 @@ rule holds after it:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from danesync.config import Config, DnsMode
@@ -134,13 +134,17 @@ def plan_pass(config: Config, state: State, obs: Observations, now: dt.datetime)
     first = _refuse_duplicate_algorithms(config, state, first)
     held = {d.lineage: d.chain if (d.verb.holds or d.verb.deploys) else None for d in first}
     holdings = build_holdings(config, state, held)
+    by_name: dict[str, list[Holding]] = {}
+    for holding in holdings:
+        for owner in holding.names:
+            by_name.setdefault(owner, []).append(holding)
     needed = build_needed_records(holdings)
 
     steps: list[Step] = []
     publishes: dict[str, RRset] = {}
     if mode is DnsMode.RFC2136:
         for name in sorted(needed):
-            step = _plan_publish(ctx, holdings, name, needed[name])
+            step = _plan_publish(ctx, by_name.get(name, []), name, needed[name])
             if step is not None:
                 steps.append(step)
                 publishes[name] = RRset.of(ctx.current(name).records | set(step.add), step.ttl)
@@ -166,7 +170,7 @@ def plan_pass(config: Config, state: State, obs: Observations, now: dt.datetime)
     elif mode is DnsMode.RFC2136:
         # Retire only in a round that deploys nothing: what is served is settled.
         for name in sorted({n for n, h in state.names.items() if h.owned} & obs.fresh):
-            retire = _plan_retire(ctx, holdings, name, needed.get(name, frozenset()))
+            retire = _plan_retire(ctx, by_name.get(name, []), name, needed.get(name, frozenset()))
             if retire is not None:
                 steps.append(retire)
     missing: tuple[TlsaRecord, ...] = ()
@@ -203,16 +207,13 @@ def _plan_repairs(decisions: list[Decision], obs: Observations) -> list[DeployIt
     ]
 
 
-def _served_at(
-    ctx: _Context, holdings: tuple[Holding, ...], name: str
-) -> tuple[list[ChainInfo], bool]:
-    """The chains Postfix may present to a client of `name`, and whether an
-    unknown one (not deployed by danesync, not identified by the probe) is among them."""
+def _served_at(ctx: _Context, holdings: Sequence[Holding]) -> tuple[list[ChainInfo], bool]:
+    """The chains Postfix may present to clients of one owner name (`holdings`:
+    the lineages with that name), and whether an unknown one (not deployed by
+    danesync, not identified by the probe) is among them."""
     known: list[ChainInfo] = []
     unknown = False
     for holding in holdings:
-        if name not in holding.names:
-            continue
         lineage_state = ctx.state.lineages.get(holding.lineage)
         deployed = lineage_state.deployed if lineage_state else None
         inflight = lineage_state.inflight if lineage_state else None
@@ -231,7 +232,7 @@ def _served_at(
 
 
 def _plan_publish(
-    ctx: _Context, holdings: tuple[Holding, ...], name: str, needed: frozenset[TlsaRecord]
+    ctx: _Context, holdings: Sequence[Holding], name: str, needed: frozenset[TlsaRecord]
 ) -> Publish | None:
     if name not in ctx.obs.fresh:
         return None
@@ -240,7 +241,7 @@ def _plan_publish(
     if not add:
         return None
     result = current.records | add
-    known, unknown = _served_at(ctx, holdings, name)
+    known, unknown = _served_at(ctx, holdings)
     # An unknown chain (snakeoil, a bootstrap chain) matches whatever it matched:
     # adding to a non-empty RRset keeps that, turning an empty one non-empty may not.
     if unknown and not current.records:
@@ -253,11 +254,11 @@ def _plan_publish(
 
 
 def _plan_retire(
-    ctx: _Context, holdings: tuple[Holding, ...], name: str, needed: frozenset[TlsaRecord]
+    ctx: _Context, holdings: Sequence[Holding], name: str, needed: frozenset[TlsaRecord]
 ) -> Retire | None:
     history = ctx.state.names[name]
     current = ctx.current(name)
-    known, unknown = _served_at(ctx, holdings, name)
+    known, unknown = _served_at(ctx, holdings)
     if unknown:
         return None
     delete: list[TlsaRecord] = []
