@@ -67,7 +67,8 @@ class Service:
         self.monitor = Monitor(config)
         self._full_pass_candidates: dict[str, object] = {}
         if loaded.note is not None:
-            log.warning("state.rebuilt", reason=loaded.note)
+            event = "state.migrated" if loaded.legacy is not None else "state.rebuilt"
+            log.warning(event, reason=loaded.note)
         if loaded.legacy is not None:
             self._migrate_v1(loaded.legacy)
 
@@ -257,7 +258,10 @@ class Service:
             record = TlsaRecord.from_key(key)
             history = rt.state.name(record.name)
             rt.state.names[record.name] = replace(history, owned=history.owned | {record})
-        rt.save()
+        try:
+            rt.save()
+        except DanesyncError as error:  # the next pass saves it, or says why it cannot
+            rt.fail(PassResult(), "migrate", str(self.config.state.dir), str(error))
 
 
 def run_sync(config: Config) -> int:
