@@ -22,5 +22,5 @@ class TestFindZone:
 
     def test_name_outside_the_servers_zones(self, bind: BindServer) -> None:
         server = Server("127.0.0.1", bind.port)
-        with pytest.raises(DnsError, match="set dns.zone"):
+        with pytest.raises(DnsError, match=r"set dns\.zone"):
             find_zone(server, "_25._tcp.mx.example.org")
