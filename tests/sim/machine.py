@@ -121,6 +121,9 @@ class DanesyncWorld(RuleBasedStateMachine):
     # --- plumbing ---------------------------------------------------------------
 
     def _crash(self, point: str) -> None:
+        # Every crash point is also a moment to check: the invariant must hold
+        # in the middle of a pass too (new smtpd processes read new files at once).
+        self.every_presented_chain_matches_every_possible_rrset()
         if self.armed is None or self.armed[0] != point:
             return
         if self.armed[1] > 1:
