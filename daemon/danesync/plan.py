@@ -138,7 +138,7 @@ def plan_pass(config: Config, state: State, obs: Observations, now: dt.datetime)
     for holding in holdings:
         for owner in holding.names:
             by_name.setdefault(owner, []).append(holding)
-    needed = build_needed_records(holdings)
+    needed = build_needed_records(holdings, obs.extra_records)
 
     steps: list[Step] = []
     publishes: dict[str, RRset] = {}
