@@ -116,7 +116,8 @@ def run_deploy(
     )
     lineages = [i.lineage for i in written]
     try:
-        if _sni_touched(rt, lineages) or not rt.postfix.sni_table_exists():
+        dropped = any(rt.config.certificate(n) is None for n in rt.state.lineages)
+        if _sni_touched(rt, lineages) or dropped or not rt.postfix.sni_table_exists():
             entries = build_sni_entries(rt.config, _deployed(rt) | set(lineages), rt.postfix)
             if entries:  # main.cf must never name a table that is not there
                 rt.postfix.write_sni_table(entries)
@@ -145,6 +146,10 @@ def run_deploy(
             lineage_state.pending = lineage_state.pending_since = lineage_state.proceed_at = None
         lineage_state.failed_fingerprint = lineage_state.failed_reason = None
         log_deployed(rt, item)
+    # Lineages no longer configured are no longer named by Postfix's parameters:
+    # nothing serves them now, so nothing needs their records.
+    for name in [n for n in rt.state.lineages if rt.config.certificate(n) is None]:
+        del rt.state.lineages[name]
     rt.succeeded("deploy", "postfix")
     rt.save()
     if failed:
