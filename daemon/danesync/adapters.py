@@ -120,14 +120,11 @@ class RealPostfix:
         postfix.write_sni_table(self.deploy_dir, entries)
 
     def write_parameter_changes(self, wanted: Mapping[str, str | None]) -> dict[str, str | None]:
-        # Until postfix.py takes None (postconf -X), a parameter to remove is set empty.
-        previous = postfix.write_parameter_changes(
-            self.config_dir, {k: v or "" for k, v in wanted.items()}
-        )
-        return dict(previous)
+        # None removes a parameter (postconf -X); the result restores main.cf exactly.
+        return postfix.write_parameter_changes(self.config_dir, wanted)
 
     def write_parameters(self, values: Mapping[str, str | None]) -> None:
-        postfix.write_parameters(self.config_dir, {k: v or "" for k, v in values.items()})
+        postfix.write_parameters(self.config_dir, values)
 
     def reload(self) -> None:
         postfix.reload_postfix(self.config_dir)
