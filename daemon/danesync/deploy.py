@@ -243,9 +243,12 @@ def _roll_back(
         if all_of_them and checkpoint.parameters is not None:
             rt.postfix.write_parameters(checkpoint.parameters)
         elif not all_of_them:
-            rt.postfix.write_parameter_changes(
-                build_wanted_parameters(rt.config, remaining, rt.postfix)
-            )
+            wanted = build_wanted_parameters(rt.config, remaining, rt.postfix)
+            # What the remaining lineages no longer want goes back to how it was
+            # (no default chain left: smtpd_tls_chain_files and the legacy files).
+            for name, value in (checkpoint.parameters or {}).items():
+                wanted.setdefault(name, value)
+            rt.postfix.write_parameter_changes(wanted)
         if rt.config.postfix.reload:
             rt.postfix.reload()
     except (DanesyncError, OSError, ValueError) as error:

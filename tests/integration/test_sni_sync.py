@@ -100,3 +100,50 @@ def test_one_pass_serves_every_name(tmp_path: Path, stock: StockDebianPostfix) -
     again = run_danesync("sync", "-c", str(config))
     assert again.returncode == 0, again.stdout + again.stderr
     assert not events_named(json_events(again.stdout), "chain.deployed")
+
+
+def test_a_failed_default_chain_leaves_main_cf_as_it_was(
+    tmp_path: Path, stock: StockDebianPostfix
+) -> None:
+    """The default lineage's probe fails, the SNI lineage's succeeds: only the default
+    is rolled back, and main.cf's default chain settings are Debian's again."""
+    ca = Hierarchy("SNI partial")
+    # The probed service serves a chain of its own to clients without SNI, so
+    # the default lineage's probe cannot see its leaf; SNI still uses the table.
+    other = ca.issue([MX])
+    other_file = tmp_path / "other.pem"
+    other_file.write_bytes(other.key_pem + other.fullchain_pem)
+    other_file.chmod(0o600)
+    stock.postconf("-P", f"127.0.0.1:{stock.port}/inet/smtpd_tls_chain_files={other_file}")
+    stock.reload()
+    letsencrypt = tmp_path / "letsencrypt"
+    wild = ca.issue(["hosted.test", "*.hosted.test"])
+    make_lineage(letsencrypt, MX, ca.issue([MX]))
+    make_lineage(letsencrypt, "hosted.test", wild)
+    config = write_config(
+        tmp_path / "danesync.toml",
+        {
+            "certbot": {"config_dir": letsencrypt},
+            "postfix": {
+                "config_dir": stock.config_dir,
+                "deploy_dir": tmp_path / "deploy",
+                "probe": f"127.0.0.1:{stock.port}",
+            },
+            "dns": {"mode": "off"},
+            "state": {"dir": tmp_path / "state"},
+        },
+        [{"lineage": MX}, {"lineage": "hosted.test", "sni": True}],
+    )
+    before = stock.postconf("-n")
+    result = run_danesync("sync", "-c", str(config))
+    events = json_events(result.stdout)
+    assert result.returncode == 1
+    assert [e["lineage"] for e in events_named(events, "chain.rolled_back")] == [MX]
+    assert [e["lineage"] for e in events_named(events, "chain.deployed")] == ["hosted.test"]
+    after = stock.postconf("-n")
+    assert "smtpd_tls_chain_files" not in after
+    for line in before.splitlines():
+        if line.startswith(("smtpd_tls_cert_file", "smtpd_tls_key_file")):
+            assert line in after.splitlines()
+    assert "tls_server_sni_maps" in after
+    assert stock.served_certificate("-servername", "a.hosted.test") == wild.cert
