@@ -135,7 +135,12 @@ def run_deploy(
     lineages = [i.lineage for i in written]
     try:
         if _sni_touched(rt, lineages) or not rt.postfix.sni_table_exists():
-            entries = build_sni_entries(rt.config, _deployed(rt, written), rt.postfix)
+            chains = _deployed(rt, written)
+            for problem in build_sni_table(
+                build_sni_certificates(rt.config, chains, rt.postfix)
+            ).problems:
+                log.warning("sni.conflict", reason=problem)
+            entries = build_sni_entries(rt.config, chains, rt.postfix)
             if entries:  # main.cf must never name a table that is not there
                 rt.postfix.write_sni_table(entries)
         wanted = build_wanted_parameters(rt.config, _deployed(rt, written), rt.postfix)
