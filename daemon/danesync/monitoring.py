@@ -109,7 +109,12 @@ class Monitor:
                 )
             except AriError as error:
                 log.warning("renewal.unknown", lineage=lineage, reason=str(error))
-                self._ari_next_check[lineage] = now + dt.timedelta(hours=1)
+                # RFC 9773 4.3.3: a Retry-After on an error is honoured too.
+                self._ari_next_check[lineage] = (
+                    ari.build_next_check(error.retry_after, now)
+                    if error.retry_after
+                    else now + dt.timedelta(hours=1)
+                )
                 continue
             if window is None:
                 self._ari_next_check[lineage] = now + dt.timedelta(days=1)
