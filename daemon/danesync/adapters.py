@@ -32,7 +32,13 @@ class SystemClock:
         return dt.datetime.now(dt.UTC)
 
     def monotonic(self) -> float:
-        return time.monotonic()
+        return time.monotonic()  # CLOCK_MONOTONIC: one epoch for every process of a boot
+
+    def boot(self) -> str:
+        try:
+            return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except OSError:
+            return ""
 
 
 def offer_from_chain(chain: Chain) -> Offer:
@@ -190,8 +196,14 @@ class RealDns:
                 self._verify = [dns_actions.Server(e.host, e.port) for e in configured]
             else:
                 zone = self.config.dns.zone
-                if self._primary is None or zone is None:
-                    raise DnsError("no verify_servers, and no dns.server and dns.zone to find them")
+                if self._primary is None:
+                    raise DnsError("no dns.verify_servers, and no dns.server to find them")
+                if zone is None:
+                    # Check mode may name only the server: its SOA answer names the zone.
+                    names = [n for c in self.config.certificates for n in c.tlsa]
+                    if not names:
+                        raise DnsError("no TLSA name to find the zone of")
+                    zone = dns_actions.find_zone(self._primary, names[0])
                 self._verify = dns_actions.find_verify_servers(zone, self._primary)
             if self._primary is not None and self._primary not in self._verify:
                 self._verify.append(self._primary)  # what danesync's updates change

@@ -124,6 +124,7 @@ def run_deploy(
                 )
                 continue
             rt.crash("after-file")
+            rt.succeeded("deploy", str(rt.postfix.chain_path(item.lineage)), item.lineage)
         written.append(item)
     if len(written) < len(items):
         rt.save()

@@ -54,6 +54,10 @@ class Clock(Protocol):
 
     def monotonic(self) -> float: ...
 
+    def boot(self) -> str:
+        """Identifies the monotonic clock's epoch (this boot)."""
+        ...
+
 
 class PostfixPort(Protocol):
     def chain_path(self, lineage: str) -> Path: ...

@@ -48,7 +48,10 @@ class Runtime:
     visible: dict[str, frozenset[TlsaRecord]] = field(default_factory=dict)
 
     def save(self) -> None:
+        self.crash("save")
         self.state.last_wall = self.clock.wall()
+        self.state.last_monotonic = self.clock.monotonic()
+        self.state.boot = self.clock.boot()
         self.store.save(self.state)
 
     def fail(
