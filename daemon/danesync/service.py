@@ -49,7 +49,7 @@ from danesync.plan import (
 )
 from danesync.state import ChainInfo, State, load_state, save_state
 from danesync.tlsa import TlsaRecord
-from danesync.tsigkey import TsigKey, read_tsig_key
+from danesync.tsigkey import TsigKey, current_tsig_key
 
 log = structlog.get_logger("danesync")
 
@@ -351,8 +351,9 @@ class Service:
         zone = self.config.dns.zone
         assert primary is not None and zone is not None
         try:
-            if self._tsig_key is None and self.config.dns.tsig_key_file is not None:
-                self._tsig_key = read_tsig_key(self.config.dns.tsig_key_file)
+            if self.config.dns.tsig_key_file is not None:
+                # Re-read when the file changed: a key fixed in place needs no SIGHUP.
+                self._tsig_key = current_tsig_key(self.config.dns.tsig_key_file)
             dns_actions.send_tlsa_update(
                 primary, zone, self._tsig_key, add=add, delete=delete, ttl=self.config.dns.ttl
             )

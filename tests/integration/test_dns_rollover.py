@@ -12,17 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.bind import BindServer
+from tests.harness.bind import BindServer, bind_fixture
 from tests.harness.certs import Hierarchy
+from tests.harness.danesync import json_events, start_danesync
 from tests.harness.dnsservers import dns_server_fixture
 from tests.harness.lineage import make_lineage, renew
 from tests.harness.postfix import PostfixInstance, postfix_fixture
-from tests.integration.test_rollover import MX, NAME, Host, issuer_of, names, ta
+from tests.integration.test_rollover import MX, NAME, Host, issuer_of, names, ta, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
 postfix = postfix_fixture()
 dns_server = dns_server_fixture(scope="function")
+bind = bind_fixture(scope="function")
 
 BY_HAND = "3 1 1 " + "ab" * 32
 
@@ -113,3 +115,28 @@ def test_policy_refusal_holds_and_says_so(
     assert "REFUSED" in reason and f"{other}. TLSA" in reason, reason
     assert "does not know TSIG key" not in reason
     assert not (tmp_path / "deploy" / f"{MX}.pem").exists()
+
+
+def test_key_fixed_in_place_is_used_without_sighup(
+    tmp_path: Path, postfix: PostfixInstance, bind: BindServer, old: Hierarchy
+) -> None:
+    """Finding 3: the daemon re-reads the TSIG key file when it changes."""
+    key_file = tmp_path / "tsig.key"
+    good = bind.key_path.read_text()
+    key_file.write_text(re.sub(r'secret "[^"]+"', 'secret "' + "QUFB" * 11 + '"', good))
+    key_file.chmod(0o600)
+    host = Host(tmp_path, postfix, bind, key_file=key_file)
+    make_lineage(host.letsencrypt, MX, old.issue([MX]))
+    log = tmp_path / "daemon.log"
+    daemon = start_danesync("run", "-c", str(host.config), "--log-format", "json", log=log)
+    try:
+        wait_for(lambda: "dns.failed" in names(json_events(log.read_text())), 30, log)
+        with key_file.open("w") as file:  # in place: same inode, no SIGHUP
+            file.write(good)
+        wait_for(lambda: bind.dig_tlsa(NAME) == {ta(old)}, 30, log)
+    finally:
+        daemon.terminate()
+        assert daemon.wait(15) == 0
+    events = names(json_events(log.read_text()))
+    assert "config.reloaded" not in events
+    assert events.index("dns.failed") < events.index("tlsa.published")
