@@ -31,6 +31,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import functools
 import os
 import re
 import shutil
@@ -59,6 +60,23 @@ HOST = "127.0.0.1"
 START_TIMEOUT = 15.0
 
 _LIVE: set[BindServer] = set()
+
+
+@functools.cache
+def _named_version() -> tuple[int, int]:
+    """(major, minor) of ``named -v``: "BIND 9.18.49-1~deb12u3-Debian ..." -> (9, 18)."""
+    words = subprocess.run([NAMED, "-v"], capture_output=True, text=True, check=True).stdout
+    major, minor = words.split()[1].split(".")[:2]
+    return int(major), int(minor)
+
+
+def _lock_file_line(directory: Path) -> str:
+    """A private lock file, so several named run side by side (9.18 locks
+    /run/named/named.lock by default); BIND 9.20 has no lock file and
+    rejects the option."""
+    if _named_version() >= (9, 20):
+        return ""
+    return f'\tlock-file "{directory}/named.lock";\n'
 
 
 def _kill_leftovers() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -69,10 +69,12 @@ class _Unreachable(DnsError):
         super().__init__(f"{server}: {detail}")
 
 
-def _address(server: Server) -> str:
-    """The IP address to send to; a host name is resolved by the system."""
+def _addresses(server: Server) -> list[str]:
+    """The IP addresses to send to, in the resolver's order; a host name is
+    resolved by the system (Debian's /etc/hosts makes ``localhost`` ::1 first,
+    then 127.0.0.1: a server listening on one of them only is still reached)."""
     try:
-        return str(ipaddress.ip_address(server.host))
+        return [str(ipaddress.ip_address(server.host))]
     except ValueError:
         pass
     try:
@@ -81,7 +83,7 @@ def _address(server: Server) -> str:
         raise _Unreachable(
             server, "UNRESOLVED", f"cannot resolve host name {server.host}: {error}"
         ) from error
-    return str(infos[0][4][0])
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 def _tsig_failure(error: Exception) -> str | None:
@@ -103,10 +105,40 @@ def _tsig_failure(error: Exception) -> str | None:
 
 
 def _exchange(
-    server: Server, message: dns.message.Message, timeout: float, *, tcp: bool
+    server: Server,
+    message: dns.message.Message,
+    timeout: float,
+    *,
+    tcp: bool,
+    signed: bool = False,
+    maybe_delivered: Callable[[], None] = lambda: None,
 ) -> dns.message.Message:
-    """Send one message and return the answer; network failures -> _Unreachable."""
-    where = _address(server)
+    """Send one message to the first of the server's addresses that answers
+    (each gets `timeout`). `maybe_delivered` is called when an address that
+    is then given up on may have received the message (a timeout, a
+    connection closed without an answer): an update may have been applied
+    there. Every address failing -> _Unreachable naming each."""
+    addresses = _addresses(server)
+    failures: list[_Unreachable] = []
+    for address in addresses:
+        try:
+            if signed:
+                return _exchange_signed_at(server, address, message, timeout)
+            return _exchange_at(server, address, message, timeout, tcp=tcp)
+        except _Unreachable as error:
+            failures.append(error)
+            if address != addresses[-1] and not isinstance(error.__cause__, ConnectionRefusedError):
+                maybe_delivered()
+    if len(failures) == 1:
+        raise failures[0]
+    detail = "; ".join(f"{a}: {f.detail}" for a, f in zip(addresses, failures, strict=True))
+    raise _Unreachable(server, failures[-1].rcode, detail) from failures[-1]
+
+
+def _exchange_at(
+    server: Server, where: str, message: dns.message.Message, timeout: float, *, tcp: bool
+) -> dns.message.Message:
+    """Send one message to one address and return the answer; network failures -> _Unreachable."""
     try:
         if tcp:
             return dns.query.tcp(message, where, timeout=timeout, port=server.port)
@@ -141,8 +173,8 @@ def _read_framed(sock: socket.socket) -> bytes:
     return data[2 : 2 + int.from_bytes(data[:2], "big")]
 
 
-def _exchange_signed(
-    server: Server, message: dns.message.Message, timeout: float
+def _exchange_signed_at(
+    server: Server, where: str, message: dns.message.Message, timeout: float
 ) -> dns.message.Message:
     """Send a TSIG-signed message over TCP and return the answer.
 
@@ -153,7 +185,6 @@ def _exchange_signed(
     exchange here gives the same answer, hence the same diagnosis, on every
     dnspython. A signed answer is verified as usual (PeerBadKey, ...).
     """
-    where = _address(server)
     wire = message.to_wire()  # signs, and sets message.mac for the answer's check
     try:
         with socket.create_connection((where, server.port), timeout=timeout) as sock:
@@ -212,7 +243,7 @@ def query_soa(
             response = _exchange(server, query, timeout, tcp=True)
         else:
             query.use_tsig(key.to_dnspython())
-            response = _exchange_signed(server, query, timeout)
+            response = _exchange(server, query, timeout, tcp=True, signed=True)
     except _Unreachable as error:
         raise DnsError(f"{server}: {error.detail}") from error
     except dns.exception.DNSException as error:

@@ -24,7 +24,6 @@ import dns.update
 from danesync.actions.dns import (
     Server,
     _exchange,
-    _exchange_signed,
     _query_tlsa,
     _rdata,
     _tsig_failure,
@@ -296,10 +295,16 @@ def send_tlsa_update(
                 return UpdateResult(done_adds, done_deletes, sends, conflicts, failures)
             message = build_tlsa_update(zone, now, to_add, to_delete, ttl, key)
             sends += 1
-            if key is None:
-                response = _exchange(primary, message, timeout, tcp=True)
-            else:
-                response = _exchange_signed(primary, message, timeout)
+
+            def unsure(
+                adds: frozenset[TlsaRecord] = to_add, deletes: frozenset[TlsaRecord] = to_delete
+            ) -> None:
+                unsure_adds.update(adds)
+                unsure_deletes.update(deletes)
+
+            response = _exchange(
+                primary, message, timeout, tcp=True, signed=key is not None, maybe_delivered=unsure
+            )
         except _Unreachable as error:
             unsure_adds.update(to_add)
             unsure_deletes.update(to_delete)
@@ -376,7 +381,7 @@ def probe_update_policy(
     nothing = TlsaRecord(absolute_name(name), 3, 1, 1, secrets.token_hex(32))
     message.delete(dns.name.from_text(nothing.name), _rdata(nothing))
     try:
-        response = _exchange_signed(primary, message, timeout)
+        response = _exchange(primary, message, timeout, tcp=True, signed=True)
     except _Unreachable as error:
         raise DnsError(f"{primary}: {error.detail}") from error
     except dns.exception.DNSException as error:
