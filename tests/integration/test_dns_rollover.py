@@ -83,26 +83,36 @@ def test_record_deleted_by_hand_is_republished(
     assert dns_server.dig_tlsa(NAME) == {ta(old)}
 
 
-def test_wrong_secret_holds_and_says_so(
-    tmp_path: Path, postfix: PostfixInstance, dns_server: BindServer, old: Hierarchy
+def test_wrong_secret_holds_the_rollover_and_says_so(
+    tmp_path: Path,
+    postfix: PostfixInstance,
+    dns_server: BindServer,
+    old: Hierarchy,
+    new: Hierarchy,
 ) -> None:
-    bad_key = tmp_path / "bad.key"
-    text = dns_server.key_path.read_text()
-    bad_key.write_text(re.sub(r'secret "[^"]+"', 'secret "' + "QUFB" * 11 + '"', text))
-    bad_key.chmod(0o600)
-    host = Host(tmp_path, postfix, dns_server, key_file=bad_key)
+    key_file = tmp_path / "tsig.key"
+    good = dns_server.key_path.read_text()
+    key_file.write_text(good)
+    key_file.chmod(0o600)
+    host = Host(tmp_path, postfix, dns_server, key_file=key_file)
     make_lineage(host.letsencrypt, MX, old.issue([MX]))
+    host.sync_until("chain.deployed")
+    assert dns_server.dig_tlsa(NAME) == {ta(old)}
+    # The secret goes wrong (re-read without SIGHUP), then a renewal comes.
+    key_file.write_text(re.sub(r'secret "[^"]+"', 'secret "' + "QUFB" * 11 + '"', good))
+    renew(host.letsencrypt, MX, new.issue([MX]))
     code, events = host.sync()
     assert code == 1
     (failed,) = [e for e in events if e["event"] == "dns.failed"]
     reason = str(failed["reason"])
     assert "BADSIG" in reason and "secret" in reason, reason
     assert "QUFB" not in str(events)
-    assert not (tmp_path / "deploy" / f"{MX}.pem").exists()
-    assert dns_server.dig_tlsa(NAME) == set()
+    assert "chain.deployed" not in names(events)
+    assert host.served_issuer() == issuer_of(old)  # held: the new record is not out
+    assert dns_server.dig_tlsa(NAME) == {ta(old)}
 
 
-def test_policy_refusal_holds_and_says_so(
+def test_policy_refusal_says_so(
     tmp_path: Path, postfix: PostfixInstance, dns_server: BindServer, old: Hierarchy
 ) -> None:
     other = "_25._tcp.other.example.test"
@@ -114,7 +124,7 @@ def test_policy_refusal_holds_and_says_so(
     reason = str(failed["reason"])
     assert "REFUSED" in reason and f"{other}. TLSA" in reason, reason
     assert "does not know TSIG key" not in reason
-    assert not (tmp_path / "deploy" / f"{MX}.pem").exists()
+    assert dns_server.dig_tlsa(other) == set()
 
 
 def test_key_fixed_in_place_is_used_without_sighup(
