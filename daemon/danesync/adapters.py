@@ -22,7 +22,7 @@ from danesync.plan import Problem
 from danesync.ports import Answers, Offer, ProbeRequest
 from danesync.state import ChainInfo
 from danesync.tlsa import TlsaRecord
-from danesync.tsigkey import TsigKey, read_tsig_key
+from danesync.tsigkey import TsigKey, current_tsig_key
 
 PROBE_WORKERS = 16  # concurrent STARTTLS probes after a deploy
 
@@ -224,7 +224,11 @@ class RealDns:
                 for server, records in per_server.items()
             }
         fresh = frozenset(n for n in visibility.names if not visibility.errors.get(n))
-        return Answers(rrsets, visibility.problems(), fresh)
+        by_server: dict[str, str | None] = {str(s): None for s in visibility.servers}
+        for name in sorted(visibility.errors):
+            for server, reason in sorted(visibility.errors[name].items()):
+                by_server[str(server)] = by_server[str(server)] or f"{name}: {reason}"
+        return Answers(rrsets, visibility.problems(), fresh, by_server)
 
     def update(
         self,
@@ -236,8 +240,9 @@ class RealDns:
         zone = self.config.dns.zone
         if self._primary is None or zone is None:
             raise DnsError("dns.server and dns.zone are needed to publish")
-        if self._key is None and self.config.dns.tsig_key_file is not None:
-            self._key = read_tsig_key(self.config.dns.tsig_key_file)
+        if self.config.dns.tsig_key_file is not None:
+            # Re-read when the file changed: a key fixed in place needs no SIGHUP.
+            self._key = current_tsig_key(self.config.dns.tsig_key_file)
         return dns_actions.send_tlsa_update(
             self._primary, zone, self._key, add=add, delete=delete, ttl=ttl, expected=expected
         )

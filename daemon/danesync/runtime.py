@@ -69,6 +69,7 @@ class Runtime:
         attempts = previous.attempts + 1 if previous else 1
         since = previous.since if previous else self.clock.wall()
         self.state.failures[key] = Failure(step, target, reason, since, attempts, lineage)
+        self.save()  # `status` must show it even if nothing else is saved in this pass
         log.error(
             "pass.failed",
             step=step,
