@@ -9,7 +9,7 @@ DEBIAN_PY := /usr/bin/python3
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv lint types test test-pypi test-debian test-trixie demo deb deb-check bench clean
+.PHONY: all deps venv lint types test test-pypi test-debian test-trixie trixie-root-prefetch demo deb deb-check bench clean
 
 all: test
 
@@ -47,7 +47,15 @@ test-debian: deps
 test-trixie: deps
 	$(SUDO) .ci/trixie-lane $(PYTEST_ARGS)
 
-test: deps lint types test-pypi test-debian deb-check test-trixie
+# A missing trixie root (the first run on a machine, or a changed
+# .ci/install-deps) takes minutes to build, mostly downloading and
+# unpacking: `make test` starts it in the background first, and test-trixie
+# waits for it (.ci/trixie-root holds a lock while it builds).
+trixie-root-prefetch: deps
+	mkdir -p build
+	$(SUDO) setsid .ci/trixie-root >build/trixie-root.log 2>&1 </dev/null &
+
+test: deps trixie-root-prefetch lint types test-pypi test-debian deb-check test-trixie
 
 demo: deps venv
 	$(PY) -m tests.demo
