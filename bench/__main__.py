@@ -18,12 +18,12 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import idle, latency, scale
+from bench import idle, latency, reload, scale
 from bench.common import REPO, RESULTS, Result, dump, machine
 
 DOCS = REPO / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
-NAMES = ("latency", "idle", "scale")
+NAMES = ("latency", "reload", "idle", "scale")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "latency": lambda w: latency.run(
             w, renewals=5 if quick else 20, certbot_renewals=1 if quick else 3
         ),
+        "reload": lambda w: reload.run(w, rounds=3 if quick else 8),
         "idle": lambda w: idle.run(w, window=15.0 if quick else 60.0),
         "scale": lambda w: scale.run(
             w, renewals=3 if quick else 5, profile_dir=profile_dir, ari_delayed=not quick

@@ -583,7 +583,15 @@ class Service:
             wanted = self._wanted_parameters()
         self._previous_parameters = postfix.write_parameter_changes(config_dir, wanted)
         _crash_point("after-postconf")
-        if self.config.postfix.reload:
+        # Only SNI chains changed and main.cf did not: smtpd restarts by itself
+        # once the SNI table it opened was replaced ("table has changed"), with
+        # none of the reload's tlsmgr stall (docs/benchmarks.md); the probe
+        # below still confirms the new leaf.
+        sni_only = bool(chains) and not self._recovered and not self._previous_parameters
+        sni_only = sni_only and all(
+            (c := self.config.certificate(chain.lineage)) is not None and c.sni for chain in chains
+        )
+        if self.config.postfix.reload and not sni_only:
             postfix.reload_postfix(config_dir)
             log.info("postfix.reloaded", reason=", ".join(lineages) or "resume")
         _crash_point("after-reload")
