@@ -207,6 +207,6 @@ def _cache_key(config_dir: Path, certificate: CertificateConfig) -> tuple[object
             if not stat.S_ISREG(st.st_mode):
                 return None
             stats.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
-    except (ChainError, OSError):
+    except (ChainError, LineagePending, OSError):
         return None
     return (certificate, tuple(targets[kind] for kind in KINDS), tuple(stats))
