@@ -98,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         "reload": lambda w: reload.run(w, rounds=3 if quick else 8),
         "idle": lambda w: idle.run(w, window=15.0 if quick else 60.0),
         "scale": lambda w: scale.run(
-            w, renewals=3 if quick else 5, profile_dir=profile_dir, ari_delayed=not quick
+            w,
+            renewals=3 if quick else 5,
+            profile_dir=profile_dir,
+            ari_delayed=not quick,
+            huge=not quick,
         ),
     }
     host = machine()
