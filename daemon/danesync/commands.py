@@ -72,8 +72,18 @@ def run_check(
         rows += [("tlsa", record.zone_line(config.dns.ttl)) for record in chain.tlsa]
         for name, value in rows:
             print(f"  {name:<9} {value}", file=out)
+    status = max(status, _print_dns_check(config, certificates, now, out))
     _print_postfix_audit(config, out)
     return status
+
+
+def _print_dns_check(
+    config: Config, certificates: Sequence[CertificateConfig], now: dt.datetime, out: TextIO | None
+) -> int:
+    """DNS as the servers answer it (dns.mode rfc2136 or check): 1 on any error."""
+    from danesync.dnscheck import run_dns_check
+
+    return run_dns_check(config, certificates, now, out)
 
 
 def _print_postfix_audit(config: Config, out: TextIO | None) -> None:
