@@ -51,6 +51,9 @@ def render(results: list[Result], host: dict[str, str], quick: bool) -> str:
         f"Measured {host['date']}{' (--quick)' if quick else ''} on {host['nproc']} CPU"
         f" ({host['cpu']}), {host['ram']} RAM, Linux {host['kernel']}, Debian {host['debian']},"
         f" Postfix {host['postfix']}, Python {host['python']}.",
+        f"Load average (1, 5, 15 min) at the start: {host['load']}; at the end:"
+        f" {end_load()}. The machine is shared: with a load above its {host['nproc']} CPUs"
+        " every absolute figure is inflated; compare each with its baseline from the same run.",
         "",
     ]
     for result in results:
@@ -68,6 +71,13 @@ def render(results: list[Result], host: dict[str, str], quick: bool) -> str:
         if result.notes:
             lines.append("")
     return "\n".join(lines)
+
+
+def end_load() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def update_docs(table: str) -> None:

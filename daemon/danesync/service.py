@@ -94,6 +94,7 @@ class Service:
         self._recovered: dict[str, Chain] = {}
         # What the last deploy's postconf replaced, for a rollback.
         self._previous_parameters: dict[str, str] = {}
+        self._intact: dict[str, tuple[tuple[int, int, int, int], str]] = {}
         self.recover()
 
     # --- persistence -------------------------------------------------------
@@ -110,6 +111,13 @@ class Service:
         """
         changed = False
         for certificate in self.config.certificates:
+            known = self.state.lineages.get(certificate.lineage)
+            if known is not None and known.deployed is not None:
+                # The file's leaf is the one the state names: nothing to recover,
+                # and no need to validate it (10,000 validations at start).
+                leaf = _leaf_fingerprint(self.deploy_path(certificate.lineage))
+                if leaf == known.deployed.fingerprint:
+                    continue
             chain = self._read_deployed_file(certificate)
             if chain is None:
                 continue
@@ -236,6 +244,11 @@ class Service:
             if decision.verb is not Verb.UNCHANGED or chain is None or certificate is None:
                 continue
             path = self.deploy_path(decision.lineage)
+            # A file found intact is not read again while its inode, size, mtime
+            # and ctime stay as they were (any write changes the ctime).
+            seen = _stat_key(path)
+            if seen is not None and self._intact.get(decision.lineage) == (seen, chain.fingerprint):
+                continue
             try:
                 intact = path.read_bytes() == chain.deploy_pem
             except OSError:
@@ -246,6 +259,8 @@ class Service:
                 on_disk = self._read_deployed_file(certificate)
                 intact = on_disk is not None and on_disk.fingerprint == chain.fingerprint
             if intact:
+                if seen is not None:
+                    self._intact[decision.lineage] = (seen, chain.fingerprint)
                 continue
             reason = f"{path} is missing or was changed; writing the deployed chain again"
             log.warning("chain.damaged", lineage=chain.lineage, serial=chain.serial, reason=reason)
@@ -724,6 +739,24 @@ class Service:
     def clear_failures(self) -> None:
         for lineage_state in self.state.lineages.values():
             lineage_state.failed_fingerprint = lineage_state.failed_reason = None
+
+
+def _stat_key(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _leaf_fingerprint(path: Path) -> str | None:
+    """SHA-256 of the first certificate in a chain file (no validation), or None."""
+    try:
+        blocks = split_pem(path.read_bytes(), str(path))
+    except (OSError, PemError):
+        return None
+    leaf = next((b.der for b in blocks if b.label == "CERTIFICATE"), None)
+    return None if leaf is None else hashlib.sha256(leaf).hexdigest()
 
 
 def _leaf_der(chain: Chain) -> bytes:
