@@ -23,7 +23,7 @@ import structlog
 
 from danesync import ari
 from danesync.actions import dns as dns_actions
-from danesync.actions import files, postfix, probe
+from danesync.actions import files, postfix, probe, snitables
 from danesync.certbot import read_acme_server, read_chain
 from danesync.chain import Chain, LineageFiles, format_time, validate_chain
 from danesync.config import CertificateConfig, Config, DnsMode
@@ -564,11 +564,20 @@ class Service:
             for hostname in c.hostnames
         }
 
-    def _write_sni_table(self) -> None:
-        """Rebuild the SNI table: `postmap -F` stores the chain files' contents."""
+    def _sni_shards(self) -> int:
+        return snitables.plan_sni_shard_count(
+            sum(len(c.hostnames) for c in self.config.certificates if c.sni)
+        )
+
+    def _write_sni_table(self, changed: list[str] | None = None) -> None:
+        """Rebuild the SNI tables holding `changed` lineages (None: all), and missing ones:
+        `postmap -F` stores the chain files' contents."""
         entries = self._sni_entries(self._deployed_lineages())
         if entries:
-            postfix.write_sni_table(self.config.postfix.deploy_dir, entries)
+            paths = None if changed is None else {self.deploy_path(name) for name in changed}
+            snitables.write_sni_tables(
+                self.config.postfix.deploy_dir, entries, self._sni_shards(), paths
+            )
 
     def _wanted_parameters(self) -> dict[str, str]:
         """The Postfix parameters for every deployed chain: defaults, then SNI."""
@@ -582,8 +591,9 @@ class Service:
         if defaults:
             wanted["smtpd_tls_chain_files"] = postfix.build_chain_files_value(defaults)
         if self._sni_entries(deployed):
-            table = self.config.postfix.deploy_dir / SNI_TABLE
-            wanted["tls_server_sni_maps"] = postfix.build_sni_maps_value(table)
+            wanted["tls_server_sni_maps"] = snitables.build_sni_maps_values(
+                self.config.postfix.deploy_dir, self._sni_shards()
+            )
         return wanted
 
     def _apply_postfix(self, chains: list[Chain], lineages: list[str]) -> None:
@@ -592,9 +602,10 @@ class Service:
         sni_lineages = {c.lineage for c in self.config.certificates if c.sni}
         with _provisional(self.state, chains):
             # The table first: main.cf must never name a table that is not there.
-            table = self.config.postfix.deploy_dir / SNI_TABLE
-            if sni_lineages & set(lineages) or not table.exists():
-                self._write_sni_table()
+            deploy_dir, shards = self.config.postfix.deploy_dir, self._sni_shards()
+            if sni_lineages & set(lineages) or not snitables.sni_tables_exist(deploy_dir, shards):
+                changed = [c.lineage for c in chains] if not self._recovered else None
+                self._write_sni_table(changed)
             wanted = self._wanted_parameters()
         self._previous_parameters = postfix.write_parameter_changes(config_dir, wanted)
         _crash_point("after-postconf")
