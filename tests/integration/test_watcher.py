@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -522,6 +523,44 @@ class TestRobustness:
                 since = recorder.count()
                 renew(base / "letsencrypt", NAME, leaf)
                 recorder.wait_change(NAME, since)
+        finally:
+            shutil.rmtree(base)
+
+
+class TestManyLineages:
+    """Reading every lineage of a big live/ (what a full pass does) makes no event
+    at all: with opens and closes in the inotify mask, 10,000 lineages overflowed
+    the kernel queue (16,384 events) at every pass, and every overflow asked for
+    another full pass."""
+
+    LINEAGES = 10_000
+
+    def test_reading_all_lineages_makes_no_event(self, recorder: Recorder) -> None:
+        shm = Path("/dev/shm")
+        base = Path(tempfile.mkdtemp(dir=shm if shm.is_dir() else None))
+        try:
+            live = base / "letsencrypt" / "live"
+            live.mkdir(parents=True)
+            names = [f"mx{i}.example.test" for i in range(self.LINEAGES)]
+            for name in names:
+                (live / name).mkdir()
+                for kind in ("cert", "privkey", "chain", "fullchain"):
+                    os.symlink(f"../../archive/{name}/{kind}1.pem", live / name / f"{kind}.pem")
+            with LineageWatcher(live, recorder.on_change, recorder.on_overflow) as watcher:
+                assert watcher.reports_overflow
+                for _ in range(2):
+                    for name in names:
+                        os.listdir(live / name)
+                        assert read_certbot_done(live, name)
+                        with contextlib.suppress(OSError):
+                            (live / name / "cert.pem").read_bytes()  # dangling: opens nothing
+                    os.listdir(live)
+                time.sleep(0.5)
+                assert recorder.overflows == []
+                assert recorder.changes == []
+                # and it still sees certbot
+                os.symlink("x", live / names[-1] / "previous_cert.pem")
+                recorder.wait_change(names[-1], 0, timeout=5)
         finally:
             shutil.rmtree(base)
 
