@@ -527,6 +527,7 @@ class TestRobustness:
             shutil.rmtree(base)
 
 
+@pytest.mark.slow
 class TestManyLineages:
     """Reading every lineage of a big live/ (what a full pass does) makes no event
     at all: with opens and closes in the inotify mask, 10,000 lineages overflowed
