@@ -343,10 +343,10 @@ def run(
     pythons = (sys.executable, DEBIAN_PYTHON) if os.path.exists(DEBIAN_PYTHON) else ()
     pythons = tuple(dict.fromkeys((sys.executable, *pythons)))
     small = _measure(workdir, ca, 1, renewals, None, pythons if huge else pythons[:1])
-    large = _measure(workdir, ca, LARGE - 1, renewals, profile_dir)
+    large = _measure(workdir, ca, LARGE - 1, renewals, None if huge else profile_dir)
     sizes: list[tuple[int, dict[str, Any]]] = [(LARGE, large)]
-    if huge:
-        sizes.append((HUGE, _measure(workdir, ca, HUGE - 1, renewals, None, pythons)))
+    if huge:  # the profiles that explain the figures: at the largest size
+        sizes.append((HUGE, _measure(workdir, ca, HUGE - 1, renewals, profile_dir, pythons)))
     ari_small = ari_large = ari_delay = None
     if ari_support() is None:  # acme >= 4.1: danesync asks the CA on full passes
         ari_small = _measure_ari(workdir, ca, 1)

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence, Set
 from pathlib import Path
 
 from danesync.actions import postfix
+from danesync.sni import build_sni_key
 
 SHARD_SIZE = 256  # names a table holds at most before the tables double
 
@@ -39,7 +40,7 @@ def build_sni_table_names(count: int) -> list[str]:
 
 def build_sni_shard(hostname: str, count: int) -> int:
     """The shard of `hostname`: by its lookup key, so duplicates meet in one table."""
-    key = postfix.build_sni_key(hostname).encode()
+    key = build_sni_key(hostname).encode()
     return int.from_bytes(hashlib.sha256(key).digest()[:4], "big") % count
 
 
