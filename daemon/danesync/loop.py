@@ -26,7 +26,7 @@ from danesync.errors import ConfigError, DanesyncError
 from danesync.log import configure_logging
 from danesync.notify import Notifier, watchdog_interval
 from danesync.service import PassResult, Service
-from danesync.watcher import Debouncer, LineageWatcher
+from danesync.watcher import Debouncer, LineageWatcher, read_certbot_done
 
 log = structlog.get_logger("danesync")
 
@@ -201,8 +201,9 @@ class Daemon:
             if signal.SIGHUP in signals:
                 self._reload_config()
                 next_full = now  # a new config gets a full pass
-            for lineage in changed:
-                self.debouncer.touch(lineage, now)
+            live_dir = self.config.certbot.live_dir
+            for lineage in changed:  # certbot done: read at once; otherwise after settle
+                self.debouncer.touch(lineage, now, done=read_certbot_done(live_dir, lineage))
             if overflow or signal.SIGUSR1 in signals:
                 next_full = now
             if now >= next_light:
@@ -224,6 +225,8 @@ class Daemon:
             due &= known
             if due:
                 result = self._pass(due)
+                if result.failed:  # read before settle: once more after it
+                    self.debouncer.retry(due, time.monotonic())
                 next_poll = min(next_poll, self._next_poll(result))
             elif now >= next_poll:
                 result = self._pass(None)
