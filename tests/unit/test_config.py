@@ -7,7 +7,7 @@ import math
 import re
 import tempfile
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -191,6 +191,7 @@ BAD_VALUES = [
     ("daemon", "settle", "60.5", "must be between 0 and 60 seconds, not 60.5"),
     ("daemon", "settle", "false", "must be a number of seconds, not a boolean"),
     ("daemon", "settle", "1979-05-27", "must be a number of seconds, not date"),
+    ("families", "file", '"families.toml"', "must be an absolute path, not 'families.toml'"),
 ]
 
 BAD_CERTIFICATE_VALUES = [
@@ -233,6 +234,7 @@ BAD_CERTIFICATE_VALUES = [
     ("usages", '["2 1 1", " 2  1 1 "]', "has duplicate entries"),
     ("usages", '"2 1 1"', "must be a list, not a string"),
     ("sni", '"no"', "must be true or false, not a string"),
+    ("issuers", "true", "must be a string, not a boolean"),
 ]
 
 
@@ -599,6 +601,8 @@ EXAMPLE_KEYS = {
     "certificate.lineage",
     "certificate.hostnames",
     "certificate.tlsa",
+    "families.file",
+    "certificate.issuers",
 }
 
 
@@ -707,8 +711,9 @@ class TestSample:
         server = next(d.line for d in documented_keys() if d.name == "dns.server")
         config = build_config(tomllib.loads(uncomment(server, *block)), SAMPLE)
         (cert,) = config.certificates
-        # The example spells out the defaults for its lineage.
-        assert cert == CertificateConfig.default_for(cert.lineage)
+        # The example spells out the defaults for its lineage (issuers: an example value).
+        assert cert.issuers == "letsencrypt"
+        assert replace(cert, issuers=None) == CertificateConfig.default_for(cert.lineage)
         with pytest.raises(ConfigError) as caught:
             build_config(tomllib.loads(uncomment(*block)), SAMPLE)
         assert caught.value.problems[0].startswith('dns.server: required when dns.mode is "check"')
