@@ -30,7 +30,9 @@ from danesync.errors import ConfigError
 from danesync.tlsa import TlsaRecord, Usage
 
 if TYPE_CHECKING:
-    from danesync.config import CertificateConfig
+    from danesync.chain import Chain
+    from danesync.config import CertificateConfig, Config
+    from danesync.state import State
 
 AUTO = "auto"  # `issuers = "auto"`: the family is recognised from the chain's issuer
 MAX_RECORDS_PER_NAME = 12  # Microsoft's senders handle about that many TLSA records
@@ -320,6 +322,36 @@ def build_family_records(
 ) -> tuple[TlsaRecord, ...]:
     """The family records alone (see `plan_family_records`)."""
     return plan_family_records(certificate, key_algorithm, families, now, needed).records
+
+
+def build_pass_family_records(
+    config: Config, state: State, chains: Mapping[str, Chain], now: dt.datetime
+) -> frozenset[TlsaRecord]:
+    """The family records of every lineage with a family, for the planner's "needed" set.
+
+    A lineage's own chains are the deployed and pending ones in `state` and
+    its chain in `chains` (the candidate this pass decided on); every
+    lineage in the state counts, not only those of this pass, so a partial
+    pass never retires another lineage's family records.
+    """
+    own: dict[str, list[tuple[str, tuple[TlsaRecord, ...]]]] = {}
+    for lineage, lineage_state in state.lineages.items():
+        for info in (lineage_state.deployed, lineage_state.pending):
+            if info is not None:
+                own.setdefault(lineage, []).append((info.key_algorithm, info.tlsa))
+    for lineage, chain in chains.items():
+        own.setdefault(lineage, []).append((chain.key_algorithm, chain.tlsa))
+    records: set[TlsaRecord] = set()
+    for lineage, entries in sorted(own.items()):
+        certificate = config.certificate(lineage)
+        if certificate is None or certificate.issuers is None:
+            continue
+        needed = {record for _, tlsa in entries for record in tlsa}
+        for key_algorithm in sorted({key for key, _ in entries}):
+            records.update(
+                build_family_records(certificate, key_algorithm, config.families, now, needed)
+            )
+    return frozenset(records)
 
 
 def _keep_order(member: Member) -> tuple[int, dt.datetime, str]:

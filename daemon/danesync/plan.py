@@ -17,6 +17,7 @@ from enum import Enum
 
 from danesync.chain import Chain
 from danesync.config import Config, DnsMode
+from danesync.families import build_pass_family_records
 from danesync.state import ChainInfo, State
 from danesync.tlsa import TlsaRecord
 
@@ -174,6 +175,15 @@ def plan_pass(
             needed.update(decision.chain.tlsa)
         if decision.verb is Verb.PENDING and deployed is not None and deployed.pending:
             needed.update(deployed.pending.tlsa)
+    # Issuer families (danesync.families): the 2 1 1 of every member stays published.
+    needed.update(
+        build_pass_family_records(
+            config,
+            state,
+            {d.lineage: d.chain for d in decisions if d.chain is not None and _keeps(d.verb)},
+            now,
+        )
+    )
 
     if mode is DnsMode.OFF:
         return Plan(tuple(decisions), (), (), (), (), ())
@@ -199,6 +209,11 @@ def plan_pass(
         missing,
         retire,
     )
+
+
+def _keeps(verb: Verb) -> bool:
+    """A candidate whose records the pass keeps (served, deploying or held)."""
+    return verb is Verb.UNCHANGED or verb.holds or verb.deploys
 
 
 def _decide(
