@@ -16,6 +16,7 @@ from danesync.certbot import read_chain
 from danesync.chain import Chain, format_time
 from danesync.config import CertificateConfig, Config
 from danesync.errors import ChainError, DanesyncError, LineagePending
+from danesync.tlsa import Usage
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ def run_check(
     if not certificates:
         print("no certificate is configured: add a [[certificate]] table", file=out)
     status = 0
+    checked: dict[str, Chain] = {}
     for certificate in certificates:
         verdict = judge(config, certificate, now)
         if verdict.chain is None:
@@ -70,10 +72,56 @@ def run_check(
             ("key", chain.key_algorithm),
         ]
         rows += [("tlsa", record.zone_line(config.dns.ttl)) for record in chain.tlsa]
+        rows += _family_rows(config, certificate, chain, now)
         for name, value in rows:
             print(f"  {name:<9} {value}", file=out)
+        checked[certificate.lineage] = chain
+    if any(c.issuers is not None for c in certificates):
+        _print_name_report(config, checked, now, out)
     _print_postfix_audit(config, out)
     return status
+
+
+def _family_rows(
+    config: Config, certificate: CertificateConfig, chain: Chain, now: dt.datetime
+) -> list[tuple[str, str]]:
+    """Issuer family and 3 1 1 notes (danesync.families)."""
+    from danesync.families import judge_issuer, plan_family_records
+    from danesync.family_report import explain_dane_ee, read_reuse_key
+
+    rows: list[tuple[str, str]] = []
+    if certificate.issuers is not None:
+        judgement = judge_issuer(
+            certificate.issuers, chain.issuer_spki, chain.key_algorithm, config.families, now
+        )
+        rows.append(("issuers", judgement.message))
+        family = plan_family_records(
+            certificate, chain.key_algorithm, config.families, now, chain.tlsa
+        )
+        rows += [("warning", warning) for warning in family.warnings]
+    if Usage.DANE_EE in certificate.usages:
+        reuse_key = read_reuse_key(config.certbot.config_dir, certificate.lineage)
+        explanation = explain_dane_ee(reuse_key, certificate.lineage, config.dns.rollover_wait)
+        rows += [("3 1 1", explanation[0])] + [("", line) for line in explanation[1:]]
+    return rows
+
+
+def _print_name_report(
+    config: Config, chains: dict[str, Chain], now: dt.datetime, out: TextIO | None
+) -> None:
+    """Per owner name: current, pending, family and retiring records (state read only)."""
+    from danesync.family_report import build_name_report
+    from danesync.state import State, load_state
+
+    try:
+        state = load_state(config.state.dir)
+    except DanesyncError as error:
+        print(f"state {config.state.dir}: not read: {error}", file=out)
+        state = State()
+    for report in build_name_report(config, state, chains, now):
+        print(report.name, file=out)
+        for line in report.lines():
+            print(f"  {line}", file=out)
 
 
 def _print_postfix_audit(config: Config, out: TextIO | None) -> None:

@@ -24,13 +24,12 @@ from enum import Enum
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from danesync.errors import ConfigError
 from danesync.tlsa import TlsaRecord, Usage
 
 if TYPE_CHECKING:
-    from danesync.chain import Chain
     from danesync.config import CertificateConfig, Config
     from danesync.state import State
 
@@ -81,6 +80,16 @@ class Family:
 
 
 Families = Mapping[str, Family]
+
+
+class ChainRecords(Protocol):
+    """What the family records of a chain depend on (a Chain, a ChainInfo)."""
+
+    @property
+    def key_algorithm(self) -> str: ...
+
+    @property
+    def tlsa(self) -> tuple[TlsaRecord, ...]: ...
 
 
 # --- reading the data ------------------------------------------------------------
@@ -325,7 +334,7 @@ def build_family_records(
 
 
 def build_pass_family_records(
-    config: Config, state: State, chains: Mapping[str, Chain], now: dt.datetime
+    config: Config, state: State, chains: Mapping[str, ChainRecords], now: dt.datetime
 ) -> frozenset[TlsaRecord]:
     """The family records of every lineage with a family, for the planner's "needed" set.
 

@@ -1,0 +1,143 @@
+"""Per owner name: which TLSA records are current, pending, pre-published for an
+issuer family, or waiting to be retired. For `danesync check` and `status`.
+
+`build_name_report` is pure; `read_reuse_key` reads certbot's renewal file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Set
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from danesync.families import ChainRecords, Member, build_pass_family_records, resolve_family
+from danesync.tlsa import TlsaRecord
+
+if TYPE_CHECKING:
+    from danesync.config import CertificateConfig, Config
+    from danesync.state import State
+
+
+@dataclass(frozen=True)
+class NameReport:
+    name: str
+    current: tuple[TlsaRecord, ...]  # needed by a served chain (or, in check, live/'s)
+    pending: tuple[TlsaRecord, ...]  # needed by a held renewal
+    family: tuple[tuple[TlsaRecord, str], ...]  # pre-published for a family: record, member
+    retiring: tuple[TlsaRecord, ...]  # published by danesync, needed by nothing
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "current": [r.rdata for r in self.current],
+            "pending": [r.rdata for r in self.pending],
+            "family": [{"tlsa": r.rdata, "member": member} for r, member in self.family],
+            "retiring": [r.rdata for r in self.retiring],
+        }
+
+    def lines(self) -> list[str]:
+        rows = [("current", r.rdata, "") for r in self.current]
+        rows += [("pending", r.rdata, "") for r in self.pending]
+        rows += [("family", r.rdata, f"  ({member})") for r, member in self.family]
+        rows += [("retiring", r.rdata, "") for r in self.retiring]
+        return [f"{kind:<9} {rdata}{note}" for kind, rdata, note in rows]
+
+
+def build_name_report(
+    config: Config, state: State, chains: Mapping[str, ChainRecords], now: dt.datetime
+) -> tuple[NameReport, ...]:
+    """One report per owner name of the configured certificates and the state.
+
+    `chains` are chains to count as current besides the deployed ones in
+    `state` (`check` passes the chains in live/).
+    """
+    current: set[TlsaRecord] = set()
+    pending: set[TlsaRecord] = set()
+    for lineage_state in state.lineages.values():
+        if lineage_state.deployed is not None:
+            current.update(lineage_state.deployed.tlsa)
+        if lineage_state.pending is not None:
+            pending.update(lineage_state.pending.tlsa)
+    for chain in chains.values():
+        current.update(chain.tlsa)
+    pending -= current
+    family = build_pass_family_records(config, state, chains, now) - current - pending
+    retiring = {
+        record
+        for record, record_state in state.records.items()
+        if record_state.published and record not in current | pending | family
+    }
+    members = _member_names(config)
+    names = {n for c in config.certificates for n in c.tlsa}
+    names |= {r.name for r in current | pending | family | retiring}
+
+    def at(records: Set[TlsaRecord], name: str) -> tuple[TlsaRecord, ...]:
+        return tuple(sorted(r for r in records if r.name == name))
+
+    return tuple(
+        NameReport(
+            name,
+            at(current, name),
+            at(pending, name),
+            tuple((r, members.get(r.data, "?")) for r in at(family, name)),
+            at(retiring, name),
+        )
+        for name in sorted(names)
+    )
+
+
+def _member_names(config: Config) -> dict[str, str]:
+    """SPKI hash -> "YE2 of letsencrypt, active", over the families in use."""
+    found: dict[str, str] = {}
+    for family in config.families.values():
+        for member in family.members:
+            found.setdefault(member.spki_sha256, _label(member, family.name))
+    return found
+
+
+def _label(member: Member, family: str) -> str:
+    return f"{member.name} of {family}, {member.role.value}"
+
+
+def explain_family(
+    certificate: CertificateConfig, config: Config, issuer_spkis: list[str]
+) -> str | None:
+    """One line for `check`: which family a certificate pre-publishes, or None."""
+    if certificate.issuers is None:
+        return None
+    family = resolve_family(certificate.issuers, config.families, issuer_spkis)
+    if family is None:
+        return f'issuers = "{certificate.issuers}": no known family has this chain\'s issuer'
+    return f"family {family.name}: {len(family.members)} members ({family.source})"
+
+
+def explain_dane_ee(reuse_key: bool | None, lineage: str, rollover_wait: int) -> list[str]:
+    """Why a `3 1 1` renewal waits, and what to do about it (for `check`)."""
+    if reuse_key:
+        return [
+            f"certbot reuses the key of {lineage} (reuse_key = True): renewals keep the",
+            "3 1 1 record and deploy without waiting; a deliberate new key",
+            f"(certbot renew --new-key) waits rollover_wait ({rollover_wait} s).",
+        ]
+    return [
+        "certbot makes a new key at every renewal unless --reuse-key, so every renewal",
+        f"needs a new 3 1 1 record and waits rollover_wait ({rollover_wait} s) before it is",
+        "deployed. To renew without waiting: keep the key with",
+        f"`certbot reconfigure --cert-name {lineage} --reuse-key` (certbot >= 2.3; older:",
+        f"`certbot renew --cert-name {lineage} --reuse-key --force-renewal`), and change it",
+        'deliberately now and then; or rely on "2 1 1" alone with issuers = "letsencrypt".',
+    ]
+
+
+def read_reuse_key(config_dir: Path, lineage: str) -> bool | None:
+    """certbot's `reuse_key` for the lineage (renewal/<lineage>.conf); None if unknown."""
+    try:
+        text = (config_dir / "renewal" / f"{lineage}.conf").read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "reuse_key":
+            return value.strip().lower() == "true"
+    return False
