@@ -16,7 +16,7 @@ from danesync.certbot import read_chain
 from danesync.chain import Chain, format_time
 from danesync.config import CertificateConfig, Config
 from danesync.errors import ChainError, DanesyncError, LineagePending
-from danesync.tlsa import Usage
+from danesync.tlsa import TlsaRecord, Usage
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,18 @@ def _family_rows(
     return rows
 
 
+def _family_records(
+    config: Config, certificate: CertificateConfig, chain: Chain, now: dt.datetime
+) -> tuple[TlsaRecord, ...]:
+    """The issuer family's records beyond the chain's own (danesync.families)."""
+    from danesync.families import build_family_records
+
+    records = build_family_records(
+        certificate, chain.key_algorithm, config.families, now, chain.tlsa
+    )
+    return tuple(r for r in records if r not in chain.tlsa)
+
+
 def _print_name_report(
     config: Config, chains: dict[str, Chain], now: dt.datetime, out: TextIO | None
 ) -> None:
@@ -155,7 +167,7 @@ def run_tlsa(
             print(f"danesync: {certificate.lineage}: {verdict.problem}", file=err)
             status = 1
             continue
-        for record in verdict.chain.tlsa:
+        for record in verdict.chain.tlsa + _family_records(config, certificate, verdict.chain, now):
             line = record.zone_line(config.dns.ttl)
             if line not in lines:
                 lines.append(line)

@@ -492,7 +492,9 @@ def _check_issuers(
     if not isinstance(raw, list):
         return
     index_of = {
-        table.get("lineage"): index for index, table in enumerate(raw) if isinstance(table, dict)
+        table["lineage"]: index
+        for index, table in enumerate(raw)
+        if isinstance(table, dict) and isinstance(table.get("lineage"), str)
     }
     known = ", ".join(f'"{name}"' for name in sorted(families)) or "none"
     for certificate in certificates:

@@ -12,11 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from danesync.families import ChainRecords, Member, build_pass_family_records, resolve_family
+from danesync.families import (
+    ChainRecords,
+    Member,
+    build_pass_family_records,
+    plan_family_records,
+)
 from danesync.tlsa import TlsaRecord
 
 if TYPE_CHECKING:
-    from danesync.config import CertificateConfig, Config
+    from danesync.config import Config
     from danesync.state import State
 
 
@@ -87,6 +92,22 @@ def build_name_report(
     )
 
 
+def build_family_warnings(config: Config, state: State, now: dt.datetime) -> tuple[str, ...]:
+    """Per lineage with a family: members left out for the per-name cap."""
+    warnings: list[str] = []
+    for certificate in config.certificates:
+        lineage_state = state.lineages.get(certificate.lineage)
+        chains = [] if lineage_state is None else [lineage_state.deployed, lineage_state.pending]
+        infos = [info for info in chains if info is not None]
+        if certificate.issuers is None or not infos:
+            continue
+        needed = {record for info in infos for record in info.tlsa}
+        for key_algorithm in sorted({info.key_algorithm for info in infos}):
+            plan = plan_family_records(certificate, key_algorithm, config.families, now, needed)
+            warnings += [f"{certificate.lineage}: {warning}" for warning in plan.warnings]
+    return tuple(warnings)
+
+
 def _member_names(config: Config) -> dict[str, str]:
     """SPKI hash -> "YE2 of letsencrypt, active", over the families in use."""
     found: dict[str, str] = {}
@@ -98,18 +119,6 @@ def _member_names(config: Config) -> dict[str, str]:
 
 def _label(member: Member, family: str) -> str:
     return f"{member.name} of {family}, {member.role.value}"
-
-
-def explain_family(
-    certificate: CertificateConfig, config: Config, issuer_spkis: list[str]
-) -> str | None:
-    """One line for `check`: which family a certificate pre-publishes, or None."""
-    if certificate.issuers is None:
-        return None
-    family = resolve_family(certificate.issuers, config.families, issuer_spkis)
-    if family is None:
-        return f'issuers = "{certificate.issuers}": no known family has this chain\'s issuer'
-    return f"family {family.name}: {len(family.members)} members ({family.source})"
 
 
 def explain_dane_ee(reuse_key: bool | None, lineage: str, rollover_wait: int) -> list[str]:

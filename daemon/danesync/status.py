@@ -60,6 +60,7 @@ def build_status(config: Config, state: State, now: dt.datetime) -> dict[str, An
         "lineages": lineages,
         "records": records,
         "names": _names_json(config, state, now),
+        "family_warnings": _family_warnings(config, state, now),
     }
 
 
@@ -68,6 +69,12 @@ def _names_json(config: Config, state: State, now: dt.datetime) -> dict[str, Any
     from danesync.family_report import build_name_report
 
     return {r.name: r.to_json() for r in build_name_report(config, state, {}, now)}
+
+
+def _family_warnings(config: Config, state: State, now: dt.datetime) -> list[str]:
+    from danesync.family_report import build_family_warnings
+
+    return list(build_family_warnings(config, state, now))
 
 
 def print_status(document: dict[str, Any], out: TextIO) -> None:
@@ -101,6 +108,8 @@ def print_status(document: dict[str, Any], out: TextIO) -> None:
             seen = record["visible_since"] or "not visible everywhere"
             print(f"  {record['tlsa']}  ({origin}; visible since {seen})", file=out)
     _print_names(document.get("names", {}), out)
+    for warning in document.get("family_warnings", []):
+        print(f"warning: {warning}", file=out)
 
 
 def _print_names(names: dict[str, Any], out: TextIO) -> None:

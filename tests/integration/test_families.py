@@ -249,6 +249,8 @@ class TestWithSync:
         assert len(published) == 12
         assert {ta(big.member(n)) for n in actives + backups[:3]} <= published
         assert not {ta(big.member(n)) for n in backups[3:]} & published
+        (warning,) = host.status()["family_warnings"]
+        assert "left out B03 (ecdsa, backup), B04 (ecdsa, backup)" in warning
 
     def test_unused_family_records_are_retired(
         self, tmp_path: Path, postfix: PostfixInstance, bind: BindServer, family: CaFamily
