@@ -7,8 +7,9 @@ family's active ones (as Let's Encrypt does: YE1/YE2), then the same with the
 backup taking over. Each renewal runs through the real pure planner
 (danesync.plan.plan_pass) with real chains made by the test CA, and a
 minimal executor of its steps over a simulated clock and a simulated DNS
-(a published record is visible everywhere `PROPAGATION` seconds later;
-passes every `PASS_INTERVAL` seconds, or at the moment the planner asks for).
+(one authoritative server, the primary: a published record is served at
+once; passes every `PASS_INTERVAL` seconds, or at the moment the planner
+asks for).
 The figures are simulated time, not wall-clock time; dns.ttl = 3600 and
 rollover_wait = 7200, the defaults.
 """
@@ -28,17 +29,18 @@ from pathlib import Path
 from tests.harness.certs import NOW
 from tests.harness.families import CaFamily, CaMember, family_toml, make_test_family
 
-from danesync.chain import Chain, LineageFiles, validate_chain
+from danesync.chain import LineageFiles, validate_chain
 from danesync.config import Config, build_config
 from danesync.families import build_families, read_shipped_families
-from danesync.plan import DnsView, Verb, plan_pass
+from danesync.history import RRset, record_owned, record_served
+from danesync.plan import Deploy, Observations, Plan, Publish, Retire, plan_pass
 from danesync.state import ChainInfo, State
 from danesync.tlsa import TlsaRecord, Usage
 
 MX = "mx.example.test"
 NAME = f"_25._tcp.{MX}."
 PASS_INTERVAL = dt.timedelta(seconds=30)
-PROPAGATION = dt.timedelta(seconds=30)
+PRIMARY = "127.0.0.1:53"
 RENEWAL_SPACING = dt.timedelta(days=1)  # simulated time between renewals
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -63,7 +65,7 @@ def make_config(family: CaFamily, with_family: bool) -> Config:
     return build_config(document, Path("/bench.toml"), families)
 
 
-def make_chain(member: CaMember, index: int) -> Chain:
+def make_chain(member: CaMember, index: int) -> ChainInfo:
     # Every renewal expires a little later than the last: never a downgrade.
     leaf = member.hierarchy.issue(
         [MX],
@@ -71,52 +73,71 @@ def make_chain(member: CaMember, index: int) -> Chain:
         not_after=NOW + dt.timedelta(days=80, hours=index),
     )
     files = LineageFiles(MX, index, leaf.key_pem, leaf.cert_pem, leaf.chain_pem, leaf.fullchain_pem)
-    return validate_chain(files, (MX,), (NAME,), (Usage.DANE_TA,), NOW)
+    return ChainInfo.from_chain(validate_chain(files, (MX,), (NAME,), (Usage.DANE_TA,), NOW))
 
 
 class SimulatedHost:
-    """State, DNS and clock; executes the planner's steps as the service would."""
+    """State, one DNS server (the primary) and a clock; executes the planner's steps
+    as danesync.steps does (publish, retire, deploy), with no failures."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.state = State()
-        self.primary: dict[TlsaRecord, dt.datetime] = {}  # record -> visible everywhere at
+        self.primary: set[TlsaRecord] = set()
         self.now = NOW
         self.peak = 0  # the most records at the name at any moment
 
-    def view(self) -> DnsView:
-        visible = frozenset(r for r, at in self.primary.items() if at <= self.now)
-        return DnsView(frozenset({NAME}), visible, frozenset(self.primary))
+    def look(self) -> None:
+        """A pass asks the server: it serves what it has, with dns.ttl."""
+        history = self.state.name(NAME)
+        rrset = RRset.of(self.primary, self.config.dns.ttl)
+        self.state.names[NAME] = record_served(history, PRIMARY, rrset, self.now)
 
-    def bring_in(self, chain: Chain) -> tuple[dt.timedelta, bool]:
+    def execute(self, plan: Plan) -> None:
+        """The steps, as danesync.steps runs them when nothing fails."""
+        for step in plan.steps:
+            history = self.state.name(NAME)
+            if isinstance(step, Publish):
+                self.primary |= set(step.add)
+                self.state.names[NAME] = record_owned(history, step.add, ())
+            elif isinstance(step, Retire):
+                self.primary -= set(step.delete)
+                self.state.names[NAME] = record_owned(history, (), step.delete)
+            elif isinstance(step, Deploy):
+                for item in step.items:
+                    self.state.lineage(item.lineage).deployed = item.chain
+            self.look()
+            self.peak = max(self.peak, len(self.primary))
+
+    def bring_in(self, chain: ChainInfo) -> tuple[dt.timedelta, bool]:
         """Passes until `chain` is served: the wait, and whether it was ever held."""
         arrived, held = self.now, False
         while True:
-            plan = plan_pass(self.config, self.state, {MX: chain}, self.view(), {}, self.now)
-            for record in plan.mark_visible:
-                self.state.record(record).visible_since = self.now
-            for record in plan.mark_invisible:
-                self.state.record(record).visible_since = None
-            for record in plan.publish:
-                self.primary.setdefault(record, self.now + PROPAGATION)
-                self.state.record(record).published = True
-            self.peak = max(self.peak, len(self.primary))
-            (decision,) = plan.decisions
-            if decision.verb.deploys or decision.verb is Verb.UNCHANGED:
-                self.state.lineage(MX).deployed = ChainInfo.from_chain(chain)
-                self.retire()
+            self.look()
+            plan = plan_pass(
+                self.config, self.state, Observations({MX: chain}, frozenset({NAME})), self.now
+            )
+            self.execute(plan)
+            lineage = self.state.lineages.get(MX)
+            if lineage is not None and lineage.deployed == chain:
                 return self.now - arrived, held
-            held = held or decision.verb.holds
-            step = PASS_INTERVAL
-            if decision.proceed_at is not None and decision.proceed_at > self.now:
-                step = min(step, decision.proceed_at - self.now)
-            self.now += step
+            held = True
+            wake = plan.wake_at
+            step_to = self.now + PASS_INTERVAL
+            self.now = wake if wake is not None and self.now < wake < step_to else step_to
 
-    def retire(self) -> None:
-        plan = plan_pass(self.config, self.state, {}, self.view(), {}, self.now)
-        for record in plan.retire:
-            self.primary.pop(record, None)
-            self.state.records.pop(record, None)
+    def settle(self) -> None:
+        """Passes with nothing new until no step is left (records published, retired)."""
+        for _ in range(1000):
+            self.look()
+            chain = self.state.lineages[MX].deployed
+            plan = plan_pass(
+                self.config, self.state, Observations({MX: chain}, frozenset({NAME})), self.now
+            )
+            if not plan.steps:
+                return
+            self.execute(plan)
+            self.now += PASS_INTERVAL
 
 
 @dataclass(frozen=True)
@@ -139,6 +160,7 @@ class Run:
 def simulate(family: CaFamily, picks: list[CaMember], with_family: bool, label: str) -> Run:
     host = SimulatedHost(make_config(family, with_family))
     host.bring_in(make_chain(picks[0], 0))  # the first deploy: not counted
+    host.settle()
     waits: list[float] = []
     held = switches = 0
     for index, member in enumerate(picks[1:], start=1):
@@ -147,6 +169,7 @@ def simulate(family: CaFamily, picks: list[CaMember], with_family: bool, label: 
         wait, was_held = host.bring_in(make_chain(member, index))
         waits.append(wait.total_seconds())
         held += was_held
+        host.settle()
     return Run(label, tuple(waits), switches, held, host.peak)
 
 
@@ -170,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     lines = [
         f"Simulated time through the pure planner; {args.renewals} renewals, seed {args.seed}, "
-        "dns.ttl 3600 s, rollover_wait 7200 s, passes every 30 s, propagation 30 s.",
+        "dns.ttl 3600 s, rollover_wait 7200 s, passes every 30 s, one server.",
         "",
         "| scenario | renewals | intermediate changed | held | median wait | mean wait "
         "| max wait | total wait | TLSA records at most |",

@@ -24,14 +24,14 @@ from enum import Enum
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from danesync.errors import ConfigError
 from danesync.tlsa import TlsaRecord, Usage
 
 if TYPE_CHECKING:
     from danesync.config import CertificateConfig, Config
-    from danesync.state import State
+    from danesync.needs import Holding
 
 AUTO = "auto"  # `issuers = "auto"`: the family is recognised from the chain's issuer
 MAX_RECORDS_PER_NAME = 12  # Microsoft's senders handle about that many TLSA records
@@ -80,16 +80,6 @@ class Family:
 
 
 Families = Mapping[str, Family]
-
-
-class ChainRecords(Protocol):
-    """What the family records of a chain depend on (a Chain, a ChainInfo)."""
-
-    @property
-    def key_algorithm(self) -> str: ...
-
-    @property
-    def tlsa(self) -> tuple[TlsaRecord, ...]: ...
 
 
 # --- reading the data ------------------------------------------------------------
@@ -333,34 +323,31 @@ def build_family_records(
     return plan_family_records(certificate, key_algorithm, families, now, needed).records
 
 
-def build_pass_family_records(
-    config: Config, state: State, chains: Mapping[str, ChainRecords], now: dt.datetime
-) -> frozenset[TlsaRecord]:
-    """The family records of every lineage with a family, for the planner's "needed" set.
+def build_holding_family_records(
+    config: Config, holdings: Iterable[Holding], now: dt.datetime
+) -> dict[str, tuple[TlsaRecord, ...]]:
+    """Lineage -> its family records: the `extra_records` of needs.build_needed_records.
 
-    A lineage's own chains are the deployed and pending ones in `state` and
-    its chain in `chains` (the candidate this pass decided on); every
-    lineage in the state counts, not only those of this pass, so a partial
-    pass never retires another lineage's family records.
+    A holding's chains (deployed, in flight, candidate) give the key types
+    and the records that count against the cap; every lineage of the
+    config is a holding, not only those of this pass, so a partial pass
+    never retires another lineage's family records.
     """
-    own: dict[str, list[tuple[str, tuple[TlsaRecord, ...]]]] = {}
-    for lineage, lineage_state in state.lineages.items():
-        for info in (lineage_state.deployed, lineage_state.pending):
-            if info is not None:
-                own.setdefault(lineage, []).append((info.key_algorithm, info.tlsa))
-    for lineage, chain in chains.items():
-        own.setdefault(lineage, []).append((chain.key_algorithm, chain.tlsa))
-    records: set[TlsaRecord] = set()
-    for lineage, entries in sorted(own.items()):
-        certificate = config.certificate(lineage)
-        if certificate is None or certificate.issuers is None:
+    from danesync.needs import build_chain_records
+
+    extra: dict[str, tuple[TlsaRecord, ...]] = {}
+    for holding in holdings:
+        certificate = holding.certificate
+        if certificate is None or certificate.issuers is None or not holding.chains:
             continue
-        needed = {record for _, tlsa in entries for record in tlsa}
-        for key_algorithm in sorted({key for key, _ in entries}):
+        own = {r for chain in holding.chains for r in build_chain_records(certificate, chain)}
+        records: set[TlsaRecord] = set()
+        for key_algorithm in sorted({chain.key_algorithm for chain in holding.chains}):
             records.update(
-                build_family_records(certificate, key_algorithm, config.families, now, needed)
+                build_family_records(certificate, key_algorithm, config.families, now, own)
             )
-    return frozenset(records)
+        extra[holding.lineage] = tuple(sorted(records))
+    return extra
 
 
 def _keep_order(member: Member) -> tuple[int, dt.datetime, str]:

@@ -12,17 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from danesync.families import (
-    ChainRecords,
-    Member,
-    build_pass_family_records,
-    plan_family_records,
-)
+from danesync.families import Member, build_holding_family_records, plan_family_records
+from danesync.needs import build_chain_records, build_holdings, build_needed_records
 from danesync.tlsa import TlsaRecord
 
 if TYPE_CHECKING:
     from danesync.config import Config
-    from danesync.state import State
+    from danesync.state import ChainInfo, State
 
 
 @dataclass(frozen=True)
@@ -50,32 +46,38 @@ class NameReport:
 
 
 def build_name_report(
-    config: Config, state: State, chains: Mapping[str, ChainRecords], now: dt.datetime
+    config: Config, state: State, candidates: Mapping[str, ChainInfo], now: dt.datetime
 ) -> tuple[NameReport, ...]:
     """One report per owner name of the configured certificates and the state.
 
-    `chains` are chains to count as current besides the deployed ones in
-    `state` (`check` passes the chains in live/).
+    `candidates` are chains to count as current besides those Postfix serves
+    (`check` passes the chains in live/); `status` passes none, and the
+    state's pending chains are then "pending".
     """
+    holdings = build_holdings(config, state, dict(candidates))
+    family_extra = build_holding_family_records(config, holdings, now)
+    own = _flatten(build_needed_records(holdings))
+    with_family = _flatten(build_needed_records(holdings, family_extra))
     current: set[TlsaRecord] = set()
-    pending: set[TlsaRecord] = set()
-    for lineage_state in state.lineages.values():
-        if lineage_state.deployed is not None:
-            current.update(lineage_state.deployed.tlsa)
-        if lineage_state.pending is not None:
-            pending.update(lineage_state.pending.tlsa)
-    for chain in chains.values():
-        current.update(chain.tlsa)
-    pending -= current
-    family = build_pass_family_records(config, state, chains, now) - current - pending
-    retiring = {
-        record
-        for record, record_state in state.records.items()
-        if record_state.published and record not in current | pending | family
-    }
+    for holding in holdings:
+        lineage_state = state.lineages.get(holding.lineage)
+        chains = [candidates.get(holding.lineage)]
+        if lineage_state is not None:
+            chains += [lineage_state.deployed, lineage_state.inflight]
+        for chain in chains:
+            if chain is None:
+                continue
+            if holding.certificate is None:
+                current.update(chain.tlsa)
+            else:
+                current.update(build_chain_records(holding.certificate, chain))
+    pending = own - current
+    family = with_family - own
+    owned = {r for history in state.names.values() for r in history.owned}
+    retiring = owned - with_family
     members = _member_names(config)
     names = {n for c in config.certificates for n in c.tlsa}
-    names |= {r.name for r in current | pending | family | retiring}
+    names |= {r.name for r in with_family | retiring}
 
     def at(records: Set[TlsaRecord], name: str) -> tuple[TlsaRecord, ...]:
         return tuple(sorted(r for r in records if r.name == name))
@@ -92,18 +94,20 @@ def build_name_report(
     )
 
 
+def _flatten(needed: Mapping[str, frozenset[TlsaRecord]]) -> set[TlsaRecord]:
+    return {record for records in needed.values() for record in records}
+
+
 def build_family_warnings(config: Config, state: State, now: dt.datetime) -> tuple[str, ...]:
     """Per lineage with a family: members left out for the per-name cap."""
     warnings: list[str] = []
-    for certificate in config.certificates:
-        lineage_state = state.lineages.get(certificate.lineage)
-        chains = [] if lineage_state is None else [lineage_state.deployed, lineage_state.pending]
-        infos = [info for info in chains if info is not None]
-        if certificate.issuers is None or not infos:
+    for holding in build_holdings(config, state, {}):
+        certificate = holding.certificate
+        if certificate is None or certificate.issuers is None or not holding.chains:
             continue
-        needed = {record for info in infos for record in info.tlsa}
-        for key_algorithm in sorted({info.key_algorithm for info in infos}):
-            plan = plan_family_records(certificate, key_algorithm, config.families, now, needed)
+        own = {r for chain in holding.chains for r in build_chain_records(certificate, chain)}
+        for key_algorithm in sorted({chain.key_algorithm for chain in holding.chains}):
+            plan = plan_family_records(certificate, key_algorithm, config.families, now, own)
             warnings += [f"{certificate.lineage}: {warning}" for warning in plan.warnings]
     return tuple(warnings)
 

@@ -31,6 +31,7 @@ from danesync.watcher import Debouncer, LineageWatcher
 log = structlog.get_logger("danesync")
 
 FAILURE_RETRY = (5.0, 600.0)  # first and longest delay before retrying a failed pass
+LIGHT_CHECK_INTERVAL = 300.0  # seconds between light checks (TLSA RRsets of served chains)
 
 
 class _Wakeup:
@@ -179,9 +180,11 @@ class Daemon:
         next_full = time.monotonic() + self.config.daemon.reconcile_interval
         next_ping = time.monotonic()
         next_poll = self._next_poll(result)
+        light_every = min(LIGHT_CHECK_INTERVAL, self.config.daemon.reconcile_interval)
+        next_light = time.monotonic() + light_every
         while True:
             now = time.monotonic()
-            deadlines = [next_full, next_poll]
+            deadlines = [next_full, next_poll, next_light]
             if ping_every:
                 deadlines.append(next_ping)
             due_debounce = self.debouncer.next_deadline()
@@ -202,6 +205,10 @@ class Daemon:
                 self.debouncer.touch(lineage, now)
             if overflow or signal.SIGUSR1 in signals:
                 next_full = now
+            if now >= next_light:
+                next_light = now + light_every
+                if self.config.dns.mode is not DnsMode.OFF and self.service.light_check():
+                    next_full = now
             if now >= next_full:
                 if self.watcher is not None and not self.watcher.alive():
                     log.warning("watcher.restarted", reason="the watcher thread had died")
@@ -253,6 +260,12 @@ class _WatchdogStopRace(logging.Filter):
 
 
 def run_daemon(config: Config, log_format: str) -> int:
+    from danesync.lock import acquire_lock
+
     configure_logging(log_format)  # type: ignore[arg-type]
     logging.getLogger("watchdog.observers.inotify").addFilter(_WatchdogStopRace())
-    return Daemon(config, Notifier()).run()
+    lock = acquire_lock(config.state.dir)  # one danesync per state directory
+    try:
+        return Daemon(config, Notifier()).run()
+    finally:
+        lock.release()

@@ -50,7 +50,9 @@ def certificate(
     usages: tuple[Usage, ...] = (Usage.DANE_TA,),
     tlsa: tuple[str, ...] = (NAME,),
 ) -> CertificateConfig:
-    return CertificateConfig("mx.example.test", ("mx.example.test",), tlsa, usages, False, issuers)
+    return CertificateConfig(
+        "mx.example.test", ("mx.example.test",), tlsa, usages, False, issuers=issuers
+    )
 
 
 def member(

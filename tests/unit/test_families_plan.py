@@ -6,22 +6,24 @@ import datetime as dt
 import tomllib
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from danesync.chain import Chain, LineageFiles, validate_chain
+from danesync.chain import LineageFiles, validate_chain
 from danesync.config import Config, build_config
 from danesync.families import build_families, read_shipped_families
-from danesync.plan import DnsView, Verb, plan_pass
-from danesync.state import ChainInfo, RecordState, State
+from danesync.history import NameHistory, RRset, record_served
+from danesync.plan import Deploy, Observations, Publish, Retire, Verb, plan_pass
+from danesync.state import ChainInfo, State
 from danesync.tlsa import TlsaRecord, Usage, spki_sha256
-from tests.harness.certs import NOW, Hierarchy, Leaf
-from tests.harness.families import CaFamily, family_toml, make_test_family
+from tests.harness.certs import NOW, Hierarchy
+from tests.harness.families import CaFamily, CaMember, family_toml, make_test_family
 
 MX = "mx.example.test"
 NAME = "_25._tcp.mx.example.test."
-WAIT = dt.timedelta(seconds=200)
-AGED = NOW - dt.timedelta(days=30)
+PRIMARY = "127.0.0.1:5353"
+LONG_AGO = NOW - dt.timedelta(days=30)
 
 
 @pytest.fixture(scope="module")
@@ -29,130 +31,132 @@ def family() -> CaFamily:
     return make_test_family()
 
 
-def make_config(family: CaFamily, issuers: str | None = "testca") -> Config:
+def make_config(family: CaFamily, issuers: str | None = "testca", mode: str = "rfc2136") -> Config:
     certificate: dict[str, object] = {"lineage": MX}
     if issuers is not None:
         certificate["issuers"] = issuers
-    document = {
-        "dns": {
-            "mode": "rfc2136",
-            "server": "127.0.0.1:5353",
-            "zone": "example.test",
-            "tsig_key_file": "/etc/danesync/tsig.key",
-            "ttl": 100,
-        },
-        "certificate": [certificate],
-    }
+    dns: dict[str, Any] = {"mode": mode, "server": PRIMARY, "zone": "example.test", "ttl": 100}
+    if mode == "rfc2136":
+        dns["tsig_key_file"] = "/etc/danesync/tsig.key"
     families = {
         **read_shipped_families(),
         **build_families(tomllib.loads(family_toml(family)), "/t/families.toml"),
     }
-    return build_config(document, Path("/test.toml"), families)
+    return build_config({"dns": dns, "certificate": [certificate]}, Path("/t.toml"), families)
 
 
-def make_chain(leaf: Leaf) -> Chain:
+def make_chain(member: CaMember | Hierarchy) -> ChainInfo:
+    hierarchy = member.hierarchy if isinstance(member, CaMember) else member
+    leaf = hierarchy.issue([MX])
     files = LineageFiles(MX, 1, leaf.key_pem, leaf.cert_pem, leaf.chain_pem, leaf.fullchain_pem)
-    return validate_chain(files, (MX,), (NAME,), (Usage.DANE_TA,), NOW)
+    return ChainInfo.from_chain(validate_chain(files, (MX,), (NAME,), (Usage.DANE_TA,), NOW))
 
 
-def ta(hierarchy: Hierarchy) -> TlsaRecord:
+def ta(member: CaMember | Hierarchy) -> TlsaRecord:
+    hierarchy = member.hierarchy if isinstance(member, CaMember) else member
     return TlsaRecord(NAME, 2, 1, 1, spki_sha256(hierarchy.intermediate))
 
 
-def deployed(chain: Chain, *aged: TlsaRecord) -> State:
+def serving(chain: ChainInfo | None, *records: TlsaRecord, owned: bool = True) -> State:
+    """Postfix serves `chain`; the primary has served `records` for a month."""
     state = State()
-    state.lineage(MX).deployed = ChainInfo.from_chain(chain)
-    for record in aged:
-        state.records[record] = RecordState(True, AGED)
+    if chain is not None:
+        state.lineage(MX).deployed = chain
+    history = NameHistory(NAME)
+    for moment in (LONG_AGO, NOW):
+        history = record_served(history, PRIMARY, RRset.of(records, 100), moment)
+    state.names[NAME] = replace(history, owned=frozenset(records) if owned else frozenset())
     return state
 
 
-def view(*visible: TlsaRecord) -> DnsView:
-    return DnsView(frozenset({NAME}), frozenset(visible), frozenset(visible))
+def observe(candidates: dict[str, Any]) -> Observations:
+    return Observations(candidates, frozenset({NAME}))
+
+
+def steps(plan: Any, kind: type) -> list[Any]:
+    return [s for s in plan.steps if isinstance(s, kind)]
+
+
+def ecdsa_records(family: CaFamily) -> list[TlsaRecord]:
+    return [ta(m) for m in family.of_type("ecdsa")]
 
 
 class TestFamilyInThePlanner:
     """Family records are needed like the chain's own: published, kept, retired."""
 
-    def test_family_records_are_published_with_the_first_chain(self, family: CaFamily) -> None:
-        chain = make_chain(family.member("E1").issue([MX]))
-        plan = plan_pass(make_config(family), State(), {MX: chain}, view(), {}, NOW)
-        expected = {ta(m.hierarchy) for m in family.of_type("ecdsa")}
-        assert set(plan.publish) == expected  # E1 (its own), E2, E3 (backup); no R*
-        assert plan.decisions[0].verb is Verb.PUBLISH
+    def test_published_once_the_first_chain_is_served(self, family: CaFamily) -> None:
+        chain = make_chain(family.member("E1"))
+        plan = plan_pass(make_config(family), serving(chain), observe({MX: chain}), NOW)
+        (publish,) = steps(plan, Publish)
+        assert set(publish.add) == set(ecdsa_records(family))  # E1, E2, E3 (backup); no R*
 
     def test_renewal_from_another_member_deploys_at_once(self, family: CaFamily) -> None:
-        e1, e2 = family.member("E1"), family.member("E2")
-        served, renewal = make_chain(e1.issue([MX])), make_chain(e2.issue([MX]))
-        records = [ta(m.hierarchy) for m in family.of_type("ecdsa")]
-        state = deployed(served, *records)
-        plan = plan_pass(make_config(family), state, {MX: renewal}, view(*records), {}, NOW)
+        served, renewal = make_chain(family.member("E1")), make_chain(family.member("E2"))
+        state = serving(served, *ecdsa_records(family))
+        plan = plan_pass(make_config(family), state, observe({MX: renewal}), NOW)
         (decision,) = plan.decisions
         assert decision.verb is Verb.DEPLOY
-        assert plan.publish == plan.retire == ()
+        assert steps(plan, Deploy) and not steps(plan, Publish)
 
     def test_switch_to_the_backup_deploys_at_once(self, family: CaFamily) -> None:
-        served = make_chain(family.member("E2").issue([MX]))
-        renewal = make_chain(family.member("E3").issue([MX]))
-        records = [ta(m.hierarchy) for m in family.of_type("ecdsa")]
-        plan = plan_pass(
-            make_config(family), deployed(served, *records), {MX: renewal}, view(*records), {}, NOW
-        )
+        served, renewal = make_chain(family.member("E2")), make_chain(family.member("E3"))
+        state = serving(served, *ecdsa_records(family))
+        plan = plan_pass(make_config(family), state, observe({MX: renewal}), NOW)
         assert plan.decisions[0].verb is Verb.DEPLOY
 
     def test_without_the_family_the_same_renewal_is_held(self, family: CaFamily) -> None:
         e1, e2 = family.member("E1"), family.member("E2")
-        served, renewal = make_chain(e1.issue([MX])), make_chain(e2.issue([MX]))
-        state = deployed(served, ta(e1.hierarchy))
-        config = make_config(family, issuers=None)
-        plan = plan_pass(config, state, {MX: renewal}, view(ta(e1.hierarchy)), {}, NOW)
+        served, renewal = make_chain(e1), make_chain(e2)
+        state = serving(served, ta(e1))
+        plan = plan_pass(make_config(family, issuers=None), state, observe({MX: renewal}), NOW)
         assert plan.decisions[0].verb is Verb.PUBLISH
-        assert plan.publish == (ta(e2.hierarchy),)
+        (publish,) = steps(plan, Publish)
+        assert publish.add == (ta(e2),)
 
     def test_an_unknown_intermediate_is_held(self, family: CaFamily) -> None:
-        served = make_chain(family.member("E1").issue([MX]))
         stranger = Hierarchy("Stranger")
-        renewal = make_chain(stranger.issue([MX]))
-        records = [ta(m.hierarchy) for m in family.of_type("ecdsa")]
-        plan = plan_pass(
-            make_config(family), deployed(served, *records), {MX: renewal}, view(*records), {}, NOW
-        )
+        served, renewal = make_chain(family.member("E1")), make_chain(stranger)
+        state = serving(served, *ecdsa_records(family))
+        plan = plan_pass(make_config(family), state, observe({MX: renewal}), NOW)
         assert plan.decisions[0].verb is Verb.PUBLISH
-        assert plan.publish == (ta(stranger),)
-        assert plan.retire == ()  # the family's records stay
+        (publish,) = steps(plan, Publish)
+        assert publish.add == (ta(stranger),)
+
+    def test_check_mode_lists_the_family_as_missing(self, family: CaFamily) -> None:
+        chain = make_chain(family.member("E1"))
+        state = serving(chain, ta(family.member("E1")), owned=False)
+        plan = plan_pass(make_config(family, mode="check"), state, observe({MX: chain}), NOW)
+        assert set(plan.missing) == set(ecdsa_records(family)) - {ta(family.member("E1"))}
 
     def test_auto_recognises_the_family(self, family: CaFamily) -> None:
-        chain = make_chain(family.member("E2").issue([MX]))
-        plan = plan_pass(make_config(family, "auto"), State(), {MX: chain}, view(), {}, NOW)
-        assert set(plan.publish) == {ta(m.hierarchy) for m in family.of_type("ecdsa")}
+        chain = make_chain(family.member("E2"))
+        plan = plan_pass(make_config(family, "auto"), serving(chain), observe({MX: chain}), NOW)
+        (publish,) = steps(plan, Publish)
+        assert set(publish.add) == set(ecdsa_records(family))
 
     def test_records_no_certificate_needs_are_retired(self, family: CaFamily) -> None:
         """Dropping `issuers` retires the other members' records, not the served one's."""
         e1 = family.member("E1")
-        served = make_chain(e1.issue([MX]))
-        records = [ta(m.hierarchy) for m in family.of_type("ecdsa")]
-        state = deployed(served, *records)
-        plan = plan_pass(
-            make_config(family, issuers=None), state, {MX: served}, view(*records), {}, NOW
-        )
-        assert set(plan.retire) == set(records) - {ta(e1.hierarchy)}
+        served = make_chain(e1)
+        state = serving(served, *ecdsa_records(family))
+        plan = plan_pass(make_config(family, issuers=None), state, observe({MX: served}), NOW)
+        (retire,) = steps(plan, Retire)
+        assert set(retire.delete) == set(ecdsa_records(family)) - {ta(e1)}
 
     def test_an_expired_member_is_retired(self, family: CaFamily) -> None:
-        e1, e2 = family.member("E1"), family.member("E2")
-        served = make_chain(e1.issue([MX]))
-        records = [ta(m.hierarchy) for m in family.of_type("ecdsa")]
+        served = make_chain(family.member("E1"))
         config = make_config(family)
         testca = config.families["testca"]
         members = tuple(replace(m, not_after=NOW) if m.name == "E2" else m for m in testca.members)
-        families = {**config.families, "testca": replace(testca, members=members)}
-        config = replace(config, families=families)
-        plan = plan_pass(config, deployed(served, *records), {MX: served}, view(*records), {}, NOW)
-        assert plan.retire == (ta(e2.hierarchy),)
-
-    def test_a_partial_pass_keeps_other_lineages_family_records(self, family: CaFamily) -> None:
-        served = make_chain(family.member("E1").issue([MX]))
-        records = [ta(m.hierarchy) for m in family.of_type("ecdsa")]
-        plan = plan_pass(
-            make_config(family), deployed(served, *records), {}, view(*records), {}, NOW
+        config = replace(
+            config, families={**config.families, "testca": replace(testca, members=members)}
         )
-        assert plan.retire == ()
+        state = serving(served, *ecdsa_records(family))
+        (retire,) = steps(plan_pass(config, state, observe({MX: served}), NOW), Retire)
+        assert retire.delete == (ta(family.member("E2")),)
+
+    def test_a_partial_pass_keeps_the_family_records(self, family: CaFamily) -> None:
+        served = make_chain(family.member("E1"))
+        state = serving(served, *ecdsa_records(family))
+        plan = plan_pass(make_config(family), state, observe({}), NOW)
+        assert not steps(plan, Retire)

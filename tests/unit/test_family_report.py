@@ -19,7 +19,8 @@ from danesync.family_report import (
     explain_dane_ee,
     read_reuse_key,
 )
-from danesync.state import ChainInfo, RecordState, State, save_state
+from danesync.history import NameHistory
+from danesync.state import ChainInfo, State, StateStore
 from danesync.status import build_status, print_status
 from danesync.tlsa import TlsaRecord, Usage, spki_sha256
 from tests.harness.certs import NOW, Hierarchy
@@ -50,7 +51,7 @@ def make_config(
     document = {
         "certbot": {"config_dir": str(tmp_path / "letsencrypt")},
         "postfix": {"config_dir": str(tmp_path / "no-postfix")},
-        "dns": {"mode": "check", "server": "127.0.0.1"},
+        "dns": {"mode": "off"},  # check would ask DNS servers: none here
         "state": {"dir": str(tmp_path / "state")},
         "certificate": [certificate],
     }
@@ -68,8 +69,8 @@ def served_by(member: CaMember, *published: TlsaRecord) -> State:
     chain = validate_chain(files, (MX,), (NAME,), (Usage.DANE_TA,), NOW)
     state = State()
     state.lineage(MX).deployed = ChainInfo.from_chain(chain)
-    for record in published:
-        state.records[record] = RecordState(True, NOW)
+    if published:
+        state.names[NAME] = NameHistory(NAME, owned=frozenset(published))
     return state
 
 
@@ -149,7 +150,7 @@ class TestCheckAndTlsa:
         e1 = family.member("E1")
         make_lineage(tmp_path / "letsencrypt", MX, e1.issue([MX]))
         gone = TlsaRecord(NAME, 2, 1, 1, "cd" * 32)
-        save_state(tmp_path / "state", served_by(e1, gone))
+        StateStore(tmp_path / "state").save(served_by(e1, gone))
         out = io.StringIO()
         run_check(make_config(tmp_path, family), [], NOW, out=out)
         assert f"  retiring  {gone.rdata}" in out.getvalue()
