@@ -112,6 +112,16 @@ def build_family_warnings(config: Config, state: State, now: dt.datetime) -> tup
     return tuple(warnings)
 
 
+def log_family_warnings(config: Config, state: State, now: dt.datetime) -> None:
+    """`family.capped` per lineage whose family exceeds the per-name cap (start, reload)."""
+    import structlog
+
+    log = structlog.get_logger("danesync")
+    for warning in build_family_warnings(config, state, now):
+        lineage, _, reason = warning.partition(": ")
+        log.warning("family.capped", lineage=lineage, reason=reason)
+
+
 def _member_names(config: Config) -> dict[str, str]:
     """SPKI hash -> "YE2 of letsencrypt, active", over the families in use."""
     found: dict[str, str] = {}

@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from danesync.chain import LineageFiles, validate_chain
 from danesync.commands import run_check, run_tlsa
@@ -17,6 +18,7 @@ from danesync.family_report import (
     build_family_warnings,
     build_name_report,
     explain_dane_ee,
+    log_family_warnings,
     read_reuse_key,
 )
 from danesync.history import NameHistory
@@ -124,6 +126,11 @@ class TestNameReport:
         (warning,) = warnings
         assert warning.startswith(f"{MX}: family testca: at most 12 TLSA records per name")
         assert "A12 (ecdsa, backup)" in warning
+        with capture_logs() as logs:
+            log_family_warnings(make_config(tmp_path, big), state, NOW)
+        (event,) = logs
+        assert event["event"] == "family.capped" and event["log_level"] == "warning"
+        assert event["lineage"] == MX and "A12 (ecdsa, backup)" in event["reason"]
 
 
 class TestCheckAndTlsa:
