@@ -151,8 +151,8 @@ def _family_rows(
     config: Config, certificate: CertificateConfig, chain: Chain, now: dt.datetime
 ) -> list[tuple[str, str]]:
     """Issuer family and 3 1 1 notes (danesync.families)."""
-    from danesync.families import judge_issuer, plan_family_records
-    from danesync.family_report import explain_dane_ee, read_reuse_key
+    from danesync.families import plan_family_records
+    from danesync.family_report import explain_dane_ee, judge_issuer, read_reuse_key
 
     rows: list[tuple[str, str]] = []
     if certificate.issuers is not None:

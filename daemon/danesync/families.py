@@ -18,7 +18,7 @@ import datetime as dt
 import functools
 import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from importlib import resources
@@ -357,69 +357,3 @@ def _keep_order(member: Member) -> tuple[int, dt.datetime, str]:
 
 def _record(name: str, member: Member) -> TlsaRecord:
     return TlsaRecord(name, 2, 1, 1, member.spki_sha256)
-
-
-# --- the judgement `check` prints ----------------------------------------------------
-
-
-class IssuerVerdict(Enum):
-    NO_FAMILY = "none"  # `issuers` is not set
-    MEMBER = "member"  # the chain's issuer is a known member
-    OUTSIDE = "outside"  # the issuer is not in the family: the data is out of date
-    UNRECOGNISED = "unrecognised"  # "auto", and no family has the issuer
-    UNKNOWN_FAMILY = "unknown_family"  # names a family that is not defined
-
-
-@dataclass(frozen=True)
-class IssuerJudgement:
-    verdict: IssuerVerdict
-    message: str
-    family: Family | None = None
-    member: Member | None = None
-
-
-def judge_issuer(
-    issuers: str | None,
-    issuer_spki: str | None,
-    key_algorithm: str,
-    families: Families,
-    now: dt.datetime,
-) -> IssuerJudgement:
-    """Is the chain's intermediate a known member of the certificate's family?"""
-    if issuers is None:
-        return IssuerJudgement(IssuerVerdict.NO_FAMILY, "no issuer family configured")
-    spkis = [issuer_spki] if issuer_spki else []
-    family = resolve_family(issuers, families, spkis)
-    if family is None and issuers != AUTO:
-        return IssuerJudgement(IssuerVerdict.UNKNOWN_FAMILY, f"family {issuers!r} is not defined")
-    if family is None:
-        return IssuerJudgement(
-            IssuerVerdict.UNRECOGNISED,
-            "no known family has this chain's issuer: the family data is out of date "
-            "(upgrade danesync or describe the CA in [families] file); "
-            "a renewal from another intermediate takes the normal hold path",
-        )
-    member = family.member_with(issuer_spki or "", key_algorithm)
-    if member is None:
-        return IssuerJudgement(
-            IssuerVerdict.OUTSIDE,
-            f"the chain's issuer is not a member of family {family.name}: the family data "
-            "is out of date (upgrade danesync or add it in [families] file); "
-            "this renewal takes the normal hold path",
-            family,
-        )
-    when = ""
-    if member.expired(now):
-        when = ", expired in the family data"
-    elif member.not_before > now:
-        when = ", not yet valid in the family data"
-    return IssuerJudgement(
-        IssuerVerdict.MEMBER,
-        f"{member.describe()} of family {family.name}{when}",
-        family,
-        member,
-    )
-
-
-def describe_members(members: Sequence[Member]) -> str:
-    return ", ".join(m.describe() for m in members) or "none"

@@ -1,7 +1,9 @@
-"""Per owner name: which TLSA records are current, pending, pre-published for an
-issuer family, or waiting to be retired. For `danesync check` and `status`.
+"""What `check` and `status` say about issuer families: per owner name, which
+TLSA records are current, pending, pre-published for a family, or waiting to
+be retired; whether a chain's intermediate is a known member; why `3 1 1`
+renewals wait.
 
-`build_name_report` is pure; `read_reuse_key` reads certbot's renewal file.
+Pure except `read_reuse_key` (certbot's renewal file) and `log_family_warnings`.
 """
 
 from __future__ import annotations
@@ -9,10 +11,19 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from danesync.families import Member, build_holding_family_records, plan_family_records
+from danesync.families import (
+    AUTO,
+    Families,
+    Family,
+    Member,
+    build_holding_family_records,
+    plan_family_records,
+    resolve_family,
+)
 from danesync.needs import build_chain_records, build_holdings, build_needed_records
 from danesync.tlsa import TlsaRecord
 
@@ -164,3 +175,65 @@ def read_reuse_key(config_dir: Path, lineage: str) -> bool | None:
         if key.strip() == "reuse_key":
             return value.strip().lower() == "true"
     return False
+
+
+# --- the judgement `check` prints ----------------------------------------------------
+
+
+class IssuerVerdict(Enum):
+    NO_FAMILY = "none"  # `issuers` is not set
+    MEMBER = "member"  # the chain's issuer is a known member
+    OUTSIDE = "outside"  # the issuer is not in the family: the data is out of date
+    UNRECOGNISED = "unrecognised"  # "auto", and no family has the issuer
+    UNKNOWN_FAMILY = "unknown_family"  # names a family that is not defined
+
+
+@dataclass(frozen=True)
+class IssuerJudgement:
+    verdict: IssuerVerdict
+    message: str
+    family: Family | None = None
+    member: Member | None = None
+
+
+def judge_issuer(
+    issuers: str | None,
+    issuer_spki: str | None,
+    key_algorithm: str,
+    families: Families,
+    now: dt.datetime,
+) -> IssuerJudgement:
+    """Is the chain's intermediate a known member of the certificate's family?"""
+    if issuers is None:
+        return IssuerJudgement(IssuerVerdict.NO_FAMILY, "no issuer family configured")
+    spkis = [issuer_spki] if issuer_spki else []
+    family = resolve_family(issuers, families, spkis)
+    if family is None and issuers != AUTO:
+        return IssuerJudgement(IssuerVerdict.UNKNOWN_FAMILY, f"family {issuers!r} is not defined")
+    if family is None:
+        return IssuerJudgement(
+            IssuerVerdict.UNRECOGNISED,
+            "no known family has this chain's issuer: the family data is out of date "
+            "(upgrade danesync or describe the CA in [families] file); "
+            "a renewal from another intermediate takes the normal hold path",
+        )
+    member = family.member_with(issuer_spki or "", key_algorithm)
+    if member is None:
+        return IssuerJudgement(
+            IssuerVerdict.OUTSIDE,
+            f"the chain's issuer is not a member of family {family.name}: the family data "
+            "is out of date (upgrade danesync or add it in [families] file); "
+            "this renewal takes the normal hold path",
+            family,
+        )
+    when = ""
+    if member.expired(now):
+        when = ", expired in the family data"
+    elif member.not_before > now:
+        when = ", not yet valid in the family data"
+    return IssuerJudgement(
+        IssuerVerdict.MEMBER,
+        f"{member.describe()} of family {family.name}{when}",
+        family,
+        member,
+    )

@@ -17,15 +17,14 @@ from danesync.families import (
     AUTO,
     MAX_RECORDS_PER_NAME,
     Family,
-    IssuerVerdict,
     Member,
     Role,
     build_families,
     build_family_records,
-    judge_issuer,
     plan_family_records,
     read_shipped_families,
 )
+from danesync.family_report import IssuerVerdict, judge_issuer
 from danesync.tlsa import TlsaRecord, Usage, spki_sha256
 from tests.harness.certs import NOW
 from tests.harness.families import family_toml, make_test_family
