@@ -147,8 +147,15 @@ class Daemon:
         if restart_watcher or self.watcher is None:
             self._start_watcher()
         log.info("config.reloaded", path=str(config.path), certificates=len(config.certificates))
+        self._warn_families()
         # systemd 252 stays in "reloading" until READY=1 follows RELOADING=1.
         self.notifier.ready(self._summary(PassResult()))
+
+    def _warn_families(self) -> None:
+        """Issuer families that exceed the cap of records per name (danesync.families)."""
+        from danesync.family_report import log_family_warnings
+
+        log_family_warnings(self.config, self.service.state, dt.datetime.now(dt.UTC))
 
     def _poll_interval(self) -> float:
         """How often a held rollover looks at DNS again."""
@@ -174,6 +181,7 @@ class Daemon:
         result = self._pass(None, monitor=False)  # ARI can take seconds: after READY=1
         self.notifier.ready(self._summary(result))
         log.info("daemon.ready", certificates=len(self.config.certificates))
+        self._warn_families()
         self.service.run_monitoring()
 
         ping_every = watchdog_interval()
