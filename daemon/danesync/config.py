@@ -80,6 +80,14 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class MonitorConfig:
+    """Watching danesync: the Prometheus textfile and the DANE self-check."""
+
+    textfile: Path | None = None  # written atomically after each pass and self-check
+    check_interval: float = 300.0  # seconds between DANE self-checks (the light check)
+
+
+@dataclass(frozen=True)
 class CertificateConfig:
     lineage: str
     hostnames: tuple[str, ...]
@@ -102,6 +110,7 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     certificates: tuple[CertificateConfig, ...] = ()
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def certificate(self, lineage: str) -> CertificateConfig | None:
         for cert in self.certificates:
@@ -314,6 +323,10 @@ SCHEMA: _Schema = {
         "reconcile_interval": (_seconds(1, 86400), 3600.0),
         "settle": (_seconds(0, 60), 0.25),
     },
+    "monitor": {
+        "textfile": (_path, None),
+        "check_interval": (_seconds(1, 86400), 300.0),
+    },
 }
 CERTIFICATE_SCHEMA: Mapping[str, tuple[Callable[[Any], Any], Any]] = {
     "lineage": (_lineage, None),
@@ -412,6 +425,7 @@ def build_config(document: Mapping[str, Any], path: Path) -> Config:
         state=StateConfig(**sections["state"]),
         daemon=DaemonConfig(**sections["daemon"]),
         certificates=tuple(certificates),
+        monitor=MonitorConfig(**sections["monitor"]),
     )
 
 

@@ -27,6 +27,7 @@ from danesync.config import (
     DnsConfig,
     DnsMode,
     Endpoint,
+    MonitorConfig,
     PostfixConfig,
     StateConfig,
     build_config,
@@ -191,6 +192,8 @@ BAD_VALUES = [
     ("daemon", "settle", "60.5", "must be between 0 and 60 seconds, not 60.5"),
     ("daemon", "settle", "false", "must be a number of seconds, not a boolean"),
     ("daemon", "settle", "1979-05-27", "must be a number of seconds, not date"),
+    ("monitor", "textfile", '"danesync.prom"', "must be an absolute path, not 'danesync.prom'"),
+    ("monitor", "check_interval", "0", "must be between 1 and 86400 seconds, not 0"),
 ]
 
 BAD_CERTIFICATE_VALUES = [
@@ -432,6 +435,7 @@ class TestDefaults:
             "dns": DnsConfig(),
             "state": StateConfig(),
             "daemon": DaemonConfig(),
+            "monitor": MonitorConfig(),
         }
         for section, keys in SCHEMA.items():
             for key, (_check, default) in keys.items():
@@ -596,6 +600,7 @@ EXAMPLE_KEYS = {
     "dns.zone",
     "dns.tsig_key_file",
     "dns.verify_servers",
+    "monitor.textfile",
     "certificate.lineage",
     "certificate.hostnames",
     "certificate.tlsa",
