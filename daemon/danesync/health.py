@@ -195,8 +195,8 @@ class HealthRecorder:
                     health = replace(health, lineage_failures=lineage_failures)
                 if event == "dns.failed":
                     health = replace(health, dns_failure=reason or event)
-            elif method_name == "warning" and event in STANDING_WARNINGS and isinstance(
-                lineage, str
+            elif (
+                method_name == "warning" and event in STANDING_WARNINGS and isinstance(lineage, str)
             ):
                 warnings = dict(health.lineage_warnings)
                 warnings[lineage] = f"{event}: {reason}" if reason else event
