@@ -234,11 +234,17 @@ def _selfcheck_problems(health: Health | None) -> list[Problem]:
     return found
 
 
-def build_unit_status(verdict: Verdict) -> str:
-    """The systemd unit's STATUS= text: what failed, or what is fine."""
+def build_unit_status(verdict: Verdict, summary: str | None = None) -> str:
+    """The systemd unit's STATUS= text: what failed first, then the loop's `summary`.
+
+    All well, it is the summary alone (or the verdict's own text without one).
+    """
     if verdict.level is Level.OK:
-        return verdict.text
-    return f"{verdict.level.name}: {verdict.text}"
+        return summary if summary is not None else verdict.text
+    worst = verdict.problems[0]
+    more = len(verdict.problems) - 1
+    text = f"{verdict.level.name}: {worst}" + (f" (+{more} more)" if more else "")
+    return f"{text}; {summary}" if summary else text
 
 
 def facts_from_state(config: Config, state: object) -> list[LineageFacts]:

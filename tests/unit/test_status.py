@@ -13,8 +13,8 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from danesync.config import Config, DaemonConfig, DnsConfig, DnsMode, MonitorConfig
 from danesync.config import CertificateConfig as Cert
+from danesync.config import Config, DaemonConfig, DnsConfig, DnsMode, MonitorConfig
 from danesync.health import DaneCheck, Health, HealthRecorder, read_health, write_health
 from danesync.state import ChainInfo, LineageState, RecordState, State, save_state
 from danesync.status import read_daemon_running, run_status
@@ -88,7 +88,7 @@ HEALTHY = object()  # the default: a daemon that reported recently, all fine
 
 def verdict_of(
     facts: LineageFacts | None = None,
-    health: Health | None | object = HEALTHY,
+    health: Health | object | None = HEALTHY,
     running: bool | None = True,
     cfg: Config | None = None,
 ) -> tuple[Level, str]:
@@ -281,11 +281,12 @@ class TestVerdict:
             True,
             NOW,
         )
-        text = build_unit_status(result)
+        text = build_unit_status(result, "1/1 deployed")
         assert text.startswith("CRITICAL: mx.example.test: failing to deploy: the probe")
-        assert build_unit_status(build_verdict(config(), [deployed()], healthy(), True, NOW)) == (
-            "1/1 deployed, records published"
-        )
+        assert text.endswith("; 1/1 deployed")
+        ok = build_verdict(config(), [deployed()], healthy(), True, NOW)
+        assert build_unit_status(ok, "1/1 deployed") == "1/1 deployed"
+        assert build_unit_status(ok) == "1/1 deployed, records published"
 
 
 class TestFactsFromState:
