@@ -73,6 +73,32 @@ def run_check(
         for name, value in rows:
             print(f"  {name:<9} {value}", file=out)
     _print_postfix_audit(config, out)
+    return max(status, _print_selfcheck(config, lineages, now, out))
+
+
+def _print_selfcheck(
+    config: Config, lineages: Sequence[str], now: dt.datetime, out: TextIO | None
+) -> int:
+    """The DANE self-check, once: 1 if a DANE sender would refuse what is served."""
+    from danesync.selfcheck import SelfChecker
+
+    checker = SelfChecker(config, clock=lambda: now)
+    if config.postfix.probe is None:
+        if config.certificates:
+            print("dane: not checked (set postfix.probe to check what senders see)", file=out)
+        return 0
+    checks = checker.run(lineages=lineages or None, log_changes=False)
+    status = 0
+    for check in checks:
+        label = {"valid": "ok", "broken": "BROKEN", "error": "not checked"}.get(
+            check.outcome, check.outcome.replace("_", " ")
+        )
+        served = f"serial {check.serial} ({check.key_algorithm})" if check.serial else "probe"
+        print(f"dane {check.name} {served} vs {check.source}: {label}: {check.reason}", file=out)
+        if check.broken:
+            status = 1
+            print(f"  published {'; '.join(check.published) or 'nothing'}", file=out)
+            print(f"  served    issuer {check.issuer}", file=out)
     return status
 
 

@@ -24,6 +24,7 @@ import structlog
 from danesync.config import Config, DnsMode, load_config
 from danesync.errors import ConfigError, DanesyncError
 from danesync.log import configure_logging
+from danesync.monitor import Monitor
 from danesync.notify import Notifier, watchdog_interval
 from danesync.service import PassResult, Service
 from danesync.watcher import Debouncer, LineageWatcher
@@ -96,6 +97,8 @@ class Daemon:
         self.debouncer = Debouncer(config.daemon.settle)
         self.watcher: LineageWatcher | None = None
         self.failures = 0
+        self.monitor = Monitor(config)  # heartbeat, health.json, textfile, DANE self-check
+        self.last_result = PassResult()
 
     def _start_watcher(self) -> None:
         self.watcher = LineageWatcher(
@@ -109,14 +112,22 @@ class Daemon:
             self.watcher = None
 
     def _pass(self, lineages: set[str] | None, monitor: bool = True) -> PassResult:
+        self.monitor.pass_started()
         try:
             result = self.service.reconcile(lineages, monitor=monitor)
         except DanesyncError as error:
             log.error("pass.failed", reason=str(error))
             result = PassResult(failed=True)
         self.failures = self.failures + 1 if result.failed else 0
-        self.notifier.status(self._summary(result))
+        self.last_result = result
+        summary = self._summary(result)
+        self.notifier.status(self.monitor.pass_finished(self.service.state, result.failed, summary))
         return result
+
+    def _light_check(self) -> None:
+        """The DANE self-check from outside, and a heartbeat for `danesync status`."""
+        summary = self._summary(self.last_result)
+        self.notifier.status(self.monitor.light_check(self.service.state, summary))
 
     def _summary(self, result: PassResult) -> str:
         deployed = sum(1 for s in self.service.state.lineages.values() if s.deployed)
@@ -142,6 +153,7 @@ class Daemon:
             self._stop_watcher()
         self.config = config
         self.service = Service(config)
+        self.monitor.reconfigure(config)
         self.debouncer = Debouncer(config.daemon.settle)
         if restart_watcher or self.watcher is None:
             self._start_watcher()
@@ -169,19 +181,22 @@ class Daemon:
                 "daemon.started",
                 reason=f"no [[certificate]] is configured in {self.config.path}; waiting",
             )
+        self.monitor.install()
         self._start_watcher()
         result = self._pass(None, monitor=False)  # ARI can take seconds: after READY=1
         self.notifier.ready(self._summary(result))
         log.info("daemon.ready", certificates=len(self.config.certificates))
         self.service.run_monitoring()
+        self._light_check()
 
         ping_every = watchdog_interval()
+        next_check = time.monotonic() + self.monitor.check_interval
         next_full = time.monotonic() + self.config.daemon.reconcile_interval
         next_ping = time.monotonic()
         next_poll = self._next_poll(result)
         while True:
             now = time.monotonic()
-            deadlines = [next_full, next_poll]
+            deadlines = [next_full, next_poll, next_check]
             if ping_every:
                 deadlines.append(next_ping)
             due_debounce = self.debouncer.next_deadline()
@@ -198,6 +213,10 @@ class Daemon:
             if signal.SIGHUP in signals:
                 self._reload_config()
                 next_full = now  # a new config gets a full pass
+            if now >= next_check:
+                self._light_check()
+                now = time.monotonic()
+                next_check = now + self.monitor.check_interval
             for lineage in changed:
                 self.debouncer.touch(lineage, now)
             if overflow or signal.SIGUSR1 in signals:

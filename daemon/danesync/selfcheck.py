@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -245,7 +245,14 @@ class SelfChecker:
     def enabled(self) -> bool:
         return self.config.postfix.probe is not None and bool(self.config.certificates)
 
-    def run(self, deployed: Mapping[str, str] | None = None) -> tuple[DaneCheck, ...]:
+    def run(
+        self,
+        deployed: Mapping[str, str] | None = None,
+        lineages: Collection[str] | None = None,
+        *,
+        log_changes: bool = True,
+    ) -> tuple[DaneCheck, ...]:
+        """Check every TLSA name (of `lineages` only, if given); log what changed."""
         endpoint = self.config.postfix.probe
         if endpoint is None:
             return ()
@@ -258,6 +265,10 @@ class SelfChecker:
             return ()
         now = self.clock()
         names = names_to_check(self.config)
+        if lineages is not None:
+            names = {n: ls for n, ls in names.items() if set(ls) & set(lineages)}
+        if not names:
+            return ()
 
         def check(item: tuple[str, list[str]]) -> tuple[DaneCheck, ...]:
             name, lineages = item
@@ -267,7 +278,8 @@ class SelfChecker:
 
         with ThreadPoolExecutor(max_workers=max(1, min(WORKERS, len(names)))) as pool:
             checks = tuple(c for found in pool.map(check, names.items()) for c in found)
-        self._log_changes(checks)
+        if log_changes:
+            self._log_changes(checks)
         return checks
 
     def _log_changes(self, checks: tuple[DaneCheck, ...]) -> None:

@@ -134,8 +134,9 @@ def _optional_time(moment: dt.datetime | None) -> str | None:
     return format_time(moment) if moment else None
 
 
-def read_daemon_running(state_dir: Path) -> bool | None:
-    """Whether a process holds the daemon's lock; None if there is no lock file.
+def read_daemon_running(state_dir: Path, pid: int | None = None) -> bool | None:
+    """Whether the daemon runs: a process holds its lock, or else `pid` (from
+    health.json) is a live danesync process; None when neither can tell.
 
     Looked up in /proc/locks first, so that status does not take the lock
     while the daemon holds it; otherwise a non-blocking shared flock, released
@@ -155,7 +156,23 @@ def read_daemon_running(state_dir: Path) -> bool | None:
         # Not listed (or /proc unreadable, or a file system that names devices
         # differently): the lock itself decides.
         return _held_by_flock(path)
-    return None
+    return None if pid is None else _pid_alive(pid)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether `pid` is a running danesync (not a reused number)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return b"danesync" in cmdline and state != "Z"
 
 
 def _held_in_proc_locks(device: str) -> bool | None:
@@ -201,7 +218,7 @@ def run_status(config: Config, as_json: bool, out: TextIO | None = None) -> int:
     now = dt.datetime.now(dt.UTC)
     state = load_state(config.state.dir)
     health = read_health(config.state.dir)
-    running = read_daemon_running(config.state.dir)
+    running = read_daemon_running(config.state.dir, health.pid if health else None)
     verdict = build_verdict(config, facts_from_state(config, state), health, running, now)
     document = add_verdict(build_status(config, state, now), verdict, health, running)
     if as_json:

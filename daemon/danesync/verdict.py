@@ -23,9 +23,11 @@ from danesync.chain import format_time
 from danesync.config import Config, DnsMode
 from danesync.health import Health
 
-# A heartbeat older than this many expected intervals (plus GRACE) is stale.
+# A heartbeat older than this many expected intervals, plus one more (at least
+# GRACE_MIN, at most GRACE_MAX, for a slow pass), is stale.
 STALE_INTERVALS = 2
-GRACE = dt.timedelta(seconds=120)
+GRACE_MIN = dt.timedelta(seconds=10)
+GRACE_MAX = dt.timedelta(seconds=120)
 EXPIRY_WARNING = dt.timedelta(days=7)
 
 
@@ -94,6 +96,12 @@ def expected_beat(config: Config) -> dt.timedelta:
     return dt.timedelta(seconds=seconds)
 
 
+def stale_after(config: Config) -> dt.timedelta:
+    """A heartbeat older than this means the daemon is hung or gone."""
+    beat = expected_beat(config)
+    return STALE_INTERVALS * beat + min(max(beat, GRACE_MIN), GRACE_MAX)
+
+
 def build_verdict(
     config: Config,
     lineages: Sequence[LineageFacts],
@@ -130,7 +138,7 @@ def _daemon_problems(
     if not beats:
         return [Problem(Level.WARNING, "the daemon has not finished a pass yet")]
     last = max(beats)
-    limit = STALE_INTERVALS * expected_beat(config) + GRACE
+    limit = stale_after(config)
     if now - last > limit:
         age = int((now - last).total_seconds())
         return [
@@ -185,7 +193,7 @@ def _lineage_problems(
             f"records missing for the served chain: {'; '.join(facts.missing_records)}",
         )
     if facts.pending_since is not None:
-        expected = 2 * roll_in + 2 * expected_beat(config) + GRACE
+        expected = 2 * roll_in + stale_after(config)
         waited = now - facts.pending_since
         if waited > expected:
             add(

@@ -350,6 +350,18 @@ class TestDaemonRunning:
             os.close(fd)
         assert read_daemon_running(tmp_path) is False
 
+    def test_without_a_lock_the_pid_decides(self, tmp_path: Path) -> None:
+        import subprocess
+
+        child = subprocess.Popen(["sleep", "30"])
+        try:
+            assert read_daemon_running(tmp_path, child.pid) is False  # alive, not danesync
+        finally:
+            child.kill()
+            child.wait()
+        assert read_daemon_running(tmp_path, child.pid) is False  # gone
+        assert read_daemon_running(tmp_path, None) is None
+
 
 class TestHealthRecorder:
     """Failures are counted from the log events, whichever module logs them."""
@@ -406,7 +418,7 @@ class TestRunStatus:
         first = out.getvalue().splitlines()[0]
         assert first.startswith("DANESYNC CRITICAL - the daemon has never reported")
         now = dt.datetime.now(dt.UTC)
-        write_health(tmp_path, Health(pid=1, last_pass=now, last_success=now))
+        write_health(tmp_path, Health(pid=None, last_pass=now, last_success=now))
         out = io.StringIO()
         assert run_status(cfg, as_json=True, out=out) == 0
         document = json.loads(out.getvalue())
