@@ -85,6 +85,9 @@ class MonitorConfig:
 
     textfile: Path | None = None  # written atomically after each pass and self-check
     check_interval: float = 300.0  # seconds between DANE self-checks (the light check)
+    # Where the self-check also asks, trusting only answers with the AD bit:
+    # "system" (/etc/resolv.conf), "off", or a validating resolver's "host:port".
+    resolver: str = "system"
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,14 @@ def _port_number(text: str, whole: str) -> int:
     return int(text)
 
 
+def _resolver(value: Any) -> str:
+    text = _string(value).strip()
+    if text in ("system", "off"):
+        return text
+    endpoint = parse_endpoint(text, 53)
+    return str(endpoint)
+
+
 def _choice(enum: type[DnsMode]) -> Callable[[Any], DnsMode]:
     def check(value: Any) -> DnsMode:
         text = _string(value)
@@ -326,6 +337,7 @@ SCHEMA: _Schema = {
     "monitor": {
         "textfile": (_path, None),
         "check_interval": (_seconds(1, 86400), 300.0),
+        "resolver": (_resolver, "system"),
     },
 }
 CERTIFICATE_SCHEMA: Mapping[str, tuple[Callable[[Any], Any], Any]] = {

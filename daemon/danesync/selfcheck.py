@@ -155,7 +155,7 @@ def read_served(host: str, port: int, servername: str, timeout: float = 5) -> li
 
 
 def read_published(
-    servers: Sequence[dns_actions.Server], name: str, validating: bool = True
+    servers: Sequence[dns_actions.Server], name: str, resolver: str = "system"
 ) -> list[Published]:
     """The RRset from each verify server, and from the system resolver if it validates."""
     answers = []
@@ -166,15 +166,18 @@ def read_published(
             answers.append(Published(f"verify server {server}", error=str(error)))
             continue
         answers.append(Published(f"verify server {server}", records))
-    if validating:
-        validated = read_validated(name)
+    if resolver != "off":
+        validated = read_validated(name, None if resolver == "system" else resolver)
         if validated is not None:
             answers.append(validated)
     return answers
 
 
-def read_validated(name: str, timeout: float = 3.0) -> Published | None:
-    """The RRset from the system's resolver if it validated the answer (AD bit), else None.
+def read_validated(
+    name: str, resolver: str | None = None, timeout: float = 3.0
+) -> Published | None:
+    """The RRset from a resolver (`host:port`, else the system's) if it validated
+    the answer (AD bit), else None.
 
     A resolver that does not validate, or none at all, is no source: senders
     behind a validating cache are the ones DANE protects.
@@ -186,15 +189,22 @@ def read_validated(name: str, timeout: float = 3.0) -> Published | None:
     import dns.rdatatype
     import dns.resolver
 
-    try:
-        resolver = dns.resolver.Resolver(configure=True)
-    except (dns.resolver.NoResolverConfiguration, OSError):
-        return None
+    from danesync.config import parse_endpoint
+
+    if resolver is not None:
+        endpoint = parse_endpoint(resolver, 53)
+        nameservers = [(endpoint.host, endpoint.port)]
+    else:
+        try:
+            system = dns.resolver.Resolver(configure=True)
+        except (dns.resolver.NoResolverConfiguration, OSError):
+            return None
+        nameservers = [(str(address), 53) for address in system.nameservers]
     query = dns.message.make_query(name, dns.rdatatype.TLSA, want_dnssec=True)
     query.flags |= dns.flags.AD
-    for nameserver in resolver.nameservers:
+    for nameserver, port in nameservers:
         try:
-            response = dns.query.udp(query, str(nameserver), timeout=timeout)
+            response = dns.query.udp(query, nameserver, timeout=timeout, port=port)
         except (OSError, dns.exception.DNSException):
             continue
         if not response.flags & dns.flags.AD:
@@ -273,7 +283,7 @@ class SelfChecker:
         def check(item: tuple[str, list[str]]) -> tuple[DaneCheck, ...]:
             name, lineages = item
             served = read_served(endpoint.host, endpoint.port, base_domain(name))
-            published = read_published(servers, name)
+            published = read_published(servers, name, self.config.monitor.resolver)
             return build_checks(name, lineages, served, published, now, deployed)
 
         with ThreadPoolExecutor(max_workers=max(1, min(WORKERS, len(names)))) as pool:

@@ -194,6 +194,7 @@ BAD_VALUES = [
     ("daemon", "settle", "1979-05-27", "must be a number of seconds, not date"),
     ("monitor", "textfile", '"danesync.prom"', "must be an absolute path, not 'danesync.prom'"),
     ("monitor", "check_interval", "0", "must be between 1 and 86400 seconds, not 0"),
+    ("monitor", "resolver", '"[::1"', "'[::1' has '[' without ']'"),
 ]
 
 BAD_CERTIFICATE_VALUES = [
