@@ -99,6 +99,7 @@ class Daemon:
         self.failures = 0
         self.monitor = Monitor(config)  # heartbeat, health.json, textfile, DANE self-check
         self.last_result = PassResult()
+        self.last_status = ""
 
     def _start_watcher(self) -> None:
         self.watcher = LineageWatcher(
@@ -121,13 +122,17 @@ class Daemon:
         self.failures = self.failures + 1 if result.failed else 0
         self.last_result = result
         summary = self._summary(result)
-        self.notifier.status(self.monitor.pass_finished(self.service.state, result.failed, summary))
+        self.last_status = self.monitor.pass_finished(self.service.state, result.failed, summary)
+        self.notifier.status(self.last_status)
         return result
 
     def _light_check(self) -> None:
         """The DANE self-check from outside, and a heartbeat for `danesync status`."""
         summary = self._summary(self.last_result)
-        self.notifier.status(self.monitor.light_check(self.service.state, summary))
+        text = self.monitor.light_check(self.service.state, summary)
+        if text != self.last_status:  # STATUS= at every check would only repeat itself
+            self.last_status = text
+            self.notifier.status(text)
 
     def _summary(self, result: PassResult) -> str:
         deployed = sum(1 for s in self.service.state.lineages.values() if s.deployed)
