@@ -195,6 +195,9 @@ class TestStatusCodes:
         self, host: Host, bind: BindServer, ca: Hierarchy
     ) -> None:
         deployed_and_published(host, bind, ca)
+        checked = run_danesync("check", "-c", str(host.config))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert f"dane {NAME}. serial" in checked.stdout and ": ok: DANE-TA" in checked.stdout
         # Today's first start may publish before it deploys (issue 10): the
         # self-check rightly reports that too; only what follows counts here.
         mark = len(host.events("dane.broken"))
@@ -205,6 +208,9 @@ class TestStatusCodes:
         assert MX in text.splitlines()[0]
         host.wait_for(lambda: len(host.events("dane.broken")) > mark)
         broken = host.events("dane.broken")[mark]
+        checked = run_danesync("check", "-c", str(host.config))
+        assert checked.returncode == 1, checked.stdout + checked.stderr
+        assert ": BROKEN: " in checked.stdout and f"published {ta(other)}" in checked.stdout
         assert broken["level"] == "error" and broken["lineage"] == MX
         assert broken["published"] == [ta(other)]
         assert broken["serial"] and ca.intermediate.subject.rfc4514_string() == broken["issuer"]
