@@ -16,6 +16,7 @@ from danesync.certbot import read_chain
 from danesync.chain import Chain, format_time
 from danesync.config import CertificateConfig, Config
 from danesync.errors import ChainError, DanesyncError, LineagePending
+from danesync.sni import SniCertificate, build_served_names, build_sni_table, leaf_dns_names
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ def run_check(
     if not certificates:
         print("no certificate is configured: add a [[certificate]] table", file=out)
     status = 0
+    sni_certificates: list[SniCertificate] = []
     for certificate in certificates:
         verdict = judge(config, certificate, now)
         if verdict.chain is None:
@@ -70,8 +72,12 @@ def run_check(
             ("key", chain.key_algorithm),
         ]
         rows += [("tlsa", record.zone_line(config.dns.ttl)) for record in chain.tlsa]
+        rows += _mailhost_rows(config, certificate, chain, sni_certificates)
         for name, value in rows:
             print(f"  {name:<9} {value}", file=out)
+    if sni_certificates:
+        _print_sni_table(sni_certificates, out)
+    status = max(status, _print_dns_check(config, certificates, now, out))
     status = max(status, _print_selfcheck(config, lineages, now, out))
     _print_postfix_audit(config, out)  # warnings only, and last
     return status
@@ -101,12 +107,76 @@ def _print_selfcheck(
     return status
 
 
+def _print_dns_check(
+    config: Config, certificates: Sequence[CertificateConfig], now: dt.datetime, out: TextIO | None
+) -> int:
+    """DNS as the servers answer it (dns.mode rfc2136 or check): 1 on any error."""
+    from danesync.dnscheck import run_dns_check
+
+    return run_dns_check(config, certificates, now, out)
+
+
+def _mailhost_rows(
+    config: Config,
+    certificate: CertificateConfig,
+    chain: Chain,
+    sni_certificates: list[SniCertificate],
+) -> list[tuple[str, str]]:
+    """The names an SNI certificate serves, and a rollover_wait too long for its lifetime."""
+    from danesync.ari import build_rollover_wait_warning, build_validity
+
+    rows: list[tuple[str, str]] = []
+    if certificate.sni:
+        leaf_names = leaf_dns_names(chain.leaf)
+        names = build_served_names(certificate.hostnames, certificate.hostnames_set, leaf_names)
+        path = config.postfix.deploy_dir / f"{certificate.lineage}.pem"
+        sni_certificates.append(
+            SniCertificate(certificate.lineage, chain.key_algorithm, names, path)
+        )
+        how = "hostnames" if certificate.hostnames_set else "every DNS name of the leaf"
+        rows.append(("sni", f"{len(names)} name(s), {how}: {', '.join(names)}"))
+        left_out = [name for name in leaf_names if name not in names]
+        if left_out:
+            rows.append(
+                (
+                    "sni",
+                    f"not served by SNI (not in hostnames; those clients get the default"
+                    f" chain): {', '.join(left_out)}",
+                )
+            )
+    not_before, not_after = build_validity(chain.leaf)
+    wait = dt.timedelta(seconds=config.dns.rollover_wait)
+    warning = build_rollover_wait_warning(wait, not_before, not_after)
+    if warning:
+        rows.append(("warning", warning))
+    return rows
+
+
+def _print_sni_table(certificates: list[SniCertificate], out: TextIO | None) -> None:
+    """Which SNI name gets which chain, as tls_server_sni_maps will hold it."""
+    table = build_sni_table(certificates)
+    algorithms = {c.lineage: c.key_algorithm for c in certificates}
+    print(f"sni table: {len(table.entries)} name(s)", file=out)
+    for entry in table.entries:
+        served = ", ".join(f"{lineage} ({algorithms[lineage]})" for lineage in entry.lineages)
+        under = f" (any name under {entry.key[1:]})" if entry.key.startswith(".") else ""
+        shared = " (one entry: a chain per key algorithm)" if len(entry.lineages) > 1 else ""
+        print(f"  {entry.key}{under}: {served}{shared}", file=out)
+    for problem in table.problems:
+        print(f"sni table: warning: {problem}", file=out)
+
+
 def _print_postfix_audit(config: Config, out: TextIO | None) -> None:
     """Warnings only: a questionable TLS setting does not make a lineage invalid."""
-    from danesync.actions.postfix import read_tls_audit
+    from danesync.actions.postfix_audit import read_tls_audit
 
     try:
-        warnings = read_tls_audit(config.postfix.config_dir)
+        # danesync sets smtpd_tls_chain_files when it has a default (non-SNI) chain.
+        warnings = read_tls_audit(
+            config.postfix.config_dir,
+            config.postfix.deploy_dir,
+            chain_files_in_main=any(not c.sni for c in config.certificates) or None,
+        )
     except DanesyncError as error:
         print(f"postfix {config.postfix.config_dir}: not audited: {error}", file=out)
         return

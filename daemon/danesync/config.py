@@ -97,6 +97,9 @@ class CertificateConfig:
     tlsa: tuple[str, ...]
     usages: tuple[Usage, ...] = (Usage.DANE_TA,)
     sni: bool = False
+    # Whether `hostnames` was written: an SNI certificate then serves only those
+    # names, otherwise every DNS name of its leaf (`sni.build_served_names`).
+    hostnames_set: bool = False
 
     @classmethod
     def default_for(cls, lineage: str) -> CertificateConfig:
@@ -287,14 +290,36 @@ def _usage(value: Any) -> Usage:
 
 
 def is_lineage_name(text: str) -> bool:
-    """A plain directory name under live/: no path separators, no '..'."""
+    """A plain directory name under live/ that danesync supports (see `lineage_name_problem`)."""
     return bool(_LINEAGE.fullmatch(text)) and ".." not in text
+
+
+def lineage_name_problem(text: str) -> str | None:
+    """Why danesync cannot take `text` as a lineage name; None when it can.
+
+    certbot accepts almost any directory name (spaces, commas, non-ASCII), but
+    the name becomes the chain file `<deploy_dir>/<lineage>.pem`, listed in
+    main.cf's smtpd_tls_chain_files and as a value in the SNI table: Postfix
+    splits both lists on spaces and commas and has no quoting.
+    """
+    if is_lineage_name(text):
+        return None
+    if "/" in text or ".." in text or text in (".", ""):
+        return f"{text!r} is not a lineage name (a directory under live/: no '/' or '..')"
+    return (
+        f"{text!r}: danesync supports lineage names of ASCII letters, digits, '.', '_' and"
+        " '-' (starting with a letter or digit), because the name goes into main.cf's"
+        " smtpd_tls_chain_files list and the SNI table as <deploy_dir>/<lineage>.pem, which"
+        " Postfix splits on spaces and commas; certbot accepts it, so issue the certificate"
+        " again under a supported name (certbot --cert-name NAME)"
+    )
 
 
 def _lineage(value: Any) -> str:
     text = _string(value)
-    if not is_lineage_name(text):
-        raise _Invalid(f"{text!r} is not a certbot lineage name (a directory under live/)")
+    problem = lineage_name_problem(text)
+    if problem is not None:
+        raise _Invalid(problem)
     return text
 
 
@@ -479,7 +504,14 @@ def _build_certificates(raw: Any, problems: list[str]) -> list[CertificateConfig
         )
         usages: tuple[Usage, ...] = values.get("usages", (Usage.DANE_TA,))
         certificates.append(
-            CertificateConfig(lineage, hostnames, tlsa, usages, values.get("sni", False))
+            CertificateConfig(
+                lineage,
+                hostnames,
+                tlsa,
+                usages,
+                values.get("sni", False),
+                hostnames_set="hostnames" in values,
+            )
         )
     return certificates
 

@@ -126,7 +126,7 @@ class Daemon:
         self.notifier.status(self.last_status)
         return result
 
-    def _light_check(self) -> None:
+    def _self_check(self) -> None:
         """The DANE self-check from outside, and a heartbeat for `danesync status`."""
         summary = self._summary(self.last_result)
         text = self.monitor.light_check(self.service.state, summary)
@@ -192,16 +192,17 @@ class Daemon:
         self.notifier.ready(self._summary(result))
         log.info("daemon.ready", certificates=len(self.config.certificates))
         self.service.run_monitoring()
-        self._light_check()
+        self._self_check()
 
         ping_every = watchdog_interval()
-        next_check = time.monotonic() + self.monitor.check_interval
         next_full = time.monotonic() + self.config.daemon.reconcile_interval
         next_ping = time.monotonic()
         next_poll = self._next_poll(result)
+        light_every = min(self.monitor.check_interval, self.config.daemon.reconcile_interval)
+        next_light = time.monotonic() + light_every
         while True:
             now = time.monotonic()
-            deadlines = [next_full, next_poll, next_check]
+            deadlines = [next_full, next_poll, next_light]
             if ping_every:
                 deadlines.append(next_ping)
             due_debounce = self.debouncer.next_deadline()
@@ -218,14 +219,15 @@ class Daemon:
             if signal.SIGHUP in signals:
                 self._reload_config()
                 next_full = now  # a new config gets a full pass
-            if now >= next_check:
-                self._light_check()
-                now = time.monotonic()
-                next_check = now + self.monitor.check_interval
             for lineage in changed:
                 self.debouncer.touch(lineage, now)
             if overflow or signal.SIGUSR1 in signals:
                 next_full = now
+            if now >= next_light:
+                next_light = now + light_every
+                if self.config.dns.mode is not DnsMode.OFF and self.service.light_check():
+                    next_full = now
+                self._self_check()
             if now >= next_full:
                 if self.watcher is not None and not self.watcher.alive():
                     log.warning("watcher.restarted", reason="the watcher thread had died")
@@ -277,6 +279,12 @@ class _WatchdogStopRace(logging.Filter):
 
 
 def run_daemon(config: Config, log_format: str) -> int:
+    from danesync.lock import acquire_lock
+
     configure_logging(log_format)  # type: ignore[arg-type]
     logging.getLogger("watchdog.observers.inotify").addFilter(_WatchdogStopRace())
-    return Daemon(config, Notifier()).run()
+    lock = acquire_lock(config.state.dir)  # one danesync per state directory
+    try:
+        return Daemon(config, Notifier()).run()
+    finally:
+        lock.release()

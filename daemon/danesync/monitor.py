@@ -24,7 +24,13 @@ from danesync.errors import DanesyncError
 from danesync.health import Health, HealthRecorder, write_health
 from danesync.metrics import build_metrics, write_metrics
 from danesync.selfcheck import SelfChecker, deployed_fingerprints
-from danesync.verdict import Verdict, build_unit_status, build_verdict, facts_from_state
+from danesync.verdict import (
+    Verdict,
+    build_unit_status,
+    build_verdict,
+    facts_from_state,
+    failures_from_state,
+)
 
 log = structlog.get_logger("danesync")
 
@@ -71,7 +77,8 @@ class Monitor:
     def verdict(self, state: object, health: Health | None = None) -> Verdict:
         health = health or self.recorder.health
         facts = facts_from_state(self.config, state)
-        return build_verdict(self.config, facts, health, True, self.clock())
+        failures = failures_from_state(state)
+        return build_verdict(self.config, facts, health, True, self.clock(), failures)
 
     def _publish(self, state: object, health: Health, summary: str | None) -> str:
         verdict = self.verdict(state, health)

@@ -19,11 +19,12 @@ from typing import Any, TextIO
 from danesync.chain import format_time
 from danesync.config import Config
 from danesync.health import Health, read_health
+from danesync.lock import LOCK_FILE
 from danesync.state import ChainInfo, State, load_state
-from danesync.verdict import Verdict, build_verdict, facts_from_state
+from danesync.verdict import Verdict, build_verdict, facts_from_state, failures_from_state
 
 # The daemon holds an exclusive flock on this file in the state directory.
-LOCK_FILENAMES = ("lock", "danesync.lock", "state.lock")
+LOCK_FILENAMES = (LOCK_FILE,)
 
 
 def _chain_json(info: ChainInfo, now: dt.datetime) -> dict[str, Any]:
@@ -60,19 +61,33 @@ def build_status(config: Config, state: State, now: dt.datetime) -> dict[str, An
             if lineage_state.failed_reason:
                 entry["failed"] = lineage_state.failed_reason
         lineages[certificate.lineage] = entry
-    records = [
-        {
-            "tlsa": record.zone_line(config.dns.ttl),
-            "published_by_danesync": s.published,
-            "visible_since": format_time(s.visible_since) if s.visible_since else None,
-        }
-        for record, s in sorted(state.records.items())
-    ]
+    records = []
+    for _name, history in sorted(state.names.items()):
+        served = [rrset for rrset in history.servers.values()]
+        everywhere = frozenset.intersection(*[r.records for r in served]) if served else frozenset()
+        ttl = max((r.ttl for r in served), default=config.dns.ttl)
+        for record in sorted(frozenset().union(*[r.records for r in served]) | history.owned):
+            since = min(
+                (v.first_seen for v in history.seen if record in v.rrset.records), default=None
+            )
+            records.append(
+                {
+                    "tlsa": record.zone_line(ttl),
+                    "published_by_danesync": record in history.owned,
+                    "visible_since": format_time(since)
+                    if since is not None and record in everywhere
+                    else None,
+                }
+            )
     return {
         "config": str(config.path),
         "dns_mode": config.dns.mode.value,
         "lineages": lineages,
         "records": records,
+        "failures": [
+            {**f.to_json(), "since": format_time(f.since)}
+            for _, f in sorted(state.failures.items())
+        ],
     }
 
 
@@ -100,6 +115,13 @@ def print_status(document: dict[str, Any], out: TextIO) -> None:
             )
         if entry["failed"]:
             print(f"  failed    {entry['failed']}", file=out)
+    for failure in document.get("failures", []):
+        where = f"{failure['lineage']}: " if failure.get("lineage") else ""
+        print(
+            f"failed    {where}{failure['step']} {failure['target']}: {failure['reason']} "
+            f"(since {failure['since']}, {failure['attempts']} attempt(s))",
+            file=out,
+        )
     if document["records"]:
         print("TLSA records:", file=out)
         for record in document["records"]:
@@ -219,7 +241,8 @@ def run_status(config: Config, as_json: bool, out: TextIO | None = None) -> int:
     state = load_state(config.state.dir)
     health = read_health(config.state.dir)
     running = read_daemon_running(config.state.dir, health.pid if health else None)
-    verdict = build_verdict(config, facts_from_state(config, state), health, running, now)
+    facts = facts_from_state(config, state)
+    verdict = build_verdict(config, facts, health, running, now, failures_from_state(state))
     document = add_verdict(build_status(config, state, now), verdict, health, running)
     if as_json:
         json.dump(document, out, indent=2)

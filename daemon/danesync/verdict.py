@@ -64,6 +64,17 @@ class LineageFacts:
 
 
 @dataclass(frozen=True)
+class StepFailure:
+    """A step the daemon keeps failing (the state's failures)."""
+
+    step: str  # "deploy", "observe", "publish", "pass", ...
+    target: str  # the path or server
+    reason: str
+    lineage: str | None = None
+    since: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
 class Verdict:
     level: Level
     problems: tuple[Problem, ...]
@@ -108,10 +119,12 @@ def build_verdict(
     health: Health | None,
     running: bool | None,
     now: dt.datetime,
+    failures: Sequence[StepFailure] = (),
 ) -> Verdict:
     """Judge the facts. `running`: whether the daemon holds its lock (None: cannot tell)."""
     problems: list[Problem] = []
     problems += _daemon_problems(config, health, running, now)
+    problems += _failure_problems(failures, at_stake=any(f.pending_serial for f in lineages))
     for facts in lineages:
         problems += _lineage_problems(config, facts, health, now)
     problems += _selfcheck_problems(health)
@@ -123,6 +136,21 @@ def build_verdict(
     level = max((p.level for p in problems), default=Level.OK)
     deployed = sum(1 for f in lineages if f.deployed_serial is not None)
     return Verdict(level, tuple(problems), deployed, len(lineages))
+
+
+def _failure_problems(failures: Sequence[StepFailure], at_stake: bool) -> list[Problem]:
+    """A deploy failing, or a whole pass, is critical; DNS and other steps a warning."""
+    found = []
+    for failure in failures:
+        text = f"{failure.step} failing ({failure.target}): {failure.reason}"
+        if failure.since is not None:
+            text += f", since {format_time(failure.since)}"
+        if failure.step in ("deploy", "pass"):
+            found.append(Problem(Level.CRITICAL, text, failure.lineage))
+        else:
+            what = "while a rollover waits on it" if at_stake else "while nothing is at stake"
+            found.append(Problem(Level.WARNING, f"{text} ({what})", failure.lineage))
+    return found
 
 
 def _daemon_problems(
@@ -255,21 +283,53 @@ def build_unit_status(verdict: Verdict, summary: str | None = None) -> str:
     return f"{text}; {summary}" if summary else text
 
 
+def failures_from_state(state: object) -> list[StepFailure]:
+    """The state's kept step failures, as the verdict takes them."""
+    failures = getattr(state, "failures", {}) or {}
+    return [
+        StepFailure(
+            str(getattr(f, "step", "step")),
+            str(getattr(f, "target", "")),
+            str(getattr(f, "reason", "")),
+            getattr(f, "lineage", None),
+            getattr(f, "since", None),
+        )
+        for _, f in sorted(failures.items())
+    ]
+
+
+def _missing_records(
+    config: Config, certificate: object, deployed: object, state: object
+) -> list[str]:
+    """Owner names where some verify server's RRset has records and none matches the
+    deployed chain, or has no records at all: the chain's records there, as zone lines."""
+    names = getattr(state, "names", {}) or {}
+    matches = getattr(deployed, "matches", None)
+    if matches is None:
+        return []
+    missing: list[str] = []
+    for name in getattr(certificate, "tlsa", ()):
+        history = names.get(name)
+        servers = getattr(history, "servers", {}) or {}
+        if not servers:
+            continue  # never observed: the self-check speaks for it
+        if any(not any(r.rdata in matches for r in rrset.records) for rrset in servers.values()):
+            needed = [r for r in getattr(deployed, "tlsa", ()) if r.name == name]
+            missing += [r.zone_line(config.dns.ttl) for r in needed] or [f"{name} (any matching)"]
+    return missing
+
+
 def facts_from_state(config: Config, state: object) -> list[LineageFacts]:
     """The facts `build_verdict` needs, from the state (the one place that reads it)."""
     lineages = getattr(state, "lineages", {}) or {}
-    records = getattr(state, "records", {}) or {}
     facts = []
     for certificate in config.certificates:
         s = lineages.get(certificate.lineage)
         deployed = getattr(s, "deployed", None)
         pending = getattr(s, "pending", None)
         missing: list[str] = []
-        if deployed is not None and records:
-            for record in getattr(deployed, "tlsa", ()):
-                record_state = records.get(record)
-                if record_state is None or getattr(record_state, "visible_since", 1) is None:
-                    missing.append(record.zone_line(config.dns.ttl))
+        if deployed is not None:
+            missing = _missing_records(config, certificate, deployed, state)
         facts.append(
             LineageFacts(
                 lineage=certificate.lineage,

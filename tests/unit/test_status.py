@@ -16,7 +16,8 @@ from structlog.testing import capture_logs
 from danesync.config import CertificateConfig as Cert
 from danesync.config import Config, DaemonConfig, DnsConfig, DnsMode, MonitorConfig
 from danesync.health import DaneCheck, Health, HealthRecorder, read_health, write_health
-from danesync.state import ChainInfo, LineageState, RecordState, State, save_state
+from danesync.history import NameHistory, RRset
+from danesync.state import ChainInfo, Failure, LineageState, State, StateStore
 from danesync.status import read_daemon_running, run_status
 from danesync.tlsa import TlsaRecord
 from danesync.verdict import (
@@ -25,6 +26,7 @@ from danesync.verdict import (
     build_unit_status,
     build_verdict,
     facts_from_state,
+    failures_from_state,
 )
 
 NOW = dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)
@@ -289,24 +291,29 @@ class TestVerdict:
         assert build_unit_status(ok) == "1/1 deployed, records published"
 
 
+def chain_info(not_after: dt.datetime, matches: frozenset[str]) -> ChainInfo:
+    return ChainInfo(
+        fingerprint="f" * 64,
+        serial="01",
+        not_before=not_after - 90 * DAY,
+        not_after=not_after,
+        issuer="CN=x",
+        key_algorithm="ecdsa",
+        version=1,
+        names=(MX,),
+        leaf_spki="0" * 64,
+        issuer_spki="ab" * 32,
+        matches=matches,
+        tlsa=(RECORD,),
+    )
+
+
 class TestFactsFromState:
     """The one reader of the state gives the facts the verdict needs."""
 
     def test_deployed_pending_failed_and_missing(self) -> None:
-        from tests.harness.certs import Hierarchy
-
-        h = Hierarchy()
-        leaf = h.issue([MX])
-        info = ChainInfo(
-            fingerprint="f" * 64,
-            serial="01",
-            not_after=NOW + DAY,
-            issuer="CN=x",
-            key_algorithm="ecdsa",
-            version=1,
-            tlsa=(RECORD,),
-        )
-        del leaf
+        info = chain_info(NOW + DAY, frozenset({RECORD.rdata}))
+        other = TlsaRecord(NAME, 2, 1, 1, "cd" * 32)
         state = State(
             lineages={
                 MX: LineageState(
@@ -317,18 +324,36 @@ class TestFactsFromState:
                     failed_reason="no",
                 )
             },
-            records={RECORD: RecordState(published=True, visible_since=None)},
+            names={NAME: NameHistory(NAME, servers={"127.0.0.1:53": RRset.of([other], 300)})},
         )
         (facts,) = facts_from_state(config(), state)
         assert facts.deployed_serial == "01" and facts.pending_serial == "01"
         assert facts.failed_reason == "no" and facts.proceed_at == NOW + MINUTE
         assert facts.missing_records == (RECORD.zone_line(300),)
-        state.records[RECORD].visible_since = NOW
+        state.names[NAME] = NameHistory(
+            NAME, servers={"127.0.0.1:53": RRset.of([other, RECORD], 300)}
+        )
         assert facts_from_state(config(), state)[0].missing_records == ()
 
     def test_empty_state(self) -> None:
         (facts,) = facts_from_state(config(), State())
         assert facts.deployed_serial is None
+
+    def test_failures(self) -> None:
+        state = State(
+            failures={
+                "deploy postfix x": Failure("deploy", "postfix", "reload failed", NOW, 2, MX),
+                "observe dns ": Failure("observe", "dns", "timeout", NOW),
+            }
+        )
+        failures = failures_from_state(state)
+        result = build_verdict(config(), [deployed()], healthy(), True, NOW, failures)
+        assert result.level is Level.CRITICAL
+        assert [p.level for p in result.problems] == [Level.CRITICAL, Level.WARNING]
+        assert "deploy failing (postfix): reload failed" in result.summary
+        only_dns = [f for f in failures if f.step == "observe"]
+        result = build_verdict(config(), [deployed()], healthy(), True, NOW, only_dns)
+        assert result.level is Level.WARNING and "while nothing is at stake" in result.summary
 
 
 class TestDaemonRunning:
@@ -409,10 +434,8 @@ class TestRunStatus:
             state=type(Config(path=tmp_path).state)(dir=tmp_path),
             certificates=config().certificates,
         )
-        info = ChainInfo(
-            "f" * 64, "01", dt.datetime.now(dt.UTC) + 60 * DAY, "CN=x", "ecdsa", 1, (RECORD,)
-        )
-        save_state(tmp_path, State(lineages={MX: LineageState(deployed=info)}))
+        info = chain_info(dt.datetime.now(dt.UTC) + 60 * DAY, frozenset({RECORD.rdata}))
+        StateStore(tmp_path).save(State(lineages={MX: LineageState(deployed=info)}))
         out = io.StringIO()
         assert run_status(cfg, as_json=False, out=out) == 2  # no daemon ever reported
         first = out.getvalue().splitlines()[0]

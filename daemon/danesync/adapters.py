@@ -1,0 +1,234 @@
+"""The real ports: thin wrappers over actions/ (Postfix, DNS, files, probe),
+certbot's live/ and the system clock. Each is tested against the real thing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from danesync.actions import dns as dns_actions
+from danesync.actions import files, postfix, probe
+from danesync.certbot import read_chain
+from danesync.chain import Chain, LineageFiles, validate_chain
+from danesync.config import CertificateConfig, Config
+from danesync.errors import ChainError, DnsError, LineagePending, ProbeError
+from danesync.history import RRset
+from danesync.pem import PemError, split_pem
+from danesync.plan import Problem
+from danesync.ports import Answers, Offer, ProbeRequest
+from danesync.state import ChainInfo
+from danesync.tlsa import TlsaRecord
+from danesync.tsigkey import TsigKey, read_tsig_key
+
+PROBE_WORKERS = 16  # concurrent STARTTLS probes after a deploy
+
+
+class SystemClock:
+    def wall(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+def offer_from_chain(chain: Chain) -> Offer:
+    return Offer(ChainInfo.from_chain(chain), chain.deploy_pem, chain)
+
+
+class CertbotLineages:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def read_candidate(self, certificate: CertificateConfig, now: dt.datetime) -> Offer | Problem:
+        try:
+            return offer_from_chain(read_chain(self.config.certbot.config_dir, certificate, now))
+        except LineagePending as pending:
+            return Problem(pending.reason, pending=True)
+        except ChainError as error:
+            return Problem(error.reason)
+
+    def read_deployed(self, certificate: CertificateConfig, data: bytes) -> Offer | None:
+        try:
+            blocks = split_pem(data, certificate.lineage)
+            keys = b"".join(b.text for b in blocks if b.label.endswith("PRIVATE KEY"))
+            certificates = [b.text for b in blocks if b.label == "CERTIFICATE"]
+            lineage_files = LineageFiles(
+                certificate.lineage,
+                0,
+                privkey=keys,
+                cert=certificates[0],
+                chain=b"".join(certificates[1:]),
+                fullchain=b"".join(certificates),
+            )
+            # Expiry does not matter here: the question is what is served.
+            chain = validate_chain(
+                lineage_files,
+                certificate.hostnames,
+                certificate.tlsa,
+                certificate.usages,
+                _any_time_within(certificates[0]),
+            )
+        except (PemError, ChainError, IndexError, ValueError):
+            return None
+        return offer_from_chain(chain)
+
+
+def _any_time_within(leaf_pem: bytes) -> dt.datetime:
+    from cryptography import x509
+
+    from danesync.chain import _not_after, _not_before
+
+    leaf = x509.load_pem_x509_certificate(leaf_pem)
+    return _not_before(leaf) + (_not_after(leaf) - _not_before(leaf)) / 2
+
+
+class RealPostfix:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.deploy_dir = config.postfix.deploy_dir
+        self.config_dir = config.postfix.config_dir
+
+    def chain_path(self, lineage: str) -> Path:
+        return files.chain_file_path(self.deploy_dir, lineage)
+
+    def read_chain_file(self, lineage: str) -> bytes | None:
+        try:
+            return self.chain_path(lineage).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def install_chain_file(self, lineage: str, pem: bytes) -> None:
+        files.install_chain_file(self.deploy_dir, lineage, pem)
+
+    def restore_chain_file(self, lineage: str) -> bool:
+        return files.restore_chain_file(self.deploy_dir, lineage)
+
+    def _table(self) -> Path:
+        return self.deploy_dir / postfix.SNI_TABLE_NAME
+
+    def sni_table_exists(self) -> bool:
+        return self._table().exists()
+
+    def sni_maps_value(self) -> str:
+        return postfix.build_sni_maps_value(self._table())
+
+    def write_sni_table(self, entries: Mapping[str, Sequence[Path]]) -> None:
+        postfix.write_sni_table(self.deploy_dir, entries)
+
+    def write_parameter_changes(self, wanted: Mapping[str, str | None]) -> dict[str, str | None]:
+        # Until postfix.py takes None (postconf -X), a parameter to remove is set empty.
+        previous = postfix.write_parameter_changes(
+            self.config_dir, {k: v or "" for k, v in wanted.items()}
+        )
+        return dict(previous)
+
+    def write_parameters(self, values: Mapping[str, str | None]) -> None:
+        postfix.write_parameters(self.config_dir, {k: v or "" for k, v in values.items()})
+
+    def reload(self) -> None:
+        postfix.reload_postfix(self.config_dir)
+
+    def confirm_served(self, requests: Sequence[ProbeRequest]) -> dict[str, bool]:
+        endpoint = self.config.postfix.probe
+        if endpoint is None or not requests:
+            return {r.lineage: True for r in requests}
+
+        def confirm(request: ProbeRequest) -> bool:
+            return _wait_for_fingerprint(endpoint.host, endpoint.port, request)
+
+        with ThreadPoolExecutor(max_workers=min(PROBE_WORKERS, len(requests))) as pool:
+            outcomes = list(pool.map(confirm, requests))
+        return {r.lineage: ok for r, ok in zip(requests, outcomes, strict=True)}
+
+    def probe_served(self, servername: str | None) -> str | None:
+        endpoint = self.config.postfix.probe
+        if endpoint is None:
+            return None
+        try:
+            der = probe.probe_starttls(endpoint.host, endpoint.port, servername=servername)
+        except ProbeError:
+            return None
+        return hashlib.sha256(der).hexdigest()
+
+
+def _wait_for_fingerprint(
+    host: str, port: int, request: ProbeRequest, deadline: float = 10, interval: float = 0.25
+) -> bool:
+    """Probe until the leaf with `request.fingerprint` is served, or `deadline` passes.
+
+    A reload is asynchronous: the first probes after it may still see the old chain.
+    """
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            der = probe.probe_starttls(
+                host, port, request.servername, 5, key_algorithm=request.key_algorithm
+            )
+            if hashlib.sha256(der).hexdigest() == request.fingerprint:
+                return True
+        except ProbeError:
+            pass
+        if time.monotonic() + interval >= end:
+            return False
+        time.sleep(interval)
+
+
+class RealDns:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        server = config.dns.server
+        self._primary = None if server is None else dns_actions.Server(server.host, server.port)
+        self.primary = None if server is None else str(server)
+        self._verify: list[dns_actions.Server] | None = None
+        self._key: TsigKey | None = None
+
+    def _servers(self) -> list[dns_actions.Server]:
+        if self._verify is None:
+            configured = self.config.dns.verify_servers
+            if configured:
+                self._verify = [dns_actions.Server(e.host, e.port) for e in configured]
+            else:
+                zone = self.config.dns.zone
+                if self._primary is None or zone is None:
+                    raise DnsError("no verify_servers, and no dns.server and dns.zone to find them")
+                self._verify = dns_actions.find_verify_servers(zone, self._primary)
+            if self._primary is not None and self._primary not in self._verify:
+                self._verify.append(self._primary)  # what danesync's updates change
+        return self._verify
+
+    def query(self, names: Sequence[str]) -> Answers:
+        try:
+            servers = self._servers()
+        except DnsError as error:
+            return Answers({}, (str(error),))
+        visibility = dns_actions.query_visibility(servers, names)
+        rrsets: dict[str, dict[str, RRset]] = {}
+        for name in visibility.names:
+            per_server = visibility.answers.get(name, {})
+            ttls = visibility.ttls.get(name, {})
+            rrsets[name] = {
+                str(server): RRset.of(records, ttls.get(server, 0))
+                for server, records in per_server.items()
+            }
+        fresh = frozenset(n for n in visibility.names if not visibility.errors.get(n))
+        return Answers(rrsets, visibility.problems(), fresh)
+
+    def update(
+        self,
+        add: Sequence[TlsaRecord],
+        delete: Sequence[TlsaRecord],
+        ttl: int,
+        expected: Mapping[str, frozenset[TlsaRecord]],
+    ) -> dns_actions.UpdateResult:
+        zone = self.config.dns.zone
+        if self._primary is None or zone is None:
+            raise DnsError("dns.server and dns.zone are needed to publish")
+        if self._key is None and self.config.dns.tsig_key_file is not None:
+            self._key = read_tsig_key(self.config.dns.tsig_key_file)
+        return dns_actions.send_tlsa_update(
+            self._primary, zone, self._key, add=add, delete=delete, ttl=ttl, expected=expected
+        )
