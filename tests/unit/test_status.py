@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import structlog
-from structlog.testing import capture_logs
 
 from danesync.config import CertificateConfig as Cert
 from danesync.config import Config, DaemonConfig, DnsConfig, DnsMode, MonitorConfig
@@ -393,26 +392,40 @@ class TestHealthRecorder:
 
     def test_counts_errors_and_remembers_lineage_failures(self) -> None:
         recorder = HealthRecorder(pid=1, now=NOW)
-        with capture_logs(processors=[recorder.processor]):
-            log = structlog.get_logger("danesync")
-            recorder.pass_started()
-            log.error("dns.failed", reason="timeout")
-            log.error("chain.rolled_back", lineage=MX, reason="probe")
-            log.warning("renewal.suggested", lineage=MX, reason="ARI window open")
-            log.info("tlsa.published")
+
+        def log(level: str, event: str, **fields: str) -> None:
+            # As structlog calls a processor (capture_logs takes none on structlog 22).
+            recorder.processor(None, level, {"event": event, **fields})
+
+        recorder.pass_started()
+        log("error", "dns.failed", reason="timeout")
+        log("error", "chain.rolled_back", lineage=MX, reason="probe")
+        log("warning", "renewal.suggested", lineage=MX, reason="ARI window open")
+        log("info", "tlsa.published")
         health = recorder.pass_finished(failed=False, now=NOW)
         assert health.failures == {"dns.failed": 1, "chain.rolled_back": 1}
         assert health.lineage_failures == {MX: "chain.rolled_back: probe"}
         assert health.lineage_warnings == {MX: "renewal.suggested: ARI window open"}
         assert health.dns_failure == "timeout"
         assert health.last_pass == NOW and health.last_success is None
-        with capture_logs(processors=[recorder.processor]):
-            recorder.pass_started()
-            structlog.get_logger("danesync").info("chain.deployed", lineage=MX)
+        recorder.pass_started()
+        log("info", "chain.deployed", lineage=MX)
         health = recorder.pass_finished(failed=False, now=NOW + MINUTE)
         assert health.lineage_failures == {} and health.lineage_warnings == {}
         assert health.last_success == NOW + MINUTE and health.dns_failure is None
         assert health.failures == {"dns.failed": 1, "chain.rolled_back": 1}
+
+    def test_installed_first_in_structlog(self) -> None:
+        recorder = HealthRecorder(pid=1, now=NOW)
+        saved = structlog.get_config()
+        try:
+            structlog.configure(processors=[structlog.processors.JSONRenderer()])
+            recorder.install()
+            recorder.install()  # once only
+            processors = structlog.get_config()["processors"]
+            assert processors[0] == recorder.processor and len(processors) == 2
+        finally:
+            structlog.configure(**saved)
 
     def test_round_trip(self, tmp_path: Path) -> None:
         health = healthy(failures={"dns.failed": 2}, dane=(check("broken"),))
