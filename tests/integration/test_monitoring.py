@@ -48,7 +48,12 @@ class Host:
     """A config for the module's Postfix and this test's BIND; the daemon on it."""
 
     def __init__(
-        self, root: Path, postfix: PostfixInstance, bind: BindServer, mode: str = "rfc2136"
+        self,
+        root: Path,
+        postfix: PostfixInstance,
+        bind: BindServer,
+        mode: str = "rfc2136",
+        certificates: list[dict[str, Any]] | None = None,
     ) -> None:
         self.root = root
         self.mode = mode
@@ -82,7 +87,7 @@ class Host:
                 # Loopback only: no system resolver in tests.
                 "monitor": {"textfile": self.textfile, "check_interval": CHECK, "resolver": "off"},
             },
-            [{"lineage": MX, "tlsa": [NAME]}],
+            certificates or [{"lineage": MX, "tlsa": [NAME]}],
         )
 
     def start(self) -> None:
@@ -308,5 +313,50 @@ class TestRolloverWaiting:
             # 2 * (rollover_wait + ttl) + 2 intervals + 10 s grace: about 22 s.
             text = host.wait_status(1, limit=60, contains="waiting since")
             assert text.startswith("DANESYNC WARNING - ")
+        finally:
+            host.stop()
+
+
+class TestBothKeyTypes:
+    """RSA and ECDSA default chains: a sender may get either, so both are judged."""
+
+    def test_only_the_broken_key_type_is_reported(
+        self, tmp_path: Path, postfix: PostfixInstance, bind: BindServer
+    ) -> None:
+        ec_ca = Hierarchy(f"EC {uuid.uuid4().hex[:8]}")
+        rsa_ca = Hierarchy(f"RSA {uuid.uuid4().hex[:8]}")
+        host = Host(
+            tmp_path,
+            postfix,
+            bind,
+            mode="check",
+            certificates=[
+                {"lineage": "mx-ec", "hostnames": [MX], "tlsa": [NAME]},
+                {"lineage": "mx-rsa", "hostnames": [MX], "tlsa": [NAME]},
+            ],
+        )
+        try:
+            make_lineage(host.letsencrypt, "mx-ec", ec_ca.issue([MX]))
+            make_lineage(host.letsencrypt, "mx-rsa", rsa_ca.issue([MX], key_kind="rsa"))
+            bind.add_record(NAME, "TLSA", ta(ec_ca))
+            bind.add_record(NAME, "TLSA", ta(rsa_ca))
+            host.start()
+            host.wait_for(lambda: len(host.events("chain.deployed")) >= 2)
+            host.wait_status(0, contains="2/2 deployed")
+            document = host.status()[2]
+            judged = {
+                (c["lineage"], c["key_algorithm"], c["outcome"]) for c in document["selfcheck"]
+            }
+            assert judged == {("mx-ec", "ecdsa", "valid"), ("mx-rsa", "rsa", "valid")}
+
+            mark = len(host.events("dane.broken"))
+            bind.delete_record(NAME, "TLSA", ta(rsa_ca))  # the RSA chain loses its record
+            text = host.wait_status(2, contains="dane.broken")
+            assert text.splitlines()[0].startswith("DANESYNC CRITICAL - mx-rsa: ")
+            problems = [line for line in text.splitlines() if line.startswith("  CRITICAL")]
+            assert problems and all("mx-rsa" in line for line in problems), text
+            host.wait_for(lambda: len(host.events("dane.broken")) > mark)
+            broken = host.events("dane.broken")[mark:]
+            assert {(e["lineage"], e["key_algorithm"]) for e in broken} == {("mx-rsa", "rsa")}
         finally:
             host.stop()
