@@ -356,3 +356,38 @@ class TestJudge:
     def test_base_domain(self) -> None:
         assert base_domain("_25._tcp.MX.example.test.") == "mx.example.test"
         assert base_domain("mx.example.test") == "mx.example.test"
+
+
+class TestBuildChecks:
+    """Every served chain against every distinct RRset; probe and DNS errors kept apart."""
+
+    def test_chains_times_distinct_rrsets(self) -> None:
+        from danesync.selfcheck import Published, Served, build_checks
+
+        case = CASES[2]  # "2 1 1 issuer": valid
+        served = Served(tuple(der(c) for c in case.served))
+        stale = Published("verify server b", frozenset({record(2, 1, 1, CASES[0].served[-1])}))
+        good = frozenset(case.records)
+        checks = build_checks(
+            NAME,
+            ["one", "two"],
+            [served, Served(error="no answer")],
+            [
+                Published("verify server a", good),
+                Published("verify server c", good),
+                stale,
+                Published("verify server d", error="timeout"),
+            ],
+            NOW,
+            deployed={"two": served.fingerprint or ""},
+        )
+        by_source = {c.source: c for c in checks}
+        assert by_source["verify server a, verify server c"].outcome == "valid"
+        assert by_source["verify server a, verify server c"].lineage == "two"
+        assert by_source["verify server a, verify server c"].key_algorithm == "ecdsa"
+        assert by_source["verify server d"].outcome == "error"
+        assert by_source["probe"].outcome == "error" and by_source["probe"].lineage == "one, two"
+        assert by_source["verify server b"].outcome == "broken"
+        assert by_source["verify server b"].published == tuple(
+            sorted(r.rdata for r in stale.records)
+        )
