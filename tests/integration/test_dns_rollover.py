@@ -81,7 +81,7 @@ def test_record_deleted_by_hand_is_republished(
     assert dns_server.dig_tlsa(NAME) == {ta(old)}
 
 
-def test_wrong_secret_holds_and_says_so(
+def test_wrong_secret_says_so(
     tmp_path: Path, postfix: PostfixInstance, dns_server: BindServer, old: Hierarchy
 ) -> None:
     bad_key = tmp_path / "bad.key"
@@ -96,11 +96,13 @@ def test_wrong_secret_holds_and_says_so(
     reason = str(failed["reason"])
     assert "BADSIG" in reason and "secret" in reason, reason
     assert "QUFB" not in str(events)
-    assert not (tmp_path / "deploy" / f"{MX}.pem").exists()
+    # No TLSA records exist, so no cache can hold any: the chain is deployed
+    # first (DESIGN.md, "deploy first, then publish") and the publish fails.
+    assert "chain.deployed" in names(events)
     assert dns_server.dig_tlsa(NAME) == set()
 
 
-def test_policy_refusal_holds_and_says_so(
+def test_policy_refusal_says_so(
     tmp_path: Path, postfix: PostfixInstance, dns_server: BindServer, old: Hierarchy
 ) -> None:
     other = "_25._tcp.other.example.test"
@@ -112,4 +114,4 @@ def test_policy_refusal_holds_and_says_so(
     reason = str(failed["reason"])
     assert "REFUSED" in reason and f"{other}. TLSA" in reason, reason
     assert "does not know TSIG key" not in reason
-    assert not (tmp_path / "deploy" / f"{MX}.pem").exists()
+    assert "chain.deployed" in names(events)  # no records yet: deploy first, then publish
