@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ from danesync.tlsa import TlsaRecord
 log = structlog.get_logger("danesync")
 
 WORKERS = 8  # names checked side by side
+# Seconds one run may take: the loop (and systemd's watchdog ping) waits for it.
+# A host with more names than fit is checked round-robin over several runs.
+BUDGET = 20.0
 ALGORITHMS = ("ecdsa", "rsa")  # Postfix serves at most one default chain of each
 
 
@@ -249,6 +253,8 @@ class SelfChecker:
         self.config = config
         self.clock = clock
         self._servers: list[dns_actions.Server] | None = None
+        self._cursor = 0  # where the next run starts, when one run cannot check every name
+        self._last: dict[str, tuple[DaneCheck, ...]] = {}  # name -> its last checks
         self._broken: dict[tuple[str, str, str | None], tuple[str | None, tuple[str, ...]]] = {}
 
     @property
@@ -261,6 +267,7 @@ class SelfChecker:
         lineages: Collection[str] | None = None,
         *,
         log_changes: bool = True,
+        budget: float = BUDGET,
     ) -> tuple[DaneCheck, ...]:
         """Check every TLSA name (of `lineages` only, if given); log what changed."""
         endpoint = self.config.postfix.probe
@@ -286,8 +293,20 @@ class SelfChecker:
             published = read_published(servers, name, self.config.monitor.resolver)
             return build_checks(name, lineages, served, published, now, deployed)
 
-        with ThreadPoolExecutor(max_workers=max(1, min(WORKERS, len(names)))) as pool:
-            checks = tuple(c for found in pool.map(check, names.items()) for c in found)
+        items = list(names.items())
+        start = self._cursor % len(items)
+        ordered = items[start:] + items[:start]
+        give_up = time.monotonic() + budget
+        done = 0
+        with ThreadPoolExecutor(max_workers=max(1, min(WORKERS, len(items)))) as pool:
+            while done < len(ordered) and (done == 0 or time.monotonic() < give_up):
+                batch = ordered[done : done + WORKERS]
+                for (name, _), found in zip(batch, pool.map(check, batch), strict=True):
+                    self._last[name] = found
+                done += len(batch)
+        self._cursor = start + done
+        # Names this run did not reach keep their last checks (until their turn).
+        checks = tuple(c for name, _ in items for c in self._last.get(name, ()))
         if log_changes:
             self._log_changes(checks)
         return checks

@@ -391,3 +391,47 @@ class TestBuildChecks:
         assert by_source["verify server b"].published == tuple(
             sorted(r.rdata for r in stale.records)
         )
+
+
+class TestRoundRobin:
+    """A host with more names than one run's time allows is checked over several runs."""
+
+    def test_budget_spreads_names_over_runs(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from danesync import selfcheck
+        from danesync.config import CertificateConfig, Config, DnsConfig, Endpoint, PostfixConfig
+
+        names = [f"_25._tcp.mx{i}.example.test." for i in range(20)]
+        config = Config(
+            path=Path("/x"),
+            postfix=PostfixConfig(probe=Endpoint("127.0.0.1", 25)),
+            dns=DnsConfig(verify_servers=(Endpoint("127.0.0.1", 53),)),
+            certificates=tuple(
+                CertificateConfig(f"mx{i}", (f"mx{i}.example.test",), (name,))
+                for i, name in enumerate(names)
+            ),
+        )
+        asked: list[str] = []
+
+        def served(host: str, port: int, servername: str) -> list[selfcheck.Served]:
+            asked.append(servername)
+            return [selfcheck.Served(tuple(der(c) for c in CASES[2].served))]
+
+        def published(servers: object, name: str, resolver: str) -> list[selfcheck.Published]:
+            # DANE-EE: the test leaf does not carry these names.
+            ee = record(3, 1, 1, CASES[2].served[0])
+            return [selfcheck.Published("verify server a", frozenset({ee}))]
+
+        monkeypatch.setattr(selfcheck, "read_served", served)
+        monkeypatch.setattr(selfcheck, "read_published", published)
+        checker = selfcheck.SelfChecker(config, clock=lambda: NOW)
+        first = checker.run(budget=0, log_changes=False)  # one batch per run
+        hosts = [base_domain(n) for n in names]
+        w = selfcheck.WORKERS
+        assert asked == hosts[:w] and len(first) == w
+        checker.run(budget=0, log_changes=False)
+        last = checker.run(budget=0, log_changes=False)
+        assert asked[w:] == hosts[w : 2 * w] + (hosts[2 * w :] + hosts)[:w]  # wraps around
+        assert {c.name for c in last} == set(names)  # earlier runs' results are kept
+        assert all(c.outcome == "valid" for c in last)
+        checker.run(budget=0, log_changes=False)
+        assert asked[3 * w :] == (hosts + hosts)[3 * w - len(hosts) :][:w]
