@@ -189,7 +189,8 @@ class HealthRecorder:
                 failures[event] = failures.get(event, 0) + 1
                 health = replace(health, failures=failures)
                 self._pass_failed = True
-                if isinstance(lineage, str) and event != "dane.broken":
+                # The self-check and DNS have their own places in the verdict.
+                if isinstance(lineage, str) and event not in ("dane.broken", "dns.failed"):
                     lineage_failures = dict(health.lineage_failures)
                     lineage_failures[lineage] = f"{event}: {reason}" if reason else event
                     health = replace(health, lineage_failures=lineage_failures)
