@@ -8,6 +8,7 @@ against it.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tomllib
@@ -119,10 +120,12 @@ class Config:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def certificate(self, lineage: str) -> CertificateConfig | None:
-        for cert in self.certificates:
-            if cert.lineage == lineage:
-                return cert
-        return None
+        return self._by_lineage.get(lineage)
+
+    @functools.cached_property
+    def _by_lineage(self) -> dict[str, CertificateConfig]:
+        # A dict, not a scan: the planner asks once per lineage (10,000 of them).
+        return {cert.lineage: cert for cert in self.certificates}
 
 
 # --- the schema ------------------------------------------------------------
@@ -434,6 +437,12 @@ def build_config(document: Mapping[str, Any], path: Path) -> Config:
         problems.append(
             'dns.server: required when dns.mode is "check" and dns.verify_servers is not set: '
             "danesync must know which authoritative servers to ask for the TLSA records"
+        )
+    deploy_dir = sections["postfix"].get("deploy_dir")
+    if deploy_dir is not None and re.search(r"[\s,]", str(deploy_dir)):
+        problems.append(
+            f"postfix.deploy_dir: {str(deploy_dir)!r} contains whitespace or a comma, which "
+            "Postfix cannot take in smtpd_tls_chain_files (its lists have no quoting)"
         )
     if zone is not None and mode is DnsMode.RFC2136:
         for cert in certificates:

@@ -48,7 +48,10 @@ class Runtime:
     visible: dict[str, frozenset[TlsaRecord]] = field(default_factory=dict)
 
     def save(self) -> None:
+        self.crash("save")
         self.state.last_wall = self.clock.wall()
+        self.state.last_monotonic = self.clock.monotonic()
+        self.state.boot = self.clock.boot()
         self.store.save(self.state)
 
     def fail(
@@ -66,6 +69,7 @@ class Runtime:
         attempts = previous.attempts + 1 if previous else 1
         since = previous.since if previous else self.clock.wall()
         self.state.failures[key] = Failure(step, target, reason, since, attempts, lineage)
+        self.save()  # `status` must show it even if nothing else is saved in this pass
         log.error(
             "pass.failed",
             step=step,

@@ -66,7 +66,6 @@ class Service:
         self.logs = DecisionLog()
         self.monitor = Monitor(config)
         self._full_pass_candidates: dict[str, object] = {}
-        self._clock_mark: tuple[dt.datetime, float] | None = None
         if loaded.note is not None:
             log.warning("state.rebuilt", reason=loaded.note)
         if loaded.legacy is not None:
@@ -159,19 +158,23 @@ class Service:
         execute_plan(rt, Plan((), steps), pems, result)
 
     def _check_clock(self) -> None:
-        """Waits survive clock steps: on a wall-clock jump the waits restart."""
+        """Waits survive clock steps: on a wall-clock jump the waits restart.
+
+        The monotonic clock at the last save (same boot) says how much wall
+        time should have passed; after a reboot only a step back shows.
+        """
         rt = self.rt
-        wall, mono = rt.clock.wall(), rt.clock.monotonic()
-        mark = self._clock_mark
-        self._clock_mark = (wall, mono)
-        if mark is None:
-            # Across a restart only a step back can be told from downtime.
-            before = rt.state.last_wall
-            if before is None or wall >= before - CLOCK_TOLERANCE:
+        wall, mono, boot = rt.clock.wall(), rt.clock.monotonic(), rt.clock.boot()
+        state = rt.state
+        if state.last_wall is None:
+            return
+        if state.last_monotonic is not None and state.boot == boot and boot:
+            before = state.last_wall + dt.timedelta(seconds=mono - state.last_monotonic)
+            if abs(wall - before) <= CLOCK_TOLERANCE:
                 return
         else:
-            before = mark[0] + dt.timedelta(seconds=mono - mark[1])
-            if abs(wall - before) <= CLOCK_TOLERANCE:
+            before = state.last_wall
+            if wall >= before - CLOCK_TOLERANCE:
                 return
         log.warning(
             "clock.jumped",
@@ -221,6 +224,7 @@ class Service:
     def run_monitoring(self) -> None:
         """Expiry warnings and ARI for the lineages the last full pass read."""
         now = self.rt.clock.wall()
+        self.monitor.warn_service_certificates()
         self.monitor.warn_expiring(self.rt.state, now)
         self.monitor.check_renewal_info(self.rt.state, self._full_pass_candidates, now)
 
@@ -262,8 +266,8 @@ def run_sync(config: Config) -> int:
     from danesync.lock import acquire_lock
     from danesync.log import configure_logging
 
+    lock = acquire_lock(config.state.dir)  # before anything else: exit 75 says it all
     configure_logging("auto")
-    lock = acquire_lock(config.state.dir)
     try:
         result = Service(config).reconcile()
     finally:

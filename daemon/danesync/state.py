@@ -191,7 +191,11 @@ class State:
     lineages: dict[str, LineageState] = field(default_factory=dict)
     names: dict[str, NameHistory] = field(default_factory=dict)
     failures: dict[str, Failure] = field(default_factory=dict)
-    last_wall: dt.datetime | None = None  # the wall clock at the last save
+    # The clocks at the last save: within one boot, monotonic time tells a
+    # wall-clock jump from downtime, even across a restart.
+    last_wall: dt.datetime | None = None
+    last_monotonic: float | None = None
+    boot: str | None = None
 
     def lineage(self, name: str) -> LineageState:
         return self.lineages.setdefault(name, LineageState())
@@ -213,6 +217,8 @@ class State:
             "version": SCHEMA_VERSION,
             "reload_pending": self.reload_pending,
             "last_wall": _time_to_json(self.last_wall),
+            "last_monotonic": self.last_monotonic,
+            "boot": self.boot,
             "failures": {k: f.to_json() for k, f in sorted(self.failures.items())},
         }
 
@@ -251,7 +257,7 @@ class Loaded:
     legacy: dict[str, Any] | None = None  # a v1 document, for the service to migrate
 
 
-def build_state(directory: Path) -> Loaded:
+def read_state(directory: Path) -> Loaded:
     """Read the state directory. Never raises for content: a file that is not
     understood is moved aside and the state rebuilt from what is observed."""
     path = directory / FILENAME
@@ -274,15 +280,29 @@ def build_state(directory: Path) -> Loaded:
 
 
 def _parse(directory: Path, data: dict[str, Any]) -> State:
-    state = State(last_wall=_optional_time_from_json(data.get("last_wall")))
+    documents = {FILENAME: data}
+    for sub in (LINEAGES, NAMES):
+        for file in sorted((directory / sub).glob("*.json")):
+            documents[f"{sub}/{file.name}"] = json.loads(file.read_text())
+    return build_state_from_documents(documents)
+
+
+def build_state_from_documents(documents: dict[str, Any]) -> State:
+    """The state from its parsed files (relative path -> JSON value)."""
+    data = documents[FILENAME]
+    state = State(
+        last_wall=_optional_time_from_json(data.get("last_wall")),
+        last_monotonic=data.get("last_monotonic"),
+        boot=data.get("boot"),
+    )
     state.failures = {k: Failure.from_json(v) for k, v in data.get("failures", {}).items()}
-    for file in sorted((directory / LINEAGES).glob("*.json")):
-        state.lineages[file.name.removesuffix(".json")] = LineageState.from_json(
-            json.loads(file.read_text())
-        )
-    for file in sorted((directory / NAMES).glob("*.json")):
-        owner = file.name.removesuffix("json")
-        state.names[owner] = NameHistory.from_json(owner, json.loads(file.read_text()))
+    for path, value in sorted(documents.items()):
+        if path.startswith(f"{LINEAGES}/"):
+            name = path.removeprefix(f"{LINEAGES}/").removesuffix(".json")
+            state.lineages[name] = LineageState.from_json(value)
+        elif path.startswith(f"{NAMES}/"):
+            owner = path.removeprefix(f"{NAMES}/").removesuffix("json")
+            state.names[owner] = NameHistory.from_json(owner, value)
     return state
 
 
@@ -322,7 +342,7 @@ class StateStore:
         self._written: dict[str, bytes] = {}
 
     def load(self) -> Loaded:
-        loaded = build_state(self.directory)
+        loaded = read_state(self.directory)
         if loaded.note is None:
             self._written = loaded.state.documents()
         return loaded
