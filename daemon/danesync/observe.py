@@ -32,9 +32,17 @@ def observe_dns(rt: Runtime, names: Iterable[str], result: PassResult) -> frozen
     if answers.problems:
         reason = "; ".join(answers.problems)
         log.error("dns.failed", reason=reason)
-        rt.fail(result, "observe", "dns", reason)
+    # One failure per server (status shows each with since when); "dns" when
+    # not even the servers could be found.
+    if answers.problems and not answers.servers:
+        rt.fail(result, "observe", "dns", "; ".join(answers.problems))
     else:
         rt.succeeded("observe", "dns")
+    for server, problem in sorted(answers.servers.items()):
+        if problem is None:
+            rt.succeeded("observe", server)
+        else:
+            rt.fail(result, "observe", server, problem)
     now = rt.clock.wall()
     floor = rt.config.dns.rollover_wait
     for name, per_server in sorted(answers.rrsets.items()):
@@ -90,11 +98,13 @@ def read_on_disk(
     rt: Runtime, certificate: CertificateConfig, candidate: Offer | Problem | None
 ) -> tuple[str | None, bytes | None]:
     """The leaf of a lineage's chain file (None: missing or unreadable), and its bytes."""
+    if isinstance(candidate, Offer) and rt.postfix.chain_file_holds(
+        certificate.lineage, candidate.pem
+    ):
+        return candidate.info.fingerprint, candidate.pem  # no read while its stat is unchanged
     data = rt.postfix.read_chain_file(certificate.lineage)
     if data is None:
         return None, None
-    if isinstance(candidate, Offer) and data == candidate.pem:
-        return candidate.info.fingerprint, data
     offer = rt.lineages.read_deployed(certificate, data)
     return (offer.info.fingerprint if offer else None), data
 

@@ -34,6 +34,7 @@ from danesync.decisions import (
     Step,
     Verb,
 )
+from danesync.families import build_holding_family_records
 from danesync.history import RRset, is_never, possible_versions
 from danesync.matching import rrset_accepts
 from danesync.needs import Holding, build_holdings, build_needed_records
@@ -138,7 +139,12 @@ def plan_pass(config: Config, state: State, obs: Observations, now: dt.datetime)
     for holding in holdings:
         for owner in holding.names:
             by_name.setdefault(owner, []).append(holding)
-    needed = build_needed_records(holdings, obs.extra_records)
+    # Issuer families (danesync.families): every member's 2 1 1 stays published;
+    # `obs.extra_records` adds what a caller pre-publishes beside them.
+    extra = dict(build_holding_family_records(config, holdings, now))
+    for lineage, records in (obs.extra_records or {}).items():
+        extra[lineage] = (*extra.get(lineage, ()), *records)
+    needed = build_needed_records(holdings, extra)
 
     steps: list[Step] = []
     publishes: dict[str, RRset] = {}

@@ -8,7 +8,7 @@ the simulation (tests/sim/).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -47,6 +47,9 @@ class Answers:
     rrsets: Mapping[str, Mapping[str, RRset]]
     problems: tuple[str, ...] = ()  # one line per server and name that could not be asked
     fresh: frozenset[str] = frozenset()  # names every server answered for
+    # Per server asked: the first reason it could not be asked, or None (answered
+    # everything): what `status` shows per DNS server, with since when.
+    servers: Mapping[str, str | None] = field(default_factory=dict)
 
 
 class Clock(Protocol):
@@ -64,6 +67,8 @@ class PostfixPort(Protocol):
 
     def read_chain_file(self, lineage: str) -> bytes | None: ...
 
+    def chain_file_holds(self, lineage: str, pem: bytes) -> bool: ...
+
     def install_chain_file(self, lineage: str, pem: bytes) -> None: ...
 
     def restore_chain_file(self, lineage: str) -> bool: ...
@@ -72,7 +77,9 @@ class PostfixPort(Protocol):
 
     def sni_maps_value(self) -> str: ...
 
-    def write_sni_table(self, entries: Mapping[str, Sequence[Path]]) -> None: ...
+    def write_sni_table(
+        self, entries: Mapping[str, Sequence[Path]], changed: Set[str] | None = None
+    ) -> None: ...
 
     def write_parameter_changes(self, wanted: Mapping[str, str | None]) -> dict[str, str | None]:
         """Set what differs; return the previous values of what changed (None: absent)."""

@@ -3,6 +3,7 @@ the two things every step does (save the state, report a failure)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from danesync.config import Config
+from danesync.errors import DanesyncError
 from danesync.ports import Clock, DnsPort, LineagePort, PostfixPort, StatePort
 from danesync.state import Failure, State
 from danesync.tlsa import TlsaRecord
@@ -77,6 +79,10 @@ class Runtime:
             attempts=attempts,
             **({"lineage": lineage} if lineage else {}),
         )
+        # `status` must show it even if nothing else is saved in this pass; when
+        # the state directory itself is what fails, the log line says it.
+        with contextlib.suppress(DanesyncError, OSError):
+            self.save()
 
     def succeeded(self, step: str, target: str, lineage: str | None = None) -> None:
         self.state.failures.pop(f"{step} {target} {lineage or ''}", None)

@@ -231,6 +231,7 @@ class Service:
     def run_monitoring(self) -> None:
         """Expiry warnings and ARI for the lineages the last full pass read."""
         now = self.rt.clock.wall()
+        self.monitor.warn_service_certificates()
         self.monitor.warn_expiring(self.rt.state, now)
         self.monitor.check_renewal_info(self.rt.state, self._full_pass_candidates, now)
 

@@ -314,7 +314,7 @@ class BindServer:
 options {{
 \tdirectory "{d}";
 \tpid-file "{d}/named.pid";
-\tlock-file "{d}/named.lock";
+{_lock_file_line(d)}
 \tsession-keyfile "{d}/session.key";
 \tmanaged-keys-directory "{d}";
 \tdump-file "{d}/named_dump.db";
