@@ -328,18 +328,25 @@ class StateStore:
         return loaded
 
     def save(self, state: State) -> None:
-        from danesync.actions.files import write_atomic
+        from danesync.actions.files import write_atomic, write_atomic_many
 
         documents = state.documents()
         try:
             for sub in (LINEAGES, NAMES):
                 (self.directory / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-            # Per-lineage and per-name files first, the global file last.
-            for relative in sorted(documents, key=lambda p: p == FILENAME):
-                data = documents[relative]
-                if self._written.get(relative) != data:
-                    write_atomic(self.directory / relative, data, mode=0o600)
-                    self._written[relative] = data
+            # Per-lineage and per-name files first (in one batch: one flush for
+            # all, not two fsyncs each), the global file last.
+            changed = {
+                relative: data
+                for relative, data in documents.items()
+                if relative != FILENAME and self._written.get(relative) != data
+            }
+            write_atomic_many({self.directory / r: d for r, d in changed.items()}, mode=0o600)
+            self._written.update(changed)
+            data = documents.get(FILENAME)
+            if data is not None and self._written.get(FILENAME) != data:
+                write_atomic(self.directory / FILENAME, data, mode=0o600)
+                self._written[FILENAME] = data
             for relative in set(self._written) - set(documents):
                 (self.directory / relative).unlink(missing_ok=True)
                 del self._written[relative]
