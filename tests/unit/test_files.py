@@ -219,6 +219,9 @@ class TestWriteAtomicMany:
             assert path.stat().st_mode & 0o777 == 0o600
         assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "c.json", "sub"]
         write_atomic_many({})
+        many = {tmp_path / f"{i}.json": str(i).encode() for i in range(files.SYNCFS_BATCH + 1)}
+        write_atomic_many(many)  # one syncfs for the batch
+        assert all(path.read_bytes() == data for path, data in many.items())
 
     def test_failure_leaves_no_temporary_and_the_old_file(self, tmp_path: Path) -> None:
         from danesync.actions.files import write_atomic_many

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 PREVIOUS_SUFFIX = ".prev"
+SYNCFS_BATCH = 16  # files in a batch above which one syncfs replaces their fsyncs
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -47,12 +48,16 @@ def write_atomic_many(files: Mapping[Path, bytes], mode: int = 0o600) -> None:
     """`write_atomic` for many files at once, with one flush instead of two per file.
 
     Every temporary file is written, then the file system is flushed once
-    (syncfs; an fsync per file where there is none), then each is renamed
+    (syncfs; an fsync per file for small batches or where there is no
+    syncfs), then each is renamed
     over its target and each directory is fsynced. The same guarantee as
     `write_atomic` for each file; at 10,000 files the per-file fsyncs were
     most of a cold start.
     """
     written: list[tuple[Path, Path]] = []
+    # syncfs flushes everything dirty on the file system, other programs' writes
+    # included: worth it for a batch, not for the one or two files of a renewal.
+    flush_once = len(files) > SYNCFS_BATCH and _syncfs_available()
     try:
         for target, data in files.items():
             path = Path(target)
@@ -64,11 +69,11 @@ def write_atomic_many(files: Mapping[Path, bytes], mode: int = 0o600) -> None:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
-                if not _syncfs_available():
+                if not flush_once:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-        if written and _syncfs_available():
+        if written and flush_once:
             _syncfs(written[0][0].parent)
         while written:
             temporary, path = written[0]
