@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,18 @@ class LineageState:
     failed_fingerprint: str | None = None
     failed_reason: str | None = None
 
+    def key(self) -> tuple[object, ...]:
+        """Every field, as an immutable value: equal keys, equal documents."""
+        return (
+            self.deployed,
+            self.pending,
+            self.pending_since,
+            self.proceed_at,
+            self.inflight,
+            self.failed_fingerprint,
+            self.failed_reason,
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "deployed": self.deployed.to_json() if self.deployed else None,
@@ -192,6 +205,11 @@ class State:
     names: dict[str, NameHistory] = field(default_factory=dict)
     failures: dict[str, Failure] = field(default_factory=dict)
     last_wall: dt.datetime | None = None  # the wall clock at the last save
+    # name -> (what a document was made from, the document): a save at 10,000
+    # lineages serialized every lineage twice per renewal (seconds under load).
+    _dumped: dict[str, tuple[object, bytes]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def lineage(self, name: str) -> LineageState:
         return self.lineages.setdefault(name, LineageState())
@@ -220,10 +238,27 @@ class State:
         """Every file of the state, by path relative to the state directory."""
         docs = {FILENAME: _dump(self.global_json())}
         for name, lineage_state in self.lineages.items():
-            docs[f"{LINEAGES}/{name}.json"] = _dump(lineage_state.to_json())
+            path = f"{LINEAGES}/{name}.json"
+            docs[path] = self._document(path, lineage_state.key(), lineage_state.to_json)
         for owner, history in self.names.items():
-            docs[f"{NAMES}/{owner}json"] = _dump(history.to_json())  # owner ends with "."
+            path = f"{NAMES}/{owner}json"  # owner ends with "."
+            docs[path] = self._document(path, history, history.to_json)
+        for path in set(self._dumped) - docs.keys():
+            del self._dumped[path]
         return docs
+
+    def _document(self, path: str, source: object, to_json: Callable[[], Any]) -> bytes:
+        """`_dump(to_json())`, made again only when `source` changed.
+
+        `source` is immutable (a frozen NameHistory, a tuple of a lineage's
+        fields), so an equal one gives the same document.
+        """
+        cached = self._dumped.get(path)
+        if cached is not None and (cached[0] is source or cached[0] == source):
+            return cached[1]
+        data = _dump(to_json())
+        self._dumped[path] = (source, data)
+        return data
 
 
 def _dump(data: Any) -> bytes:
