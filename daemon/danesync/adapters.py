@@ -6,12 +6,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from danesync.actions import dns as dns_actions
-from danesync.actions import files, postfix, probe
+from danesync.actions import files, postfix, probe, snitables
 from danesync.certbot import read_chain
 from danesync.chain import Chain, LineageFiles, validate_chain
 from danesync.config import CertificateConfig, Config
@@ -97,6 +97,12 @@ class RealPostfix:
         self.config = config
         self.deploy_dir = config.postfix.deploy_dir
         self.config_dir = config.postfix.config_dir
+        self._holds: dict[str, tuple[tuple[int, int, int, int, int], bytes]] = {}
+        # One SNI table up to 256 SNI certificates, then 2, 4, ... (snitables.py):
+        # fixed by the configuration, so a renewal never changes main.cf.
+        self._sni_shards = snitables.plan_sni_shard_count(
+            sum(1 for c in config.certificates if c.sni)
+        )
 
     def chain_path(self, lineage: str) -> Path:
         return files.chain_file_path(self.deploy_dir, lineage)
@@ -107,23 +113,44 @@ class RealPostfix:
         except FileNotFoundError:
             return None
 
+    def chain_file_holds(self, lineage: str, pem: bytes) -> bool:
+        """The chain file holds exactly `pem`; not read again while its stat is unchanged.
+
+        A full pass asks this for every deployed lineage: at 10,000 lineages,
+        reading every file back each time was most of an idle pass. Any write
+        changes the file's ctime (and a rename its inode).
+        """
+        path = self.chain_path(lineage)
+        digest = hashlib.sha256(pem).digest()
+        before = _stat_key(path)
+        if before is not None and self._holds.get(lineage) == (before, digest):
+            return True
+        data = self.read_chain_file(lineage)
+        if data != pem:
+            self._holds.pop(lineage, None)
+            return False
+        if before is not None and _stat_key(path) == before:  # not replaced while read
+            self._holds[lineage] = (before, digest)
+        return True
+
     def install_chain_file(self, lineage: str, pem: bytes) -> None:
         files.install_chain_file(self.deploy_dir, lineage, pem)
 
     def restore_chain_file(self, lineage: str) -> bool:
         return files.restore_chain_file(self.deploy_dir, lineage)
 
-    def _table(self) -> Path:
-        return self.deploy_dir / postfix.SNI_TABLE_NAME
-
     def sni_table_exists(self) -> bool:
-        return self._table().exists()
+        return snitables.sni_tables_exist(self.deploy_dir, self._sni_shards)
 
     def sni_maps_value(self) -> str:
-        return postfix.build_sni_maps_value(self._table())
+        return snitables.build_sni_maps_values(self.deploy_dir, self._sni_shards)
 
-    def write_sni_table(self, entries: Mapping[str, Sequence[Path]]) -> None:
-        postfix.write_sni_table(self.deploy_dir, entries)
+    def write_sni_table(
+        self, entries: Mapping[str, Sequence[Path]], changed: Set[str] | None = None
+    ) -> None:
+        """Rebuild the tables holding the chain files of `changed` lineages (None: all)."""
+        paths = None if changed is None else {self.chain_path(name) for name in changed}
+        snitables.write_sni_tables(self.deploy_dir, entries, self._sni_shards, paths)
 
     def write_parameter_changes(self, wanted: Mapping[str, str | None]) -> dict[str, str | None]:
         # None removes a parameter (postconf -X); the result restores main.cf exactly.
@@ -156,6 +183,14 @@ class RealPostfix:
         except ProbeError:
             return None
         return hashlib.sha256(der).hexdigest()
+
+
+def _stat_key(path: Path) -> tuple[int, int, int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _wait_for_fingerprint(

@@ -93,6 +93,22 @@ def _sni_touched(rt: Runtime, lineages: Iterable[str]) -> bool:
     return bool(sni & set(lineages))
 
 
+def _sni_only(rt: Runtime, items: list[DeployItem], checkpoint: _Checkpoint) -> bool:
+    """Only SNI chains changed and main.cf did not: no reload is needed.
+
+    smtpd restarts by itself once an SNI table it opened was replaced ("table
+    has changed"), without the reload's tlsmgr restart that stalls handshakes
+    for about a second (docs/benchmarks.md); the probe still confirms the new
+    leaf. A resumed deploy may have changed main.cf before the restart: reload.
+    """
+    if checkpoint.parameters or any(i.kind is DeployKind.RESUMED for i in items):
+        return False
+    return all(
+        (certificate := rt.config.certificate(i.lineage)) is not None and certificate.sni
+        for i in items
+    )
+
+
 def run_deploy(
     rt: Runtime, items: tuple[DeployItem, ...], pems: Mapping[str, bytes], result: PassResult
 ) -> set[str]:
@@ -143,12 +159,12 @@ def run_deploy(
                 log.warning("sni.conflict", reason=problem)
             entries = build_sni_entries(rt.config, chains, rt.postfix)
             if entries:  # main.cf must never name a table that is not there
-                rt.postfix.write_sni_table(entries)
+                rt.postfix.write_sni_table(entries, set(lineages))
         wanted = build_wanted_parameters(rt.config, _deployed(rt, written), rt.postfix)
         checkpoint.parameters = rt.postfix.write_parameter_changes(wanted)
         _log_removed_parameters(checkpoint.parameters)
         rt.crash("after-postconf")
-        if rt.config.postfix.reload:
+        if rt.config.postfix.reload and not _sni_only(rt, written, checkpoint):
             rt.postfix.reload()
             log.info("postfix.reloaded", reason=", ".join(lineages))
         rt.crash("after-reload")

@@ -27,7 +27,7 @@ from danesync.log import configure_logging
 from danesync.monitor import Monitor
 from danesync.notify import Notifier, watchdog_interval
 from danesync.service import PassResult, Service
-from danesync.watcher import Debouncer, LineageWatcher
+from danesync.watcher import Debouncer, LineageWatcher, read_certbot_done
 
 log = structlog.get_logger("danesync")
 
@@ -163,8 +163,15 @@ class Daemon:
         if restart_watcher or self.watcher is None:
             self._start_watcher()
         log.info("config.reloaded", path=str(config.path), certificates=len(config.certificates))
+        self._warn_families()
         # systemd 252 stays in "reloading" until READY=1 follows RELOADING=1.
         self.notifier.ready(self._summary(PassResult()))
+
+    def _warn_families(self) -> None:
+        """Issuer families that exceed the cap of records per name (danesync.families)."""
+        from danesync.family_report import log_family_warnings
+
+        log_family_warnings(self.config, self.service.state, dt.datetime.now(dt.UTC))
 
     def _poll_interval(self) -> float:
         """How often a held rollover looks at DNS again."""
@@ -191,6 +198,7 @@ class Daemon:
         result = self._pass(None, monitor=False)  # ARI can take seconds: after READY=1
         self.notifier.ready(self._summary(result))
         log.info("daemon.ready", certificates=len(self.config.certificates))
+        self._warn_families()
         self.service.run_monitoring()
         self._self_check()
 
@@ -219,8 +227,9 @@ class Daemon:
             if signal.SIGHUP in signals:
                 self._reload_config()
                 next_full = now  # a new config gets a full pass
-            for lineage in changed:
-                self.debouncer.touch(lineage, now)
+            live_dir = self.config.certbot.live_dir
+            for lineage in changed:  # certbot done: read at once; otherwise after settle
+                self.debouncer.touch(lineage, now, done=read_certbot_done(live_dir, lineage))
             if overflow or signal.SIGUSR1 in signals:
                 next_full = now
             if now >= next_light:
@@ -243,6 +252,8 @@ class Daemon:
             due &= known
             if due:
                 result = self._pass(due)
+                if result.failed:  # read before settle: once more after it
+                    self.debouncer.retry(due, time.monotonic())
                 next_poll = min(next_poll, self._next_poll(result))
             elif now >= next_poll:
                 result = self._pass(None)

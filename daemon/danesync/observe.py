@@ -98,11 +98,13 @@ def read_on_disk(
     rt: Runtime, certificate: CertificateConfig, candidate: Offer | Problem | None
 ) -> tuple[str | None, bytes | None]:
     """The leaf of a lineage's chain file (None: missing or unreadable), and its bytes."""
+    if isinstance(candidate, Offer) and rt.postfix.chain_file_holds(
+        certificate.lineage, candidate.pem
+    ):
+        return candidate.info.fingerprint, candidate.pem  # no read while its stat is unchanged
     data = rt.postfix.read_chain_file(certificate.lineage)
     if data is None:
         return None, None
-    if isinstance(candidate, Offer) and data == candidate.pem:
-        return candidate.info.fingerprint, data
     offer = rt.lineages.read_deployed(certificate, data)
     return (offer.info.fingerprint if offer else None), data
 

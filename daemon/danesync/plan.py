@@ -34,6 +34,7 @@ from danesync.decisions import (
     Step,
     Verb,
 )
+from danesync.families import build_holding_family_records
 from danesync.history import RRset, is_never, possible_versions
 from danesync.matching import rrset_accepts
 from danesync.needs import Holding, build_holdings, build_needed_records
@@ -138,7 +139,8 @@ def plan_pass(config: Config, state: State, obs: Observations, now: dt.datetime)
     for holding in holdings:
         for owner in holding.names:
             by_name.setdefault(owner, []).append(holding)
-    needed = build_needed_records(holdings)
+    # Issuer families (danesync.families): every member's 2 1 1 stays published.
+    needed = build_needed_records(holdings, build_holding_family_records(config, holdings, now))
 
     steps: list[Step] = []
     publishes: dict[str, RRset] = {}

@@ -8,7 +8,7 @@ the simulation (tests/sim/).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -67,6 +67,8 @@ class PostfixPort(Protocol):
 
     def read_chain_file(self, lineage: str) -> bytes | None: ...
 
+    def chain_file_holds(self, lineage: str, pem: bytes) -> bool: ...
+
     def install_chain_file(self, lineage: str, pem: bytes) -> None: ...
 
     def restore_chain_file(self, lineage: str) -> bool: ...
@@ -75,7 +77,9 @@ class PostfixPort(Protocol):
 
     def sni_maps_value(self) -> str: ...
 
-    def write_sni_table(self, entries: Mapping[str, Sequence[Path]]) -> None: ...
+    def write_sni_table(
+        self, entries: Mapping[str, Sequence[Path]], changed: Set[str] | None = None
+    ) -> None: ...
 
     def write_parameter_changes(self, wanted: Mapping[str, str | None]) -> dict[str, str | None]:
         """Set what differs; return the previous values of what changed (None: absent)."""

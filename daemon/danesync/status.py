@@ -88,7 +88,22 @@ def build_status(config: Config, state: State, now: dt.datetime) -> dict[str, An
             {**f.to_json(), "since": format_time(f.since)}
             for _, f in sorted(state.failures.items())
         ],
+        "names": _names_json(config, state, now),
+        "family_warnings": _family_warnings(config, state, now),
     }
+
+
+def _names_json(config: Config, state: State, now: dt.datetime) -> dict[str, Any]:
+    """Per owner name: current, pending, family and retiring records (issue 12)."""
+    from danesync.family_report import build_name_report
+
+    return {r.name: r.to_json() for r in build_name_report(config, state, {}, now)}
+
+
+def _family_warnings(config: Config, state: State, now: dt.datetime) -> list[str]:
+    from danesync.family_report import build_family_warnings
+
+    return list(build_family_warnings(config, state, now))
 
 
 def print_status(document: dict[str, Any], out: TextIO) -> None:
@@ -128,6 +143,22 @@ def print_status(document: dict[str, Any], out: TextIO) -> None:
             origin = "published by danesync" if record["published_by_danesync"] else "found"
             seen = record["visible_since"] or "not visible everywhere"
             print(f"  {record['tlsa']}  ({origin}; visible since {seen})", file=out)
+    _print_names(document.get("names", {}), out)
+    for warning in document.get("family_warnings", []):
+        print(f"warning: {warning}", file=out)
+
+
+def _print_names(names: dict[str, Any], out: TextIO) -> None:
+    if not any(entry["family"] or entry["retiring"] for entry in names.values()):
+        return  # nothing beyond what the lines above say
+    print("TLSA records per name:", file=out)
+    for name, entry in names.items():
+        print(f"  {name}", file=out)
+        rows = [(kind, rdata) for kind in ("current", "pending") for rdata in entry[kind]]
+        rows += [("family", f"{f['tlsa']}  ({f['member']})") for f in entry["family"]]
+        rows += [("retiring", rdata) for rdata in entry["retiring"]]
+        for kind, text in rows:
+            print(f"    {kind:<9} {text}", file=out)
 
 
 def add_verdict(
