@@ -305,6 +305,19 @@ class TestStatusCodes:
         finally:
             listener.close()
 
+    def test_a_renewal_that_fails_to_deploy_is_critical(
+        self, host: Host, bind: BindServer, ca: Hierarchy, postfix: PostfixInstance
+    ) -> None:
+        deployed_and_published(host, bind, ca)
+        with postfix.stopped():  # the reload after the new chain is written fails
+            renew(host.letsencrypt, MX, ca.issue([MX]))  # same issuer: no wait needed
+            host.wait_for(lambda: bool(host.events("chain.rolled_back")), limit=60)
+            text = host.wait_status(2, contains="deploy")
+            critical = [line for line in text.splitlines() if line.startswith("  CRITICAL")]
+            assert any("deploy" in line and MX in line for line in critical), text
+            document = host.status()[2]
+            assert document["daemon"]["failures"].get("chain.rolled_back", 0) >= 1
+
     def test_daemon_killed_is_critical(self, host: Host, bind: BindServer, ca: Hierarchy) -> None:
         deployed_and_published(host, bind, ca)
         assert host.daemon is not None
