@@ -136,12 +136,17 @@ def judge_policy(
             f"{server} refuses {who} to change {at}: its update-policy "
             "(or allow-update) does not grant it",
         )
-    if answer == "BADKEY" and key_verified:
+    if key_verified and (answer == "BADKEY" or answer.startswith("UNSIGNED-")):
+        how = (
+            "NOTAUTH with TSIG error BADKEY"
+            if answer == "BADKEY"
+            else f"{answer.removeprefix('UNSIGNED-')} without a TSIG signature"
+        )
         return Finding(
             "error",
-            f"{server} refuses {who} to change {at}: NOTAUTH with TSIG error BADKEY for a key "
-            "it knows, which is how Knot answers an ACL denial (acl: action: update, "
-            "update-type: [TLSA], update-owner-name)",
+            f"{server} refuses {who} to change {at}: {how} for a key it knows, which is how "
+            "Knot answers an ACL denial (acl: action: update, update-type: [TLSA], "
+            "update-owner-name)",
         )
     if answer.startswith("UNSIGNED-") or answer in ("BADKEY", "BADSIG", "BADTIME"):
         return Finding("error", f"{server} did not accept {who} for updates ({answer})")
