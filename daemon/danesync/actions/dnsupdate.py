@@ -145,7 +145,7 @@ def _update_failure(
             f"{primary} serves zone {zone} but answered the update {answered} without a TSIG "
             f'signature: it did not accept TSIG key "{key_name}" ({algorithm}): the secret, '
             "name or algorithm in the key file differs from the server's copy (PowerDNS answers "
-            "a wrong secret and an unknown key alike; its log says which)"
+            "a wrong secret and an unknown key so, Knot 3.4 an unknown key; the log says which)"
         )
         return DnsUpdateError(zone, "BADSIG", detail)
     detail = details.get(rcode, f"{primary} answered {rcode} to the update of {at} TLSA")
