@@ -22,7 +22,8 @@ from danesync.plan import Problem
 from danesync.ports import Answers, Offer, ProbeRequest
 from danesync.state import ChainInfo
 from danesync.tlsa import TlsaRecord
-from danesync.tsigkey import TsigKey, current_tsig_key
+from danesync.tsigkey import TsigKey
+from danesync.tsigkeyfile import current_tsig_key
 
 PROBE_WORKERS = 16  # concurrent STARTTLS probes after a deploy
 
