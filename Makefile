@@ -9,7 +9,7 @@ DEBIAN_PY := /usr/bin/python3
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv lint types test test-pypi test-debian test-trixie trixie-root-prefetch demo deb deb-check bench clean
+.PHONY: all deps venv lint types test test-pypi test-debian test-trixie trixie-root-prefetch demo deb deb-check bench soak clean
 
 all: test
 
@@ -37,8 +37,10 @@ test-pypi: deps venv
 
 # Lane 2: Debian 12's own python3-* packages (cryptography 38, dnspython 2.3,
 # watchdog 2.2, structlog 22.3), as the .deb runs.
+# The simulation (tests/sim) runs its 2,000 examples in the PyPI lane; the
+# Debian lane runs a few hundred of the same (same machine, older Hypothesis).
 test-debian: deps
-	$(DEBIAN_PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	DANESYNC_SIM_EXAMPLES=$${DANESYNC_SIM_EXAMPLES:-300} $(DEBIAN_PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 # Lane 3: Debian 13 (trixie) in a container on a cached debootstrapped root:
 # its python3-* packages, Postfix 3.10, BIND 9.20, OpenSSL 3.5; the demo; the
@@ -74,6 +76,12 @@ deb-check: deps
 BENCH_ARGS ?=
 bench: deps venv
 	$(PY) -m bench --update-docs $(BENCH_ARGS)
+
+# The rollover simulation with fresh random seeds for as long as asked:
+# `make soak SOAK_SECONDS=3600`. A failure prints the shrunk sequence of events.
+SOAK_SECONDS ?= 600
+soak: venv
+	DANESYNC_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -p no:cacheprovider -s tests/sim/test_soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage build dist *.egg-info daemon/*.egg-info

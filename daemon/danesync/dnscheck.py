@@ -307,13 +307,16 @@ def build_dns_findings(
         findings += judge_primary_soa(zone, soa, key)
         if any(f.level == "error" for f in findings):
             return findings
-    servers = _verify_servers(context, findings)
-    for server in servers:
+    servers = []  # those that answer for the zone: the only ones worth more questions
+    for server in _verify_servers(context, findings):
         try:
             answer: SoaAnswer | str = dns_actions.query_soa(server, zone, None, TIMEOUT)
         except DnsError as error:
             answer = str(error).removeprefix(f"{server}: ")
-        findings.append(judge_verify_server(zone, server, answer))
+        finding = judge_verify_server(zone, server, answer)
+        findings.append(finding)
+        if finding.level == "ok":
+            servers.append(server)
     names = sorted({absolute_name(n) for c in certificates for n in c.tlsa})
     if primary is not None and key is not None:
         findings += _policy_findings(context, primary, key, names)

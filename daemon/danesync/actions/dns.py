@@ -280,13 +280,20 @@ def _rdata(record: TlsaRecord) -> dns.rdata.Rdata:
 
 
 def _query_tlsa(server: Server, name: str, timeout: float, *, tcp: bool) -> frozenset[TlsaRecord]:
+    return _query_tlsa_rrset(server, name, timeout, tcp=tcp)[0]
+
+
+def _query_tlsa_rrset(
+    server: Server, name: str, timeout: float, *, tcp: bool
+) -> tuple[frozenset[TlsaRecord], int]:
+    """The records at `name` and the TTL the server serves them with (0 if none)."""
     owner = dns.name.from_text(absolute_name(name))
     query = dns.message.make_query(owner, dns.rdatatype.TLSA)
     query.flags &= ~dns.flags.RD  # ask the server itself, never a cache behind it
     response = _exchange(server, query, timeout, tcp=tcp)
     rcode = response.rcode()
     if rcode == dns.rcode.NXDOMAIN:
-        return frozenset()
+        return frozenset(), 0
     if rcode != dns.rcode.NOERROR:
         text = dns.rcode.to_text(rcode)
         raise DnsError(f"{server}: answered {text} to the TLSA query for {owner}")
@@ -296,10 +303,12 @@ def _query_tlsa(server: Server, name: str, timeout: float, *, tcp: bool) -> froz
             "list only the zone's own name servers"
         )
     records: set[TlsaRecord] = set()
+    ttl = 0
     for rrset in response.answer:
         if rrset.name == owner and rrset.rdtype == dns.rdatatype.TLSA:
             records.update(_record(owner.to_text(), rdata) for rdata in rrset)
-    return frozenset(records)
+            ttl = max(ttl, int(rrset.ttl))
+    return frozenset(records), ttl
 
 
 def query_tlsa(server: Server, name: str, timeout: float = 3.0) -> frozenset[TlsaRecord]:
@@ -322,6 +331,8 @@ class Visibility:
     names: frozenset[str]
     answers: Mapping[str, Mapping[Server, frozenset[TlsaRecord]]] = field(default_factory=dict)
     errors: Mapping[str, Mapping[Server, str]] = field(default_factory=dict)
+    # The TTL each server answered each RRset with (0 for no records).
+    ttls: Mapping[str, Mapping[Server, int]] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -369,8 +380,10 @@ def query_visibility(
     unique_servers = tuple(dict.fromkeys(servers))
     wanted = sorted({absolute_name(n) for n in names})
 
-    def ask(server: Server) -> tuple[dict[str, frozenset[TlsaRecord]], dict[str, str]]:
-        found: dict[str, frozenset[TlsaRecord]] = {}
+    def ask(
+        server: Server,
+    ) -> tuple[dict[str, tuple[frozenset[TlsaRecord], int]], dict[str, str]]:
+        found: dict[str, tuple[frozenset[TlsaRecord], int]] = {}
         failed: dict[str, str] = {}
         down: str | None = None
         for name in wanted:
@@ -378,7 +391,7 @@ def query_visibility(
                 failed[name] = down
                 continue
             try:
-                found[name] = query_tlsa(server, name, timeout)
+                found[name] = _query_tlsa_rrset(server, name, timeout, tcp=False)
             except _Unreachable as error:
                 down = failed[name] = error.detail
             except DnsError as error:
@@ -386,13 +399,15 @@ def query_visibility(
         return found, failed
 
     answers: dict[str, dict[Server, frozenset[TlsaRecord]]] = {n: {} for n in wanted}
+    ttls: dict[str, dict[Server, int]] = {n: {} for n in wanted}
     errors: dict[str, dict[Server, str]] = {n: {} for n in wanted}
     if unique_servers and wanted:
         with ThreadPoolExecutor(max_workers=min(8, len(unique_servers))) as pool:
             results = list(pool.map(ask, unique_servers))
         for server, (found, failed) in zip(unique_servers, results, strict=True):
-            for name, records in found.items():
+            for name, (records, ttl) in found.items():
                 answers[name][server] = records
+                ttls[name][server] = ttl
             for name, reason in failed.items():
                 errors[name][server] = reason
     return Visibility(
@@ -400,6 +415,7 @@ def query_visibility(
         frozenset(wanted),
         {n: a for n, a in answers.items()},
         {n: e for n, e in errors.items() if e},
+        ttls,
     )
 
 
@@ -473,6 +489,27 @@ def find_verify_servers(zone: str, primary: Server, timeout: float = 3.0) -> lis
         for address in addresses:
             servers.setdefault(Server(address, primary.port), None)
     return list(servers)
+
+
+def find_zone(primary: Server, name: str, timeout: float = 3.0) -> str:
+    """The zone `primary` holds `name` in: the owner of the SOA record in its
+    answer or authority section (an SOA query, no recursion). Raises DnsError."""
+    owner = dns.name.from_text(absolute_name(name))
+    query = dns.message.make_query(owner, dns.rdatatype.SOA)
+    query.flags &= ~dns.flags.RD
+    try:
+        response = _exchange(primary, query, timeout, tcp=False)
+    except _Unreachable as error:
+        raise DnsError(f"cannot ask {primary} for the zone of {owner}: {error.detail}") from error
+    if response.flags & dns.flags.AA:
+        for section in (response.answer, response.authority):
+            for rrset in section:
+                if rrset.rdtype == dns.rdatatype.SOA and owner.is_subdomain(rrset.name):
+                    return str(rrset.name.to_text())
+    raise DnsError(
+        f"{primary} is not authoritative for {owner} (no SOA in its answer): "
+        "set dns.zone or dns.verify_servers"
+    )
 
 
 # The RFC 2136 half lives in dnsupdate.py; its names stay importable from here.
