@@ -99,6 +99,7 @@ class RealPostfix:
         self.deploy_dir = config.postfix.deploy_dir
         self.config_dir = config.postfix.config_dir
         self._holds: dict[str, tuple[tuple[int, int, int, int, int], bytes]] = {}
+        self._paths: dict[str, Path] = {}
         # One SNI table up to 256 SNI certificates, then 2, 4, ... (snitables.py):
         # fixed by the configuration, so a renewal never changes main.cf.
         self._sni_shards = snitables.plan_sni_shard_count(
@@ -106,7 +107,11 @@ class RealPostfix:
         )
 
     def chain_path(self, lineage: str) -> Path:
-        return files.chain_file_path(self.deploy_dir, lineage)
+        # Memoized: a renewal at 10,000 lineages asked 20,000 times (1 s of Path()).
+        path = self._paths.get(lineage)
+        if path is None:
+            path = self._paths[lineage] = files.chain_file_path(self.deploy_dir, lineage)
+        return path
 
     def read_chain_file(self, lineage: str) -> bytes | None:
         try:
