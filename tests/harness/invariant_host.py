@@ -59,6 +59,11 @@ class Daemon:
     def wait_until(self, condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
         end = time.monotonic() + timeout
         while not condition():
+            if not self.alive and not condition():
+                raise AssertionError(
+                    f"danesync exited ({self.process.returncode}) before {what}; log:\n"
+                    f"{self.text()[-5000:]}"
+                )
             if time.monotonic() > end:
                 raise AssertionError(f"no {what} within {timeout} s; log:\n{self.text()[-5000:]}")
             time.sleep(0.1)
