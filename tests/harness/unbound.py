@@ -44,6 +44,7 @@ import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
+import dns.rdatatype
 import pytest
 
 from tests.conftest import require_program, require_root
