@@ -61,4 +61,4 @@ bench: deps venv
 	$(PY) -m bench --update-docs $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage build dist *.egg-info daemon/*.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* build dist *.egg-info daemon/*.egg-info
