@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
@@ -362,6 +363,15 @@ class DaneSampler:
             lines.append(f"--- at {check.started:.1f}, cache held {sorted(check.tlsa)}")
             lines.append(check.output[-1500:])
         return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def address_lock() -> Iterator[None]:
+    """Hold 127.53.10.1:53 and 127.53.10.2:25 for this process (other test runs wait)."""
+    path = Path(tempfile.gettempdir()) / "danesync-127.53.10.lock"
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def require_dane_tools() -> None:

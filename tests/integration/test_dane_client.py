@@ -28,6 +28,7 @@ from tests.harness.unbound import (
     DanePostfix,
     DaneSampler,
     UnboundResolver,
+    address_lock,
     require_dane_tools,
     unbound_fixture,
 )
@@ -39,6 +40,13 @@ bind = bind_fixture(scope="function", dnssec=True, mx_address=MX_ADDRESS, mx_ttl
 unbound = unbound_fixture()
 
 HAND_TTL = 15  # the TTL the operator's RRset was served with
+
+
+@pytest.fixture(autouse=True)
+def _fixed_addresses() -> Iterator[None]:
+    # The resolver and the MX use fixed addresses: one test run at a time.
+    with address_lock():
+        yield
 
 
 @pytest.fixture
