@@ -18,12 +18,12 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import idle, latency, scale
+from bench import idle, latency, reload, scale
 from bench.common import REPO, RESULTS, Result, dump, machine
 
 DOCS = REPO / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
-NAMES = ("latency", "idle", "scale")
+NAMES = ("latency", "reload", "idle", "scale")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +51,9 @@ def render(results: list[Result], host: dict[str, str], quick: bool) -> str:
         f"Measured {host['date']}{' (--quick)' if quick else ''} on {host['nproc']} CPU"
         f" ({host['cpu']}), {host['ram']} RAM, Linux {host['kernel']}, Debian {host['debian']},"
         f" Postfix {host['postfix']}, Python {host['python']}.",
+        f"Load average (1, 5, 15 min) at the start: {host['load']}; at the end:"
+        f" {end_load()}. The machine is shared: with a load above its {host['nproc']} CPUs"
+        " every absolute figure is inflated; compare each with its baseline from the same run.",
         "",
     ]
     for result in results:
@@ -68,6 +71,13 @@ def render(results: list[Result], host: dict[str, str], quick: bool) -> str:
         if result.notes:
             lines.append("")
     return "\n".join(lines)
+
+
+def end_load() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def update_docs(table: str) -> None:
@@ -95,9 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         "latency": lambda w: latency.run(
             w, renewals=5 if quick else 20, certbot_renewals=1 if quick else 3
         ),
+        "reload": lambda w: reload.run(w, rounds=3 if quick else 8),
         "idle": lambda w: idle.run(w, window=15.0 if quick else 60.0),
         "scale": lambda w: scale.run(
-            w, renewals=3 if quick else 5, profile_dir=profile_dir, ari_delayed=not quick
+            w,
+            renewals=3 if quick else 5,
+            profile_dir=profile_dir,
+            ari_delayed=not quick,
+            huge=not quick,
         ),
     }
     host = machine()

@@ -46,7 +46,6 @@ from bench.common import (
     wait_served_change,
 )
 
-TARGET_MEDIAN = 0.5
 MX = DEFAULT_HOSTNAME
 COOL_DOWN = 2.5  # Postfix commands wait while main.cf is younger than ~2 s
 
@@ -129,7 +128,8 @@ def run(workdir: Path, renewals: int, certbot_renewals: int) -> Result:
         title="Renewal to served (DNS off)",
         setup=(
             f"{renewals} renewals of one lineage (EC P-256), certbot's exact link sequence;"
-            " `danesync run` with the default settle (0.25 s) and the STARTTLS probe;"
+            " `danesync run` (default settings: settle 0.25 s as the fallback) and the STARTTLS"
+            " probe;"
             " the new leaf detected by four STARTTLS clients side by side, each polling every 5 ms"
         ),
         baseline=(
@@ -142,8 +142,8 @@ def run(workdir: Path, renewals: int, certbot_renewals: int) -> Result:
             "median",
             seconds(ours["median"]),
             seconds(theirs["median"]),
-            f"< {seconds(TARGET_MEDIAN)}",
-            ours["median"] < TARGET_MEDIAN,
+            f"<= 2 x the hook's reload-done median ({seconds(2 * hooked['median'])})",
+            ours["median"] <= 2 * hooked["median"],
         ),
         Row("p95", seconds(ours["p95"]), seconds(theirs["p95"])),
         Row(
@@ -191,9 +191,10 @@ def run(workdir: Path, renewals: int, certbot_renewals: int) -> Result:
             " finished the lineage."
         )
     result.notes.append(
-        "danesync's time is mostly its settle time (0.25 s by default: a lineage must stay"
-        " quiet that long, so a half-updated one is never read), then validation, the chain"
-        " file, `postfix reload` (about 40 ms) and its STARTTLS probe."
+        "danesync reads the lineage as soon as certbot is done with it (its four links name"
+        " one archive version and no previous_* link remains); the settle time (0.25 s) is"
+        " only the fallback for other writers. Then validation, the chain file (fsync),"
+        " `postconf`, `postfix reload` for a default chain (none for an SNI chain), the probe."
     )
     result.notes.append(
         "The baseline's first client gets the new leaf almost at once, often before the hook's"

@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import shlex
 import shutil
 import signal
@@ -223,6 +224,12 @@ def served_leaf(postfix: PostfixInstance) -> x509.Certificate | None:
 
 def leaf_of(certbot: Certbot) -> x509.Certificate:
     return x509.load_pem_x509_certificate(certbot.read(MX, "cert"))
+
+
+def matched_ta(line: str) -> bool:
+    """OpenSSL's DANE-TA match line: "matched TA certificate" up to 3.4,
+    "matched the TA certificate" from 3.5 (Debian 13)."""
+    return re.search(r"\bmatched (the )?TA certificate\b", line) is not None
 
 
 def dane_check(postfix: PostfixInstance, rrdata: str) -> tuple[str, list[str]]:
@@ -468,7 +475,7 @@ def run_rollovers(
     command, telling = dane_check(postfix, records[0])
     show(f"$ {command}")
     show("\n".join(telling))
-    if "Verification: OK" not in telling or not any("matched TA" in t for t in telling):
+    if "Verification: OK" not in telling or not any(matched_ta(t) for t in telling):
         raise DemoFailed("openssl's DANE verification of the served chain failed")
 
     say("For contrast, the retired record does not match the chain served now; openssl fails:")

@@ -1,7 +1,8 @@
 """Command line: `danesync run|check|tlsa|sync|status`.
 
 The only place that turns errors into exit statuses: 0 ok, 1 a lineage is
-invalid or a step failed, 2 usage error, 78 (EX_CONFIG) configuration error.
+invalid or a step failed, 2 usage error, 75 (EX_TEMPFAIL) another danesync
+holds the state directory, 78 (EX_CONFIG) configuration error.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import sys
 from collections.abc import Sequence
 
 from danesync import __version__
-from danesync.config import config_path, is_lineage_name, load_config
+from danesync.config import config_path, is_lineage_name, lineage_name_problem, load_config
 from danesync.errors import ConfigError, DanesyncError
+from danesync.lock import LockHeld
 
 EX_USAGE = 2
+EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
 
@@ -57,9 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0) and EX_USAGE
     bad = [name for name in getattr(args, "lineages", []) if not is_lineage_name(name)]
     if bad:
-        print(
-            f"danesync: {bad[0]!r} is not a lineage name (a directory under live/)", file=sys.stderr
-        )
+        print(f"danesync: {lineage_name_problem(bad[0])}", file=sys.stderr)
         return EX_USAGE
     path = config_path(args.config)
     try:
@@ -91,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"danesync: {error}", file=sys.stderr)
         return EX_CONFIG
+    except LockHeld as error:
+        print(f"danesync: {error}", file=sys.stderr)
+        return EX_TEMPFAIL
     except DanesyncError as error:
         print(f"danesync: {error}", file=sys.stderr)
         return 1

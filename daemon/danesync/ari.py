@@ -1,15 +1,20 @@
 """Monitoring of the deployed chain: expiry warnings and ACME Renewal Information.
 
-ARI (RFC 9773) lets the CA say when a certificate should be renewed, earlier
-than certbot's own 30-days-before-expiry rule when it has a reason (a mass
-revocation, say). danesync does not renew: it tells the operator
-(`renewal.suggested`) when the CA's window has opened and certbot has not
-acted. The request goes through the `acme` library's client, which has ARI
-from 4.1 on; with an older one (Debian 12 ships 2.1) the feature is off and
-`ari_support` says why.
+Expiry is judged against the certificate's own lifetime and against when
+certbot renews it (certbot >= 4: when a third of the lifetime is left, half
+for lifetimes under 10 days, or in the CA's ARI window), so a healthy
+160-hour certificate is as quiet as a healthy 90-day one.
 
-`build_renewal_identifier`, `plan_renewal_notice` and `plan_expiry_warnings`
-are pure; `fetch_renewal_window` talks to the CA.
+ARI (RFC 9773) lets the CA say when a certificate should be renewed, earlier
+than certbot's own rule when it has a reason (a mass revocation, say).
+danesync does not renew: it tells the operator (`renewal.suggested`) when the
+CA's window has opened and certbot has not acted. renewalInfo is one GET of a
+small JSON document named by the certificate's ID, so it is done here with
+the standard library (urllib, the system CA store or certbot's
+REQUESTS_CA_BUNDLE): it works with what every Debian release ships, and the
+daemon does not load acme, josepy and requests for it.
+
+`build_*` and `plan_*` are pure; `fetch_renewal_window` talks to the CA.
 """
 
 from __future__ import annotations
@@ -17,9 +22,13 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import email.utils
-import functools
-import importlib.metadata
+import http.client
+import json
+import os
 import re
+import ssl
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,14 +38,30 @@ from danesync import __version__
 from danesync.chain import format_time
 from danesync.errors import AriError
 
-ARI_MIN_ACME = (4, 1)
-EXPIRY_ERROR_DAYS = 7
-EXPIRY_WARNING_DAYS = 21
 # RFC 9773 section 4.3.3: without a usable Retry-After, ask again in six hours.
 DEFAULT_RETRY_AFTER = dt.timedelta(hours=6)
 # Bounds on a server's Retry-After, so a broken header neither hammers the CA
 # nor silences ARI for weeks.
 _RETRY_AFTER_BOUNDS = (dt.timedelta(minutes=1), dt.timedelta(days=1))
+# certbot >= 4 renews with a third of the lifetime left, half under 10 days.
+SHORT_LIFETIME = dt.timedelta(days=10)
+# certbot.timer runs twice a day with up to 12 h of random delay: a renewal is
+# overdue once it is a day late (or a tenth of a short lifetime).
+RENEWAL_GRACE = dt.timedelta(days=1)
+# "Little left" (error level): a tenth of the lifetime, and never less than
+# rollover_wait plus this, the time a renewed chain needs to be served safely.
+ERROR_MARGIN = dt.timedelta(days=1)
+# `check` warns when rollover_wait is more than this share of the lifetime.
+ROLLOVER_WAIT_SHARE = 0.10
+# Without the lifetime (a state written before it was kept): the old fixed
+# thresholds, error within 7 days and warning within 21.
+LEGACY_ERROR_LEFT = dt.timedelta(days=7)
+LEGACY_WARNING_LEFT = dt.timedelta(days=21)
+_MAX_BODY = 64 * 1024  # renewalInfo and directories are a few hundred bytes
+_JSON_TYPES = ("application/json", "application/problem+json")
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?([Zz]|[+-]\d\d:\d\d)"
+)
 
 
 @dataclass(frozen=True)
@@ -97,19 +122,109 @@ def plan_renewal_notice(
     return "; ".join(parts)
 
 
-def plan_expiry_warnings(not_after: dt.datetime, now: dt.datetime) -> tuple[str, str] | None:
-    """`(level, reason)` for `cert.expiring`: error within 7 days, warning within 21."""
+def build_renewal_due(
+    not_before: dt.datetime, not_after: dt.datetime, window_end: dt.datetime | None = None
+) -> dt.datetime:
+    """When certbot (>= 4) renews: a third of the lifetime left, half under 10 days.
+
+    An ARI window that ends earlier moves it forward (certbot renews in it).
+    """
+    lifetime = not_after - not_before
+    share = 2 if lifetime < SHORT_LIFETIME else 3
+    due = not_after - lifetime / share
+    return min(due, window_end) if window_end is not None else due
+
+
+def build_little_left(lifetime: dt.timedelta, rollover_wait: dt.timedelta) -> dt.timedelta:
+    """What is "little left" (error level): a tenth of the lifetime, or rollover_wait + a day."""
+    return max(lifetime / 10, rollover_wait + ERROR_MARGIN)
+
+
+def plan_expiry_warnings(
+    not_after: dt.datetime,
+    now: dt.datetime,
+    *,
+    not_before: dt.datetime | None = None,
+    held: bool = False,
+    rollover_wait: dt.timedelta = dt.timedelta(0),
+    window_end: dt.datetime | None = None,
+) -> tuple[str, str] | None:
+    """`(level, reason)` for `cert.expiring`, or None while all is well.
+
+    Nothing until certbot's renewal is overdue (`build_renewal_due` plus a
+    day, or a tenth of a short lifetime); a warning from then on; an error
+    once little is left (`build_little_left`) or it has expired. `held`: certbot
+    has renewed but danesync holds the new chain (it waits for its TLSA
+    records), which the reason then says. Without `not_before` (lifetime
+    unknown) the old fixed thresholds apply: error within 7 days, warning
+    within 21.
+    """
     left = not_after - now
-    if left > dt.timedelta(days=EXPIRY_WARNING_DAYS):
+    if not_before is None:
+        return _plan_legacy_expiry_warning(not_after, left)
+    lifetime = not_after - not_before
+    due = build_renewal_due(not_before, not_after, window_end)
+    overdue_at = due + min(RENEWAL_GRACE, lifetime / 10)
+    little = build_little_left(lifetime, rollover_wait)
+    if now < overdue_at and left > little:
         return None
-    level = "error" if left <= dt.timedelta(days=EXPIRY_ERROR_DAYS) else "warning"
+    when = format_time(not_after)
+    if left <= dt.timedelta(0):
+        parts = [f"expired at {when}"]
+    else:
+        parts = [f"expires in {_duration(left)}, at {when}"]
+    if left <= little:
+        level = "error"
+        if left > dt.timedelta(0):
+            parts.append(
+                f"less than {_duration(little)} of its {_duration(lifetime)} lifetime left"
+                " (a tenth of it, or rollover_wait + 1 day)"
+            )
+    else:
+        level = "warning"
+    if held:
+        parts.append("certbot has renewed it, but danesync holds the new certificate (chain.held)")
+    else:
+        parts.append(f"certbot should have renewed it by {format_time(due)} and has not")
+    return level, "; ".join(parts)
+
+
+def _plan_legacy_expiry_warning(
+    not_after: dt.datetime, left: dt.timedelta
+) -> tuple[str, str] | None:
+    if left > LEGACY_WARNING_LEFT:
+        return None
+    level = "error" if left <= LEGACY_ERROR_LEFT else "warning"
     when = format_time(not_after)
     if left <= dt.timedelta(0):
         return level, f"expired at {when}"
-    if left < dt.timedelta(days=1):
-        hours = int(left.total_seconds() // 3600)
-        return level, f"expires in {hours} hour{'s' if hours != 1 else ''}, at {when}"
-    return level, f"expires in {left.days} day{'s' if left.days != 1 else ''}, at {when}"
+    return level, f"expires in {_duration(left)}, at {when}"
+
+
+def build_rollover_wait_warning(
+    rollover_wait: dt.timedelta, not_before: dt.datetime, not_after: dt.datetime
+) -> str | None:
+    """A warning for `check` when rollover_wait is a large share of the lifetime."""
+    lifetime = not_after - not_before
+    if lifetime <= dt.timedelta(0) or rollover_wait <= lifetime * ROLLOVER_WAIT_SHARE:
+        return None
+    share = rollover_wait / lifetime
+    return (
+        f"dns.rollover_wait ({_duration(rollover_wait)}) is {share:.0%} of the certificate's"
+        f" {_duration(lifetime)} lifetime: every renewal waits that long before it is served,"
+        " and cert.expiring reports an error with less than rollover_wait + 1 day left;"
+        " lower dns.ttl and rollover_wait"
+    )
+
+
+def _duration(delta: dt.timedelta) -> str:
+    """ "3 days", "5 hours", "40 minutes": the largest whole unit."""
+    seconds = int(delta.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
 
 
 def build_next_check(retry_after: str | None, now: dt.datetime) -> dt.datetime:
@@ -134,9 +249,11 @@ def _base64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
 
 
-def _version_tuple(version: str) -> tuple[int, int] | None:
-    match = re.match(r"(\d+)\.(\d+)", version)
-    return (int(match[1]), int(match[2])) if match else None
+def build_validity(cert: x509.Certificate) -> tuple[dt.datetime, dt.datetime]:
+    """(notBefore, notAfter), aware UTC, on every cryptography version."""
+    value: dt.datetime | None = getattr(cert, "not_valid_before_utc", None)
+    not_before = value if value is not None else cert.not_valid_before.replace(tzinfo=dt.UTC)
+    return not_before, _not_after(cert)
 
 
 def _not_after(cert: x509.Certificate) -> dt.datetime:
@@ -145,101 +262,146 @@ def _not_after(cert: x509.Certificate) -> dt.datetime:
     return value if value is not None else cert.not_valid_after.replace(tzinfo=dt.UTC)
 
 
+def parse_rfc3339(text: Any) -> dt.datetime | None:
+    """An RFC 3339 timestamp as an aware UTC datetime; None if it is not one."""
+    match = _RFC3339.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        return None
+    year, month, day, hour, minute, second = (int(match[i]) for i in range(1, 7))
+    microsecond = int((match[7] or "0")[:6].ljust(6, "0"))
+    offset = match[8]
+    if offset in ("Z", "z"):
+        zone = dt.UTC
+    else:
+        sign = 1 if offset[0] == "+" else -1
+        zone = dt.timezone(sign * dt.timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6])))
+    try:
+        moment = dt.datetime(year, month, day, hour, minute, second, microsecond, zone)
+    except ValueError:
+        return None
+    return moment.astimezone(dt.UTC)
+
+
+def build_renewal_window(
+    identifier: str, body: Any, retry_after: str | None, now: dt.datetime, url: str
+) -> RenewalWindow:
+    """The window from a renewalInfo JSON document; AriError naming `url` if malformed."""
+    window = body.get("suggestedWindow") if isinstance(body, dict) else None
+    if not isinstance(window, dict):
+        raise AriError(url, "malformed response: no suggestedWindow object")
+    start, end = parse_rfc3339(window.get("start")), parse_rfc3339(window.get("end"))
+    if start is None or end is None:
+        raise AriError(url, "the suggested window lacks a start or an end (RFC 3339 times)")
+    if end <= start:
+        raise AriError(url, "the suggested window ends before it starts")
+    explanation = body.get("explanationURL")
+    return RenewalWindow(
+        identifier=identifier,
+        start=start,
+        end=end,
+        explanation_url=explanation if isinstance(explanation, str) else None,
+        next_check=build_next_check(retry_after, now),
+    )
+
+
 # -- effects ------------------------------------------------------------------
 
 
-@functools.cache
 def ari_support() -> str | None:
-    """None when the installed acme library can fetch ARI, else why not (one line)."""
-    try:
-        version: str | None = importlib.metadata.version("acme")
-    except importlib.metadata.PackageNotFoundError:
-        version = None
-    try:
-        from acme import client, messages
-    except ImportError:
-        return "the acme library is not installed; renewal.suggested is disabled"
-    parsed = _version_tuple(version) if version else None
-    has_api = hasattr(client.ClientV2, "renewal_time") and hasattr(messages, "RenewalInfo")
-    if has_api and (parsed is None or parsed >= ARI_MIN_ACME):
-        return None
-    needed = ".".join(map(str, ARI_MIN_ACME))
-    return (
-        f"acme {version or '(unknown version)'} has no ARI support (needs >= {needed});"
-        " renewal.suggested is disabled"
-    )
+    """None: ARI needs only the standard library now (kept for callers that ask)."""
+    return None
 
 
 def fetch_renewal_window(
     directory_url: str,
     leaf: x509.Certificate,
     issuer: x509.Certificate,
-    timeout: int = 10,
+    timeout: float = 10,
+    now: dt.datetime | None = None,
 ) -> RenewalWindow | None:
     """Ask the CA at `directory_url` for the leaf's suggested renewal window.
 
-    None when the CA's directory has no `renewalInfo` or the leaf has expired
-    (RFC 9773 forbids asking then). `issuer` must be the leaf's issuer: a
-    mismatched pair would name another certificate. Raises `AriError` when
-    acme is too old, or on any network, HTTP or format error.
-    Server certificates are verified (REQUESTS_CA_BUNDLE is honoured).
+    Two GETs: the ACME directory (for its `renewalInfo` URL), then
+    `<renewalInfo>/<certificate ID>`. None when the directory has no
+    `renewalInfo` or the leaf has expired (RFC 9773 forbids asking then).
+    `issuer` must be the leaf's issuer: a mismatched pair would name another
+    certificate. Raises `AriError` on any network, TLS, HTTP or format error.
+    Server certificates are verified against the system's CA store, or
+    REQUESTS_CA_BUNDLE when set (certbot honours it too); proxies from the
+    environment are used as certbot would.
     """
-    unsupported = ari_support()
-    if unsupported is not None:
-        raise AriError(directory_url, unsupported)
     try:
         identifier = build_renewal_identifier(leaf)
     except AriError as error:
         raise AriError(directory_url, error.reason) from None
     _check_issuer(directory_url, leaf, issuer)
-    now = dt.datetime.now(dt.UTC)
+    now = now or dt.datetime.now(dt.UTC)
     if _not_after(leaf) <= now:
         return None
+    opener = _opener()
+    directory, _ = _get_json(opener, directory_url, timeout)
+    base = directory.get("renewalInfo") if isinstance(directory, dict) else None
+    if base is None:
+        return None
+    if not isinstance(base, str) or not base.startswith(("https://", "http://")):
+        raise AriError(directory_url, "the directory's renewalInfo is not a URL")
+    url = f"{base.rstrip('/')}/{identifier}"
+    body, retry_after = _get_json(opener, url, timeout)
+    return build_renewal_window(identifier, body, retry_after, now, url)
 
-    # Imported here, not at the top: acme pulls in requests and josepy, which a
-    # daemon that never asks a CA need not load.
-    import requests
-    from acme import client, messages
-    from acme import errors as acme_errors
-    from josepy.errors import DeserializationError
 
-    url = directory_url
-    net = client.ClientNetwork(key=None, user_agent=f"danesync/{__version__}", timeout=timeout)
+def _opener() -> urllib.request.OpenerDirector:
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or None
     try:
-        ca = client.ClientV2(client.ClientV2.get_directory(directory_url, net), net)
-        try:
-            base: Any = ca.directory["renewalInfo"]
-        except KeyError:
-            return None
-        if not isinstance(base, str):
-            raise AriError(directory_url, "the directory's renewalInfo is not a URL")
-        url = f"{base.rstrip('/')}/{identifier}"
-        response = ca.net.get(url, content_type=client.ClientNetwork.JSON_CONTENT_TYPE)
-        body = response.json()
-        window = messages.RenewalInfo.from_json(body).suggested_window
-    except requests.RequestException as error:
-        raise AriError(url, f"request failed: {error}") from error
-    except messages.Error as error:
-        raise AriError(url, f"the CA answered with an error: {error}") from error
-    except acme_errors.ClientError as error:
-        raise AriError(url, _describe_client_error(error)) from error
-    except (DeserializationError, ValueError) as error:
-        raise AriError(url, f"malformed response: {error}") from error
-    finally:
-        net.session.close()  # the daemon asks again in hours: keep no idle connection
-    start, end = window.start, window.end
-    if start is None or end is None:
-        raise AriError(url, "the suggested window lacks a start or an end")
-    if end <= start:
-        raise AriError(url, "the suggested window ends before it starts")
-    explanation = body.get("explanationURL")
-    return RenewalWindow(
-        identifier=identifier,
-        start=start.astimezone(dt.UTC),
-        end=end.astimezone(dt.UTC),
-        explanation_url=explanation if isinstance(explanation, str) else None,
-        next_check=build_next_check(response.headers.get("Retry-After"), now),
+        context = ssl.create_default_context(cafile=bundle)
+    except (OSError, ssl.SSLError) as error:
+        raise AriError(None, f"cannot load REQUESTS_CA_BUNDLE {bundle}: {error}") from error
+    return urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
+
+
+def _get_json(
+    opener: urllib.request.OpenerDirector, url: str, timeout: float
+) -> tuple[Any, str | None]:
+    """The JSON document at `url` and its Retry-After header."""
+    if not url.startswith(("https://", "http://")):
+        raise AriError(url, "not an http(s) URL")
+    request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
+        url, headers={"User-Agent": f"danesync/{__version__}", "Accept": "application/json"}
     )
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            content_type = response.headers.get_content_type()
+            data = response.read(_MAX_BODY + 1)
+            retry_after = response.headers.get("Retry-After")
+    except urllib.error.HTTPError as error:
+        retry_after = error.headers.get("Retry-After") if error.headers else None
+        raise AriError(url, _describe_http_error(error), retry_after) from None
+    except urllib.error.URLError as error:
+        raise AriError(url, f"request failed: {error.reason}") from error
+    except (OSError, http.client.HTTPException) as error:
+        raise AriError(url, f"request failed: {error or type(error).__name__}") from error
+    if content_type not in _JSON_TYPES:
+        raise AriError(url, f"malformed response: Content-Type {content_type}, not JSON")
+    if len(data) > _MAX_BODY:
+        raise AriError(url, f"malformed response: larger than {_MAX_BODY} bytes")
+    try:
+        return json.loads(data), retry_after
+    except (ValueError, UnicodeDecodeError) as error:
+        raise AriError(url, f"malformed response: {error}") from error
+
+
+def _describe_http_error(error: urllib.error.HTTPError) -> str:
+    # An ACME error comes as a problem document (RFC 7807) saying what is wrong.
+    try:
+        problem = json.loads(error.read(_MAX_BODY))
+    except (OSError, ValueError, http.client.HTTPException):
+        problem = None
+    finally:
+        error.close()
+    if isinstance(problem, dict) and ("type" in problem or "detail" in problem):
+        detail = problem.get("detail") or problem.get("type")
+        return f"the CA answered with an error: HTTP {error.code}: {detail}"
+    return f"HTTP {error.code} {error.reason}".rstrip()
 
 
 def _check_issuer(url: str, leaf: x509.Certificate, issuer: x509.Certificate) -> None:
@@ -252,13 +414,3 @@ def _check_issuer(url: str, leaf: x509.Certificate, issuer: x509.Certificate) ->
         return
     if ski.digest != aki.key_identifier:
         raise AriError(url, "the issuer's key identifier does not match the certificate's AKI")
-
-
-def _describe_client_error(error: Exception) -> str:
-    # acme raises ClientError(response) for an HTTP error without a problem document.
-    response = error.args[0] if error.args else None
-    status = getattr(response, "status_code", None)
-    if status is not None:
-        reason = getattr(response, "reason", "") or ""
-        return f"HTTP {status} {reason}".rstrip()
-    return str(error) or type(error).__name__

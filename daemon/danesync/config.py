@@ -18,6 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from danesync.errors import ConfigError
+from danesync.families import (
+    AUTO,
+    Families,
+    merge_families,
+    read_families,
+    read_shipped_families,
+)
 from danesync.tlsa import Usage, absolute_name
 
 DEFAULT_PATH = Path("/etc/danesync/danesync.toml")
@@ -86,6 +93,11 @@ class CertificateConfig:
     tlsa: tuple[str, ...]
     usages: tuple[Usage, ...] = (Usage.DANE_TA,)
     sni: bool = False
+    # Whether `hostnames` was written: an SNI certificate then serves only those
+    # names, otherwise every DNS name of its leaf (`sni.build_served_names`).
+    hostnames_set: bool = False
+    # A family name, "auto" or None: pre-publish 2 1 1 for the issuer's family.
+    issuers: str | None = None
 
     @classmethod
     def default_for(cls, lineage: str) -> CertificateConfig:
@@ -102,12 +114,23 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     certificates: tuple[CertificateConfig, ...] = ()
+    # The issuer families: the package's, extended by [families] file.
+    families: Families = field(default_factory=read_shipped_families)
+    families_file: Path | None = None
+    # lineage -> its certificate, built once: a pass at 10,000 lineages asks
+    # tens of thousands of times (a linear search was seconds of every pass).
+    _by_lineage: dict[str, CertificateConfig] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        index: dict[str, CertificateConfig] = {}
+        for cert in self.certificates:
+            index.setdefault(cert.lineage, cert)  # the first wins, as the search did
+        object.__setattr__(self, "_by_lineage", index)
 
     def certificate(self, lineage: str) -> CertificateConfig | None:
-        for cert in self.certificates:
-            if cert.lineage == lineage:
-                return cert
-        return None
+        return self._by_lineage.get(lineage)
 
 
 # --- the schema ------------------------------------------------------------
@@ -267,14 +290,36 @@ def _usage(value: Any) -> Usage:
 
 
 def is_lineage_name(text: str) -> bool:
-    """A plain directory name under live/: no path separators, no '..'."""
+    """A plain directory name under live/ that danesync supports (see `lineage_name_problem`)."""
     return bool(_LINEAGE.fullmatch(text)) and ".." not in text
+
+
+def lineage_name_problem(text: str) -> str | None:
+    """Why danesync cannot take `text` as a lineage name; None when it can.
+
+    certbot accepts almost any directory name (spaces, commas, non-ASCII), but
+    the name becomes the chain file `<deploy_dir>/<lineage>.pem`, listed in
+    main.cf's smtpd_tls_chain_files and as a value in the SNI table: Postfix
+    splits both lists on spaces and commas and has no quoting.
+    """
+    if is_lineage_name(text):
+        return None
+    if "/" in text or ".." in text or text in (".", ""):
+        return f"{text!r} is not a lineage name (a directory under live/: no '/' or '..')"
+    return (
+        f"{text!r}: danesync supports lineage names of ASCII letters, digits, '.', '_' and"
+        " '-' (starting with a letter or digit), because the name goes into main.cf's"
+        " smtpd_tls_chain_files list and the SNI table as <deploy_dir>/<lineage>.pem, which"
+        " Postfix splits on spaces and commas; certbot accepts it, so issue the certificate"
+        " again under a supported name (certbot --cert-name NAME)"
+    )
 
 
 def _lineage(value: Any) -> str:
     text = _string(value)
-    if not is_lineage_name(text):
-        raise _Invalid(f"{text!r} is not a certbot lineage name (a directory under live/)")
+    problem = lineage_name_problem(text)
+    if problem is not None:
+        raise _Invalid(problem)
     return text
 
 
@@ -314,6 +359,7 @@ SCHEMA: _Schema = {
         "reconcile_interval": (_seconds(1, 86400), 3600.0),
         "settle": (_seconds(0, 60), 0.25),
     },
+    "families": {"file": (_path, None)},
 }
 CERTIFICATE_SCHEMA: Mapping[str, tuple[Callable[[Any], Any], Any]] = {
     "lineage": (_lineage, None),
@@ -321,6 +367,7 @@ CERTIFICATE_SCHEMA: Mapping[str, tuple[Callable[[Any], Any], Any]] = {
     "tlsa": (_list_of(_tlsa_name), None),
     "usages": (_list_of(_usage), ("2 1 1",)),
     "sni": (_bool, False),
+    "issuers": (_string, None),
 }
 
 
@@ -343,9 +390,17 @@ def _check_table(
     return values
 
 
-def build_config(document: Mapping[str, Any], path: Path) -> Config:
-    """Validate a parsed TOML document; raise ConfigError listing every problem."""
+def build_config(
+    document: Mapping[str, Any], path: Path, families: Families | None = None
+) -> Config:
+    """Validate a parsed TOML document; raise ConfigError listing every problem.
+
+    `families` are the issuer families `issuers` may name (default: the
+    package's own; `load_config` adds the operator's `[families] file`).
+    """
     problems: list[str] = []
+    if families is None:
+        families = read_shipped_families()
     for section in document:
         if section not in SCHEMA and section != "certificate":
             problems.append(f"[{section}]: unknown section")
@@ -360,6 +415,7 @@ def build_config(document: Mapping[str, Any], path: Path) -> Config:
         sections[section] = _check_table(f"{section}.", table, schema, problems)
 
     certificates = _build_certificates(document.get("certificate", []), problems)
+    _check_issuers(document.get("certificate", []), certificates, families, problems)
 
     dns_values = sections["dns"]
     mode: DnsMode = dns_values.get("mode", DnsMode.CHECK)
@@ -384,6 +440,12 @@ def build_config(document: Mapping[str, Any], path: Path) -> Config:
         problems.append(
             'dns.server: required when dns.mode is "check" and dns.verify_servers is not set: '
             "danesync must know which authoritative servers to ask for the TLSA records"
+        )
+    deploy_dir = sections["postfix"].get("deploy_dir")
+    if deploy_dir is not None and re.search(r"[\s,]", str(deploy_dir)):
+        problems.append(
+            f"postfix.deploy_dir: {str(deploy_dir)!r} contains whitespace or a comma, which "
+            "Postfix cannot take in smtpd_tls_chain_files (its lists have no quoting)"
         )
     if zone is not None and mode is DnsMode.RFC2136:
         for cert in certificates:
@@ -412,6 +474,8 @@ def build_config(document: Mapping[str, Any], path: Path) -> Config:
         state=StateConfig(**sections["state"]),
         daemon=DaemonConfig(**sections["daemon"]),
         certificates=tuple(certificates),
+        families=families,
+        families_file=sections["families"].get("file"),
     )
 
 
@@ -453,9 +517,45 @@ def _build_certificates(raw: Any, problems: list[str]) -> list[CertificateConfig
         )
         usages: tuple[Usage, ...] = values.get("usages", (Usage.DANE_TA,))
         certificates.append(
-            CertificateConfig(lineage, hostnames, tlsa, usages, values.get("sni", False))
+            CertificateConfig(
+                lineage,
+                hostnames,
+                tlsa,
+                usages,
+                values.get("sni", False),
+                hostnames_set="hostnames" in values,
+                issuers=values.get("issuers"),
+            )
         )
     return certificates
+
+
+def _check_issuers(
+    raw: Any, certificates: list[CertificateConfig], families: Families, problems: list[str]
+) -> None:
+    """`issuers` names a known family (or "auto") and goes with "2 1 1"."""
+    if not isinstance(raw, list):
+        return
+    index_of = {
+        table["lineage"]: index
+        for index, table in enumerate(raw)
+        if isinstance(table, dict) and isinstance(table.get("lineage"), str)
+    }
+    known = ", ".join(f'"{name}"' for name in sorted(families)) or "none"
+    for certificate in certificates:
+        if certificate.issuers is None:
+            continue
+        prefix = f"certificate[{index_of.get(certificate.lineage, 0) + 1}].issuers"
+        if certificate.issuers != AUTO and certificate.issuers not in families:
+            problems.append(
+                f"{prefix}: unknown issuer family {certificate.issuers!r}; "
+                f'use "{AUTO}" or one of {known} (or define it in [families] file)'
+            )
+        if Usage.DANE_TA not in certificate.usages:
+            problems.append(
+                f'{prefix}: pre-publishes "2 1 1" records, but usages of '
+                f'{certificate.lineage!r} has no "2 1 1"'
+            )
 
 
 def config_path(cli_value: str | None, environ: Mapping[str, str] = os.environ) -> Path:
@@ -480,4 +580,17 @@ def load_config(path: Path) -> Config:
         raise ConfigError(str(path), ["not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(str(path), [f"not valid TOML: {error}"]) from None
-    return build_config(document, path)
+    return build_config(document, path, _read_operator_families(document))
+
+
+def _read_operator_families(document: Mapping[str, Any]) -> Families | None:
+    """The package's families plus [families] file's; None if no file is named.
+
+    A file that cannot be read or is invalid raises ConfigError naming it.
+    An invalid `file` value is left for build_config to report.
+    """
+    table = document.get("families")
+    value = table.get("file") if isinstance(table, dict) else None
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        return None
+    return merge_families(read_shipped_families(), read_families(Path(value)))

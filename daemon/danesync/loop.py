@@ -26,11 +26,12 @@ from danesync.errors import ConfigError, DanesyncError
 from danesync.log import configure_logging
 from danesync.notify import Notifier, watchdog_interval
 from danesync.service import PassResult, Service
-from danesync.watcher import Debouncer, LineageWatcher
+from danesync.watcher import Debouncer, LineageWatcher, read_certbot_done
 
 log = structlog.get_logger("danesync")
 
 FAILURE_RETRY = (5.0, 600.0)  # first and longest delay before retrying a failed pass
+LIGHT_CHECK_INTERVAL = 300.0  # seconds between light checks (TLSA RRsets of served chains)
 
 
 class _Wakeup:
@@ -146,8 +147,15 @@ class Daemon:
         if restart_watcher or self.watcher is None:
             self._start_watcher()
         log.info("config.reloaded", path=str(config.path), certificates=len(config.certificates))
+        self._warn_families()
         # systemd 252 stays in "reloading" until READY=1 follows RELOADING=1.
         self.notifier.ready(self._summary(PassResult()))
+
+    def _warn_families(self) -> None:
+        """Issuer families that exceed the cap of records per name (danesync.families)."""
+        from danesync.family_report import log_family_warnings
+
+        log_family_warnings(self.config, self.service.state, dt.datetime.now(dt.UTC))
 
     def _poll_interval(self) -> float:
         """How often a held rollover looks at DNS again."""
@@ -173,15 +181,18 @@ class Daemon:
         result = self._pass(None, monitor=False)  # ARI can take seconds: after READY=1
         self.notifier.ready(self._summary(result))
         log.info("daemon.ready", certificates=len(self.config.certificates))
+        self._warn_families()
         self.service.run_monitoring()
 
         ping_every = watchdog_interval()
         next_full = time.monotonic() + self.config.daemon.reconcile_interval
         next_ping = time.monotonic()
         next_poll = self._next_poll(result)
+        light_every = min(LIGHT_CHECK_INTERVAL, self.config.daemon.reconcile_interval)
+        next_light = time.monotonic() + light_every
         while True:
             now = time.monotonic()
-            deadlines = [next_full, next_poll]
+            deadlines = [next_full, next_poll, next_light]
             if ping_every:
                 deadlines.append(next_ping)
             due_debounce = self.debouncer.next_deadline()
@@ -198,10 +209,15 @@ class Daemon:
             if signal.SIGHUP in signals:
                 self._reload_config()
                 next_full = now  # a new config gets a full pass
-            for lineage in changed:
-                self.debouncer.touch(lineage, now)
+            live_dir = self.config.certbot.live_dir
+            for lineage in changed:  # certbot done: read at once; otherwise after settle
+                self.debouncer.touch(lineage, now, done=read_certbot_done(live_dir, lineage))
             if overflow or signal.SIGUSR1 in signals:
                 next_full = now
+            if now >= next_light:
+                next_light = now + light_every
+                if self.config.dns.mode is not DnsMode.OFF and self.service.light_check():
+                    next_full = now
             if now >= next_full:
                 if self.watcher is not None and not self.watcher.alive():
                     log.warning("watcher.restarted", reason="the watcher thread had died")
@@ -217,6 +233,8 @@ class Daemon:
             due &= known
             if due:
                 result = self._pass(due)
+                if result.failed:  # read before settle: once more after it
+                    self.debouncer.retry(due, time.monotonic())
                 next_poll = min(next_poll, self._next_poll(result))
             elif now >= next_poll:
                 result = self._pass(None)
@@ -253,6 +271,12 @@ class _WatchdogStopRace(logging.Filter):
 
 
 def run_daemon(config: Config, log_format: str) -> int:
+    from danesync.lock import acquire_lock
+
     configure_logging(log_format)  # type: ignore[arg-type]
     logging.getLogger("watchdog.observers.inotify").addFilter(_WatchdogStopRace())
-    return Daemon(config, Notifier()).run()
+    lock = acquire_lock(config.state.dir)  # one danesync per state directory
+    try:
+        return Daemon(config, Notifier()).run()
+    finally:
+        lock.release()

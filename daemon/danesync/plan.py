@@ -1,229 +1,293 @@
-"""The planner: what to do about each lineage, and which TLSA records to
-publish, report or retire. Pure: no I/O, no clock (it is given `now`).
+"""The planner: every decision of danesync, as explicit steps. Pure: no I/O,
+no clock (it is given `now` and what was observed).
 
-The rule it enforces (DESIGN.md, "the one invariant"): a chain goes into
-service only when every TLSA record it needs has been visible on every
-authoritative server for `rollover_wait`, unless DNS is off, Postfix already
-serves it, or the deployed chain is expired or would expire before the wait
-ends (an emergency, `rollover.forced`).
+The one rule (DESIGN.md, "the one invariant"): every chain Postfix presents
+matches every TLSA RRset version a cache may still hold for its names
+(history.py says which versions those are). Each step is allowed only if the
+rule holds after it:
+
+- deploy a chain only if every possible version at its names accepts it;
+- add records only if every served chain accepts the resulting RRset;
+- remove a record only if danesync's own update added it and every served
+  chain accepts the RRset without it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
 
-from danesync.chain import Chain
 from danesync.config import Config, DnsMode
+from danesync.decisions import (
+    Candidate,
+    ClearInflight,
+    Decision,
+    Deploy,
+    DeployItem,
+    DeployKind,
+    Observations,
+    Plan,
+    Problem,
+    Publish,
+    Retire,
+    Step,
+    Verb,
+)
+from danesync.families import build_holding_family_records
+from danesync.history import RRset, is_never, possible_versions
+from danesync.matching import rrset_accepts
+from danesync.needs import Holding, build_holdings, build_needed_records
 from danesync.state import ChainInfo, State
 from danesync.tlsa import TlsaRecord
 
+__all__ = [
+    "FORCE_MARGIN",
+    "Candidate",
+    "ClearInflight",
+    "Decision",
+    "Deploy",
+    "DeployItem",
+    "DeployKind",
+    "Observations",
+    "Plan",
+    "Problem",
+    "Publish",
+    "Retire",
+    "Step",
+    "Verb",
+    "build_query_names",
+    "plan_pass",
+    "plan_recovery",
+]
 
-class Verb(Enum):
-    UNCHANGED = "unchanged"  # the candidate is what Postfix serves
-    DEPLOY = "deploy"  # its records are visible and aged (or DNS is off)
-    FORCE = "force"  # emergency: the deployed chain is expired or about to be
-    PUBLISH = "publish"  # held: danesync publishes its records now
-    MISSING = "missing"  # held: records the operator must add (check mode)
-    WAIT_VISIBLE = "wait_visible"  # held: published, not yet on every server
-    WAIT_AGE = "wait_age"  # held: visible, aging until proceed_at
-    DNS_UNKNOWN = "dns_unknown"  # held: the DNS servers could not be asked
-    DOWNGRADE = "downgrade"  # not deployed: expires before the deployed chain
-    FAILED = "failed"  # its deploy failed before; not retried until it changes
-    INVALID = "invalid"
-    PENDING = "pending"  # certbot is mid-update
-
-    @property
-    def deploys(self) -> bool:
-        return self in (Verb.DEPLOY, Verb.FORCE)
-
-    @property
-    def holds(self) -> bool:
-        return self in (
-            Verb.PUBLISH,
-            Verb.MISSING,
-            Verb.WAIT_VISIBLE,
-            Verb.WAIT_AGE,
-            Verb.DNS_UNKNOWN,
-        )
+# A chain that expires before its successor is safe is replaced this long
+# before its notAfter: the last safe moment, with room for a reload and probe.
+FORCE_MARGIN = dt.timedelta(minutes=5)
+_GATE = "to be gated"  # a first-round DEPLOY that still has to pass the DNS gate
 
 
-@dataclass(frozen=True)
-class Problem:
-    """Why a lineage has no usable candidate now."""
-
-    reason: str
-    pending: bool = False
+def primary_key(config: Config) -> str | None:
+    server = config.dns.server
+    return None if server is None else str(server)
 
 
-Candidate = Chain | Problem
+def plan_recovery(
+    config: Config, state: State, on_disk: Mapping[str, str | None]
+) -> tuple[Step, ...]:
+    """After a restart: finish the deploys in flight whose file is in place,
+    forget the others (their file was never written, or was rolled back)."""
+    items: list[DeployItem] = []
+    steps: list[Step] = []
+    for lineage, lineage_state in sorted(state.lineages.items()):
+        inflight = lineage_state.inflight
+        if inflight is None:
+            continue
+        if on_disk.get(lineage) == inflight.fingerprint and config.certificate(lineage):
+            reason = "finished a deploy interrupted by a restart"
+            items.append(DeployItem(lineage, inflight, DeployKind.RESUMED, reason))
+        else:
+            steps.append(ClearInflight(lineage))
+    if items:
+        steps.append(Deploy(tuple(items)))
+    return tuple(steps)
 
 
-@dataclass(frozen=True)
-class DnsView:
-    """What the DNS servers returned for the TLSA names asked about."""
-
-    names: frozenset[str]  # the owner names that were asked for
-    visible: frozenset[TlsaRecord]  # returned by every verify server
-    on_primary: frozenset[TlsaRecord]  # returned by the primary (rfc2136)
-
-
-@dataclass(frozen=True)
-class Decision:
-    lineage: str
-    verb: Verb
-    chain: Chain | None = None
-    reason: str = ""
-    proceed_at: dt.datetime | None = None
-    missing: tuple[TlsaRecord, ...] = ()  # needed records not yet visible everywhere
-
-
-@dataclass(frozen=True)
-class Plan:
-    decisions: tuple[Decision, ...]
-    mark_visible: tuple[TlsaRecord, ...]  # became visible everywhere now
-    mark_invisible: tuple[TlsaRecord, ...]  # were visible, are not any more
-    publish: tuple[TlsaRecord, ...]  # rfc2136: add these (needed, absent on the primary)
-    missing: tuple[TlsaRecord, ...]  # needed and not visible everywhere
-    retire: tuple[TlsaRecord, ...]  # published by danesync, needed by nothing
-
-    @property
-    def deploys(self) -> tuple[Decision, ...]:
-        return tuple(d for d in self.decisions if d.verb.deploys)
-
-
-def build_query_names(
-    config: Config, state: State, candidates: Mapping[str, Candidate]
-) -> frozenset[str]:
-    """The TLSA owner names a pass must look up."""
-    names: set[str] = {record.name for record in state.records}
-    for lineage, candidate in candidates.items():
-        certificate = config.certificate(lineage)
-        if certificate is not None:
+def build_query_names(config: Config, state: State, lineages: set[str] | None) -> frozenset[str]:
+    """The owner names a pass looks up: those of its lineages (all, for a full
+    pass) and, on a full pass, every name where danesync owns records."""
+    names: set[str] = set()
+    for certificate in config.certificates:
+        if lineages is None or certificate.lineage in lineages:
             names.update(certificate.tlsa)
-        if isinstance(candidate, Chain):
-            names.update(record.name for record in candidate.tlsa)
-        lineage_state = state.lineages.get(lineage)
-        if lineage_state is not None and lineage_state.deployed is not None:
-            names.update(record.name for record in lineage_state.deployed.tlsa)
+    if lineages is None:
+        names.update(n for n, h in state.names.items() if h.owned or h.intent)
     return frozenset(names)
 
 
-def plan_pass(
-    config: Config,
-    state: State,
-    candidates: Mapping[str, Candidate],
-    dns: DnsView | None,
-    served: Mapping[str, str],
-    now: dt.datetime,
-) -> Plan:
-    """Decide one pass over the lineages in `candidates` (others are left as they are).
+@dataclass
+class _Context:
+    config: Config
+    state: State
+    obs: Observations
+    now: dt.datetime
+    floor: int
+    primary: str | None
 
-    `dns` is None when mode is off or the servers could not be asked;
-    `served` maps a lineage to the leaf fingerprint Postfix was seen serving.
-    """
+    def current(self, name: str) -> RRset:
+        history = self.state.names.get(name)
+        found = history.current(self.primary) if history and self.primary else None
+        return found or RRset.of((), 0)
+
+    def everywhere(self, name: str) -> frozenset[TlsaRecord]:
+        history = self.state.names.get(name)
+        if history is None or not history.servers:
+            return frozenset()
+        sets = [v.records for v in history.servers.values()]
+        return frozenset.intersection(*sets)
+
+
+def plan_pass(config: Config, state: State, obs: Observations, now: dt.datetime) -> Plan:
+    """Decide one pass over the lineages in `obs.candidates` (the others keep their state)."""
+    ctx = _Context(config, state, obs, now, config.dns.rollover_wait, primary_key(config))
     mode = config.dns.mode
-    wait = dt.timedelta(seconds=config.dns.rollover_wait)
-    dns_known = mode is not DnsMode.OFF and dns is not None
+    first = [_decide_candidate(ctx, lineage, c) for lineage, c in sorted(obs.candidates.items())]
+    first = _refuse_duplicate_algorithms(config, state, first)
+    held = {d.lineage: d.chain if (d.verb.holds or d.verb.deploys) else None for d in first}
+    holdings = build_holdings(config, state, held)
+    by_name: dict[str, list[Holding]] = {}
+    for holding in holdings:
+        for owner in holding.names:
+            by_name.setdefault(owner, []).append(holding)
+    # Issuer families (danesync.families): every member's 2 1 1 stays published.
+    needed = build_needed_records(holdings, build_holding_family_records(config, holdings, now))
 
-    visible_since: dict[TlsaRecord, dt.datetime] = {
-        record: s.visible_since for record, s in state.records.items() if s.visible_since
-    }
-    mark_visible: list[TlsaRecord] = []
-    mark_invisible: list[TlsaRecord] = []
-    if dns_known:
-        assert dns is not None
-        for record in sorted(dns.visible):
-            if record not in visible_since:
-                visible_since[record] = now
-                mark_visible.append(record)
-        for record in sorted(visible_since):
-            if record.name in dns.names and record not in dns.visible:
-                del visible_since[record]
-                mark_invisible.append(record)
-
-    def aged(records: Iterable[TlsaRecord]) -> dt.datetime | None:
-        """When all of `records` will have been visible for `wait`; None if one is not."""
-        moments = [visible_since.get(r) for r in records]
-        if any(m is None for m in moments):
-            return None
-        return max((m for m in moments if m is not None), default=now) + wait
-
-    decisions = [
-        _decide(config, state, lineage, candidate, dns_known, aged, served, now, wait)
-        for lineage, candidate in sorted(candidates.items())
-    ]
-    decisions = _refuse_duplicate_algorithms(config, state, decisions)
-
-    needed: set[TlsaRecord] = set()
-    for lineage, lineage_state in state.lineages.items():
-        if lineage in candidates:
-            continue  # decided below
-        for info in (lineage_state.deployed, lineage_state.pending):
-            if info is not None:
-                needed.update(info.tlsa)
-    for decision in decisions:
-        deployed = state.lineages.get(decision.lineage)
-        if decision.verb is Verb.UNCHANGED and decision.chain is not None:
-            needed.update(decision.chain.tlsa)  # today's config for the served chain
-        elif deployed is not None and deployed.deployed is not None:
-            needed.update(deployed.deployed.tlsa)
-        if (decision.verb.holds or decision.verb.deploys) and decision.chain is not None:
-            needed.update(decision.chain.tlsa)
-        if decision.verb is Verb.PENDING and deployed is not None and deployed.pending:
-            needed.update(deployed.pending.tlsa)
-
-    if mode is DnsMode.OFF:
-        return Plan(tuple(decisions), (), (), (), (), ())
-    if not dns_known:
-        return Plan(tuple(decisions), (), (), (), (), ())
-    assert dns is not None
-    asked = [r for r in sorted(needed) if r.name in dns.names]
-    missing = tuple(r for r in asked if r not in dns.visible)
-    publish: tuple[TlsaRecord, ...] = ()
-    retire: tuple[TlsaRecord, ...] = ()
+    steps: list[Step] = []
+    publishes: dict[str, RRset] = {}
     if mode is DnsMode.RFC2136:
-        publish = tuple(r for r in asked if r not in dns.on_primary)
-        retire = tuple(
-            r
-            for r, s in sorted(state.records.items())
-            if s.published and r not in needed and r.name in dns.names
+        for name in sorted(needed):
+            step = _plan_publish(ctx, by_name.get(name, []), name, needed[name])
+            if step is not None:
+                steps.append(step)
+                publishes[name] = RRset.of(ctx.current(name).records | set(step.add), step.ttl)
+
+    # The gate again, now knowing what this pass publishes.
+    decisions = [
+        _gate_decision(ctx, d, publishes, needed) if d.reason is _GATE else d for d in first
+    ]
+    decisions = [_hold_verb(ctx, d, publishes) if d.verb is Verb.PUBLISH else d for d in decisions]
+    items = [
+        DeployItem(
+            d.lineage,
+            d.chain,
+            DeployKind.FORCED if d.verb is Verb.FORCE else DeployKind.NEW,
+            d.reason,
         )
-    return Plan(
-        tuple(decisions),
-        tuple(mark_visible),
-        tuple(mark_invisible),
-        publish,
-        missing,
-        retire,
-    )
+        for d in decisions
+        if d.verb.deploys and d.chain is not None
+    ]
+    items += _plan_repairs(decisions, obs)
+    if items:
+        steps.append(Deploy(tuple(items)))
+    elif mode is DnsMode.RFC2136:
+        # Retire only in a round that deploys nothing: what is served is settled.
+        for name in sorted({n for n, h in state.names.items() if h.owned} & obs.fresh):
+            retire = _plan_retire(ctx, by_name.get(name, []), name, needed.get(name, frozenset()))
+            if retire is not None:
+                steps.append(retire)
+    missing: tuple[TlsaRecord, ...] = ()
+    if mode is DnsMode.CHECK:
+        missing = tuple(
+            sorted(
+                r
+                for name, records in needed.items()
+                if name in obs.fresh
+                for r in records
+                if r not in ctx.everywhere(name)
+            )
+        )
+    return Plan(tuple(decisions), tuple(steps), missing)
 
 
-def _decide(
-    config: Config,
-    state: State,
-    lineage: str,
-    candidate: Candidate,
-    dns_known: bool,
-    aged: Callable[[Iterable[TlsaRecord]], dt.datetime | None],
-    served: Mapping[str, str],
-    now: dt.datetime,
-    wait: dt.timedelta,
-) -> Decision:
+def _plan_repairs(decisions: list[Decision], obs: Observations) -> list[DeployItem]:
+    """A deployed chain whose file is missing or altered is written again:
+    Postfix reads it whenever it starts an smtpd, and fails every handshake without it."""
+    if obs.on_disk is None:
+        return []
+    return [
+        DeployItem(
+            d.lineage,
+            d.chain,
+            DeployKind.REPAIR,
+            "the chain file is missing or was changed; writing the deployed chain again",
+        )
+        for d in decisions
+        if d.verb is Verb.UNCHANGED
+        and d.chain is not None
+        and d.lineage in obs.on_disk
+        and obs.on_disk[d.lineage] != d.chain.fingerprint
+    ]
+
+
+def _served_at(ctx: _Context, holdings: Sequence[Holding]) -> tuple[list[ChainInfo], bool]:
+    """The chains Postfix may present to clients of one owner name (`holdings`:
+    the lineages with that name), and whether an unknown one (not deployed by
+    danesync, not identified by the probe) is among them."""
+    known: list[ChainInfo] = []
+    unknown = False
+    for holding in holdings:
+        lineage_state = ctx.state.lineages.get(holding.lineage)
+        deployed = lineage_state.deployed if lineage_state else None
+        inflight = lineage_state.inflight if lineage_state else None
+        if deployed is not None:
+            known.append(deployed)
+        if inflight is not None:
+            known.append(inflight)
+        if deployed is None and inflight is None:
+            served = (ctx.obs.served or {}).get(holding.lineage)
+            candidate = ctx.obs.candidates.get(holding.lineage)
+            if isinstance(candidate, ChainInfo) and served == candidate.fingerprint:
+                known.append(candidate)
+            else:
+                unknown = True
+    return known, unknown
+
+
+def _plan_publish(
+    ctx: _Context, holdings: Sequence[Holding], name: str, needed: frozenset[TlsaRecord]
+) -> Publish | None:
+    if name not in ctx.obs.fresh:
+        return None
+    current = ctx.current(name)
+    add = needed - current.records
+    if not add:
+        return None
+    result = current.records | add
+    known, unknown = _served_at(ctx, holdings)
+    # An unknown chain (snakeoil, a bootstrap chain) matches whatever it matched:
+    # adding to a non-empty RRset keeps that, turning an empty one non-empty may not.
+    if unknown and not current.records:
+        return None
+    if not all(rrset_accepts(result, chain.matches) for chain in known):
+        return None
+    ttl = ctx.config.dns.ttl
+    previous = current.ttl if current.records and current.ttl != ttl else None
+    return Publish(name, tuple(sorted(add)), ttl, previous)
+
+
+def _plan_retire(
+    ctx: _Context, holdings: Sequence[Holding], name: str, needed: frozenset[TlsaRecord]
+) -> Retire | None:
+    history = ctx.state.names[name]
+    current = ctx.current(name)
+    known, unknown = _served_at(ctx, holdings)
+    if unknown:
+        return None
+    delete: list[TlsaRecord] = []
+    for record in sorted((history.owned & current.records) - needed):
+        remaining = current.records - {*delete, record}
+        if all(rrset_accepts(remaining, chain.matches) for chain in known):
+            delete.append(record)
+    return Retire(name, tuple(delete)) if delete else None
+
+
+def _decide_candidate(ctx: _Context, lineage: str, candidate: Candidate) -> Decision:
+    """What to do with one lineage's candidate, before the DNS gate."""
     if isinstance(candidate, Problem):
         verb = Verb.PENDING if candidate.pending else Verb.INVALID
         return Decision(lineage, verb, reason=candidate.reason)
     chain = candidate
-    lineage_state = state.lineages.get(lineage)
-    deployed: ChainInfo | None = lineage_state.deployed if lineage_state else None
+    lineage_state = ctx.state.lineages.get(lineage)
+    deployed = lineage_state.deployed if lineage_state else None
     if deployed is not None and deployed.fingerprint == chain.fingerprint:
         return Decision(lineage, Verb.UNCHANGED, chain)
     if lineage_state is not None and lineage_state.failed_fingerprint == chain.fingerprint:
         return Decision(lineage, Verb.FAILED, chain, lineage_state.failed_reason or "")
-    deployed_valid = deployed is not None and deployed.not_after > now
-    if deployed is not None and deployed_valid and chain.not_after < deployed.not_after:
+    if (
+        deployed is not None
+        and deployed.not_after > ctx.now
+        and chain.not_after < deployed.not_after
+    ):
         return Decision(
             lineage,
             Verb.DOWNGRADE,
@@ -231,18 +295,11 @@ def _decide(
             f"it expires at {chain.not_after:%Y-%m-%d %H:%M}Z, before the deployed chain "
             f"(serial {deployed.serial}, {deployed.not_after:%Y-%m-%d %H:%M}Z)",
         )
-    if config.dns.mode is DnsMode.OFF:
+    if ctx.config.dns.mode is DnsMode.OFF:
         return Decision(lineage, Verb.DEPLOY, chain, "dns.mode is off")
-    if deployed is None and served.get(lineage) == chain.fingerprint:
+    if deployed is None and (ctx.obs.served or {}).get(lineage) == chain.fingerprint:
         return Decision(lineage, Verb.DEPLOY, chain, "Postfix already serves this chain")
-
-    ready_at = aged(chain.tlsa) if dns_known else None
-    if ready_at is not None and ready_at <= now:
-        return Decision(lineage, Verb.DEPLOY, chain, "its TLSA records are visible and aged")
-
-    # Held. When would it proceed at the earliest?
-    proceed_at: dt.datetime = ready_at if ready_at is not None else now + wait
-    if deployed is not None and deployed.not_after <= now:
+    if deployed is not None and deployed.not_after <= ctx.now:
         return Decision(
             lineage,
             Verb.FORCE,
@@ -250,31 +307,108 @@ def _decide(
             f"the deployed chain (serial {deployed.serial}) expired at "
             f"{deployed.not_after:%Y-%m-%d %H:%M}Z",
         )
-    if deployed is not None and deployed.not_after <= proceed_at:
-        return Decision(
-            lineage,
-            Verb.FORCE,
-            chain,
-            f"the deployed chain (serial {deployed.serial}) expires at "
-            f"{deployed.not_after:%Y-%m-%d %H:%M}Z, before the rollover could finish",
+    return Decision(lineage, Verb.DEPLOY, chain, _GATE)
+
+
+def _gate_decision(
+    ctx: _Context,
+    decision: Decision,
+    publishes: Mapping[str, RRset],
+    needed: Mapping[str, frozenset[TlsaRecord]],
+) -> Decision:
+    """Deploy only if every RRset version a cache may hold at its names accepts it."""
+    chain = decision.chain
+    certificate = ctx.config.certificate(decision.lineage)
+    assert chain is not None and certificate is not None
+    lineage = decision.lineage
+    proceed: dt.datetime | None = ctx.now
+    served_now = True  # no blocking version is still served by some server
+    unknown = False
+    for name in certificate.tlsa:
+        if name not in ctx.obs.fresh:
+            unknown = True
+            continue
+        history = ctx.state.name(name)
+        versions = list(possible_versions(history, ctx.now, ctx.floor))
+        if name in publishes:
+            versions.append((publishes[name], dt.datetime.max.replace(tzinfo=dt.UTC)))
+        for rrset, until in versions:
+            if rrset_accepts(rrset.records, chain.matches):
+                continue
+            if is_never(until):
+                served_now = False
+                proceed = None
+            elif proceed is not None:
+                proceed = max(proceed, until)
+    if not unknown and served_now and proceed is not None and proceed <= ctx.now:
+        return Decision(lineage, Verb.DEPLOY, chain, "every RRset a cache may hold accepts it")
+    missing = tuple(
+        sorted(
+            r
+            for name in certificate.tlsa
+            for r in needed.get(name, frozenset())
+            if r.data in (chain.leaf_spki, chain.issuer_spki) and r not in ctx.everywhere(name)
         )
-    if not dns_known:
-        return Decision(
-            lineage, Verb.DNS_UNKNOWN, chain, "the DNS servers could not be asked", proceed_at
-        )
-    missing = tuple(r for r in chain.tlsa if aged([r]) is None)
-    if ready_at is not None:
-        return Decision(
-            lineage, Verb.WAIT_AGE, chain, "waiting for DNS caches to expire", proceed_at
-        )
-    if config.dns.mode is DnsMode.CHECK:
-        return Decision(
-            lineage, Verb.MISSING, chain, "its TLSA records are not visible", proceed_at, missing
-        )
-    published = all(state.records.get(r) and state.records[r].published for r in missing)
-    verb = Verb.WAIT_VISIBLE if published else Verb.PUBLISH
+    )
+    if unknown:
+        verb, reason = Verb.DNS_UNKNOWN, "the DNS servers could not be asked"
+        proceed = None
+    elif not served_now:
+        verb = Verb.MISSING if ctx.config.dns.mode is DnsMode.CHECK else Verb.PUBLISH
+        reason = "a server still serves a TLSA RRset that does not match it"
+    else:
+        verb, reason = Verb.WAIT_AGE, "waiting for DNS caches to drop RRsets that do not match it"
+    return _emergency(ctx, Decision(lineage, verb, chain, reason, proceed, missing))
+
+
+def _hold_verb(ctx: _Context, decision: Decision, publishes: Mapping[str, RRset]) -> Decision:
+    """PUBLISH when this pass publishes a record it needs, else it waits to be seen."""
+    certificate = ctx.config.certificate(decision.lineage)
+    publishing = certificate is not None and any(
+        r in publishes[name].records
+        for name in certificate.tlsa
+        if name in publishes
+        for r in decision.missing
+    )
+    if publishing:
+        return decision
     return Decision(
-        lineage, verb, chain, "its TLSA records are not yet visible everywhere", proceed_at, missing
+        decision.lineage,
+        Verb.WAIT_VISIBLE,
+        decision.chain,
+        decision.reason,
+        decision.proceed_at,
+        decision.missing,
+        decision.forced_at,
+    )
+
+
+def _emergency(ctx: _Context, decision: Decision) -> Decision:
+    """The deployed chain expires before the candidate is safe: deploy at the last
+    safe moment before it expires, not at once."""
+    lineage_state = ctx.state.lineages.get(decision.lineage)
+    deployed = lineage_state.deployed if lineage_state else None
+    if deployed is None:
+        return decision
+    forced_at = deployed.not_after - FORCE_MARGIN
+    if decision.proceed_at is not None and decision.proceed_at <= forced_at:
+        return decision
+    if ctx.now >= forced_at:
+        return Decision(
+            decision.lineage,
+            Verb.FORCE,
+            decision.chain,
+            f"the deployed chain (serial {deployed.serial}) expires at "
+            f"{deployed.not_after:%Y-%m-%d %H:%M:%S}Z, before the rollover could finish",
+        )
+    return Decision(
+        decision.lineage,
+        decision.verb,
+        decision.chain,
+        decision.reason,
+        forced_at,
+        decision.missing,
+        forced_at,
     )
 
 

@@ -46,20 +46,49 @@ def build_status(config: Config, state: State, now: dt.datetime) -> dict[str, An
             if lineage_state.failed_reason:
                 entry["failed"] = lineage_state.failed_reason
         lineages[certificate.lineage] = entry
-    records = [
-        {
-            "tlsa": record.zone_line(config.dns.ttl),
-            "published_by_danesync": s.published,
-            "visible_since": format_time(s.visible_since) if s.visible_since else None,
-        }
-        for record, s in sorted(state.records.items())
-    ]
+    records = []
+    for _name, history in sorted(state.names.items()):
+        served = [rrset for rrset in history.servers.values()]
+        everywhere = frozenset.intersection(*[r.records for r in served]) if served else frozenset()
+        ttl = max((r.ttl for r in served), default=config.dns.ttl)
+        for record in sorted(frozenset().union(*[r.records for r in served]) | history.owned):
+            since = min(
+                (v.first_seen for v in history.seen if record in v.rrset.records), default=None
+            )
+            records.append(
+                {
+                    "tlsa": record.zone_line(ttl),
+                    "published_by_danesync": record in history.owned,
+                    "visible_since": format_time(since)
+                    if since is not None and record in everywhere
+                    else None,
+                }
+            )
     return {
         "config": str(config.path),
         "dns_mode": config.dns.mode.value,
         "lineages": lineages,
         "records": records,
+        "failures": [
+            {**f.to_json(), "since": format_time(f.since)}
+            for _, f in sorted(state.failures.items())
+        ],
+        "names": _names_json(config, state, now),
+        "family_warnings": _family_warnings(config, state, now),
     }
+
+
+def _names_json(config: Config, state: State, now: dt.datetime) -> dict[str, Any]:
+    """Per owner name: current, pending, family and retiring records (issue 12)."""
+    from danesync.family_report import build_name_report
+
+    return {r.name: r.to_json() for r in build_name_report(config, state, {}, now)}
+
+
+def _family_warnings(config: Config, state: State, now: dt.datetime) -> list[str]:
+    from danesync.family_report import build_family_warnings
+
+    return list(build_family_warnings(config, state, now))
 
 
 def print_status(document: dict[str, Any], out: TextIO) -> None:
@@ -86,12 +115,35 @@ def print_status(document: dict[str, Any], out: TextIO) -> None:
             )
         if entry["failed"]:
             print(f"  failed    {entry['failed']}", file=out)
+    for failure in document.get("failures", []):
+        where = f"{failure['lineage']}: " if failure.get("lineage") else ""
+        print(
+            f"failed    {where}{failure['step']} {failure['target']}: {failure['reason']} "
+            f"(since {failure['since']}, {failure['attempts']} attempt(s))",
+            file=out,
+        )
     if document["records"]:
         print("TLSA records:", file=out)
         for record in document["records"]:
             origin = "published by danesync" if record["published_by_danesync"] else "found"
             seen = record["visible_since"] or "not visible everywhere"
             print(f"  {record['tlsa']}  ({origin}; visible since {seen})", file=out)
+    _print_names(document.get("names", {}), out)
+    for warning in document.get("family_warnings", []):
+        print(f"warning: {warning}", file=out)
+
+
+def _print_names(names: dict[str, Any], out: TextIO) -> None:
+    if not any(entry["family"] or entry["retiring"] for entry in names.values()):
+        return  # nothing beyond what the lines above say
+    print("TLSA records per name:", file=out)
+    for name, entry in names.items():
+        print(f"  {name}", file=out)
+        rows = [(kind, rdata) for kind in ("current", "pending") for rdata in entry[kind]]
+        rows += [("family", f"{f['tlsa']}  ({f['member']})") for f in entry["family"]]
+        rows += [("retiring", rdata) for rdata in entry["retiring"]]
+        for kind, text in rows:
+            print(f"    {kind:<9} {text}", file=out)
 
 
 def run_status(config: Config, as_json: bool, out: TextIO = sys.stdout) -> int:

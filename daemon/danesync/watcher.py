@@ -5,9 +5,16 @@ and re-linking cert, privkey, chain and fullchain one at a time, then removing
 the ``previous_*`` links. For symlinks inotify reports IN_CREATE and IN_DELETE
 on the directory (no IN_MODIFY, no IN_CLOSE_WRITE: a symlink is never
 opened), so every step reaches the watcher as an event under
-``live/<name>/``. The watcher only names the lineage, at once; whether the
-lineage is complete is for the service loop to decide once it has been quiet
-for ``settle`` seconds (`Debouncer`).
+``live/<name>/``. The watcher only names the lineage, at once. The loop then
+asks `read_certbot_done`: certbot is finished with a lineage when its four
+links point at one archive version and no ``previous_*`` link remains, and
+the lineage is read at once. Any other state waits until the lineage has
+been quiet for ``settle`` seconds (`Debouncer`): the fallback for writers
+that are not certbot.
+
+Only the events certbot's updates make are asked of the kernel (created,
+deleted, moved): not opens and closes, which our own reads of 10,000
+lineages would turn into a flood that overflows the inotify queue.
 
 ``live/`` may not exist yet (certbot creates it with the first certificate)
 or may be removed: the watcher then watches the nearest existing parent and
@@ -18,21 +25,34 @@ replaced) it calls ``on_overflow`` so the loop runs a full reconcile.
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.utils import BaseThread
 
+from danesync.debounce import Debouncer, read_certbot_done
 from danesync.errors import WatchError
 from danesync.log import get_logger
 
 log = get_logger()
+
+__all__ = ["Debouncer", "LineageWatcher", "read_certbot_done"]
 
 ChangeCallback = Callable[[str], None]
 OverflowCallback = Callable[[], None]
@@ -45,50 +65,17 @@ _NOT_LINEAGES = frozenset({"README"})
 
 _IN_Q_OVERFLOW = 0x4000
 
-
-class Debouncer:
-    """Which names have been quiet for `settle` seconds since their last `touch`.
-
-    Pure: every method takes `now` from the caller (a monotonic clock).
-    """
-
-    def __init__(self, settle: float) -> None:
-        if settle < 0:
-            raise ValueError(f"settle must not be negative, not {settle}")
-        self.settle = settle
-        self._deadlines: dict[str, float] = {}
-
-    def touch(self, name: str, now: float) -> None:
-        """`name` changed at `now`; it is due `settle` seconds later unless touched again."""
-        self._deadlines[name] = now + self.settle
-
-    def due(self, now: float) -> list[str]:
-        """Names quiet since their deadline, oldest deadline first; they are forgotten."""
-        ready = sorted(
-            (deadline, name) for name, deadline in self._deadlines.items() if deadline <= now
-        )
-        for _, name in ready:
-            del self._deadlines[name]
-        return [name for _, name in ready]
-
-    def next_deadline(self) -> float | None:
-        """When the next name falls due, or None if none is pending."""
-        return min(self._deadlines.values(), default=None)
-
-    def discard(self, name: str) -> None:
-        """Forget `name` (a full reconcile handled it)."""
-        self._deadlines.pop(name, None)
-
-    def clear(self) -> None:
-        self._deadlines.clear()
-
-    @property
-    def pending(self) -> frozenset[str]:
-        return frozenset(self._deadlines)
-
-    def __len__(self) -> int:
-        return len(self._deadlines)
-
+# What certbot's link updates (and live/ appearing or being replaced) make.
+# watchdog >= 4 passes this on to inotify_add_watch; older ones never ask
+# for opens.
+_EVENT_FILTER: list[type[FileSystemEvent]] = [
+    DirCreatedEvent,
+    FileCreatedEvent,
+    DirDeletedEvent,
+    FileDeletedEvent,
+    DirMovedEvent,
+    FileMovedEvent,
+]
 
 # watchdog drops the kernel's IN_Q_OVERFLOW record (wd -1) without telling
 # its users (up to 6.x; 7.x only logs it). The only place to see it is the
@@ -218,6 +205,7 @@ class LineageWatcher:
         self._root = self.live_dir
         self._stopping = False
         self._overflow_hook = False
+        self._filtered = False
 
     @property
     def watching_live(self) -> bool:
@@ -246,6 +234,7 @@ class LineageWatcher:
                 )
             observer = Observer()
             self._observer = observer
+            self._filtered = "event_filter" in inspect.signature(observer.schedule).parameters
             try:
                 self._arm(report=False)
                 observer.start()
@@ -328,10 +317,7 @@ class LineageWatcher:
             for key in missing:
                 path, recursive = key
                 identity = _identity(path)
-                self._watches[key] = (
-                    observer.schedule(self._handler, path, recursive=recursive),
-                    identity,
-                )
+                self._watches[key] = (self._schedule(observer, path, recursive), identity)
         if not report:
             return
         has_live = self.watching_live
@@ -342,6 +328,13 @@ class LineageWatcher:
             # Lineages made before this watch existed were not seen: report them all.
             for name in self._lineage_names():
                 self._changed(name)
+
+    def _schedule(self, observer: BaseObserver, path: str, recursive: bool) -> ObservedWatch:
+        if self._filtered:
+            return observer.schedule(
+                self._handler, path, recursive=recursive, event_filter=_EVENT_FILTER
+            )
+        return observer.schedule(self._handler, path, recursive=recursive)
 
     def _lineage_names(self) -> list[str]:
         try:

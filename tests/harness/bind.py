@@ -31,7 +31,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import functools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -58,6 +60,23 @@ HOST = "127.0.0.1"
 START_TIMEOUT = 15.0
 
 _LIVE: set[BindServer] = set()
+
+
+@functools.cache
+def _named_version() -> tuple[int, int]:
+    """(major, minor) of ``named -v``: "BIND 9.18.49-1~deb12u3-Debian ..." -> (9, 18)."""
+    words = subprocess.run([NAMED, "-v"], capture_output=True, text=True, check=True).stdout
+    major, minor = words.split()[1].split(".")[:2]
+    return int(major), int(minor)
+
+
+def _lock_file_line(directory: Path) -> str:
+    """A private lock file, so several named run side by side (9.18 locks
+    /run/named/named.lock by default); BIND 9.20 has no lock file and
+    rejects the option."""
+    if _named_version() >= (9, 20):
+        return ""
+    return f'\tlock-file "{directory}/named.lock";\n'
 
 
 def _kill_leftovers() -> None:
@@ -99,7 +118,17 @@ def normalize_tlsa(text: str) -> str:
 
 
 class BindServer:
-    """A private named serving one zone; a context manager."""
+    """A private named serving one zone; a context manager.
+
+    Knot and PowerDNS (tests/harness/knot.py, pdns.py) subclass it: they
+    replace the set-up and the spawn, and share the rest (nsupdate, dig,
+    stop/start).
+    """
+
+    kind = "bind"
+    # Log lines that say another process took the port between probe and bind.
+    port_taken_markers: tuple[str, ...] = ("address in use",)
+    programs: tuple[str, ...] = (NAMED, TSIG_KEYGEN, "named-checkconf", "nsupdate", "dig")
 
     def __init__(
         self,
@@ -241,9 +270,15 @@ class BindServer:
     # -- set-up ----------------------------------------------------------
 
     def _set_up(self) -> None:
-        self.directory = Path(tempfile.mkdtemp(prefix="danesync-bind-"))
+        self.directory = Path(tempfile.mkdtemp(prefix=f"danesync-{self.kind}-"))
         self.directory.chmod(0o755)
         self.port = free_port()
+        self._make_keys()
+        (self._dir / f"{self.zone}.zone").write_text(self._zone_text())
+        self._write_config()
+
+    def _make_keys(self) -> None:
+        """Both keys as BIND key files (what danesync reads), mode 0600."""
         for name, path in (
             (self.key_name, self.key_path),
             (self.admin_key_name, self.admin_key_path),
@@ -258,8 +293,13 @@ class BindServer:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as file:
                 file.write(text)
-        (self._dir / f"{self.zone}.zone").write_text(self._zone_text())
-        self._write_config()
+
+    def secret_of(self, path: Path) -> str:
+        """The base64 secret in one of the harness's BIND key files."""
+        match = re.search(r'secret "([^"]+)"', path.read_text())
+        if match is None:
+            raise RuntimeError(f"no secret in {path}")
+        return match.group(1)
 
     def _zone_text(self) -> str:
         lines = [
@@ -285,7 +325,7 @@ class BindServer:
 options {{
 \tdirectory "{d}";
 \tpid-file "{d}/named.pid";
-\tlock-file "{d}/named.lock";
+{_lock_file_line(d)}
 \tsession-keyfile "{d}/session.key";
 \tmanaged-keys-directory "{d}";
 \tdump-file "{d}/named_dump.db";
@@ -317,17 +357,23 @@ zone "{self.zone}" {{
             config = _DNSSEC_POLICY.format(ttl=self.ttl) + config
         (d / "named.conf").write_text(config)
 
-    def _spawn(self) -> None:
+    def _check_config(self) -> None:
         config = self._dir / "named.conf"
         checked = subprocess.run(
             ["named-checkconf", str(config)], capture_output=True, text=True, check=False
         )
         if checked.returncode != 0:
             raise RuntimeError(f"named-checkconf {config}: {checked.stdout}{checked.stderr}")
-        self._log = self.log_path.open("ab")
+
+    def _command(self) -> list[str]:
         # -g: foreground, log to stderr; -4: loopback IPv4 only; -n: few threads.
+        return [NAMED, "-g", "-4", "-n", "2", "-c", str(self._dir / "named.conf")]
+
+    def _spawn(self) -> None:
+        self._check_config()
+        self._log = self.log_path.open("ab")
         self._process = subprocess.Popen(
-            [NAMED, "-g", "-4", "-n", "2", "-c", str(config)],
+            self._command(),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -347,8 +393,9 @@ zone "{self.zone}" {{
         ready = {"udp": False, "tcp": False}
         while time.monotonic() < deadline:
             if self._process is None or self._process.poll() is not None:
-                raise RuntimeError(f"named exited at start:\n{self.log_text()[-3000:]}")
-            if "address in use" in self.log_text():
+                raise RuntimeError(f"{self.kind} exited at start:\n{self.log_text()[-3000:]}")
+            log_text = self.log_text()
+            if any(marker in log_text for marker in self.port_taken_markers):
                 raise _PortTaken(self.port)
             for transport, send in (("udp", dns.query.udp), ("tcp", dns.query.tcp)):
                 if ready[transport]:
@@ -362,7 +409,8 @@ zone "{self.zone}" {{
                 return
             time.sleep(0.05)
         raise RuntimeError(
-            f"named on {self.address} not ready after {START_TIMEOUT} s:\n{self.log_text()[-3000:]}"
+            f"{self.kind} on {self.address} not ready after {START_TIMEOUT} s:\n"
+            + self.log_text()[-3000:]
         )
 
     # -- changes by hand and checks -------------------------------------
@@ -475,11 +523,19 @@ def bind_fixture(
     Assign it in a test module: ``bind = bind_fixture()``.
     """
 
+    return server_fixture(BindServer, name, scope, **options)
+
+
+def server_fixture(
+    kind: type[BindServer], name: str, scope: Any = "module", **options: Any
+) -> Callable[..., Iterator[BindServer]]:
+    """A pytest fixture giving a running `kind(**options)` (BIND, Knot, PowerDNS)."""
+
     @pytest.fixture(name=name, scope=scope)
     def _fixture() -> Iterator[BindServer]:
-        for program in (NAMED, TSIG_KEYGEN, "named-checkconf", "nsupdate", "dig"):
+        for program in kind.programs:
             require_program(program)
-        with BindServer(**options) as server:
+        with kind(**options) as server:
             yield server
 
     return _fixture

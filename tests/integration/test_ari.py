@@ -1,4 +1,4 @@
-"""ACME Renewal Information through the real acme client, against a small CA of our own.
+"""ACME Renewal Information on the standard library, against a small CA of our own.
 
 Debian 12's Pebble has no ARI endpoint, so this module serves an ACME
 directory and RFC 9773 renewalInfo resources itself, over HTTPS on loopback
@@ -7,20 +7,21 @@ REQUESTS_CA_BUNDLE. The server names certificates the way a CA does: by its
 own key identifier and the serial number read from the certificate's DER,
 computed here and not by danesync; any other identifier is a 404.
 
-Under acme < 4.1 (Debian 12's 2.1) the fetch tests are skipped, and the
-module checks instead that ARI is reported as unavailable and that nothing is
-asked of the server.
+danesync asks with urllib, so every test runs on both lanes (Debian 12's
+acme 2.1 has no ARI, PyPI's has): the acme library is never imported.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-import importlib.metadata
 import ipaddress
 import json
+import os
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -35,18 +36,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from danesync.ari import ari_support, fetch_renewal_window, plan_renewal_notice
+import danesync
+from danesync.ari import fetch_renewal_window, plan_renewal_notice
 from danesync.errors import AriError
 from tests.harness.certs import Hierarchy, Leaf
 
 pytestmark = pytest.mark.integration
 
 DAY = dt.timedelta(days=1)
-ARI_UNAVAILABLE = ari_support()
-needs_ari = pytest.mark.skipif(
-    ARI_UNAVAILABLE is not None,
-    reason=f"{ARI_UNAVAILABLE} (the Debian 12 lane: TestWithoutAri covers it)",
-)
 
 
 def _utc_now() -> dt.datetime:
@@ -288,9 +285,8 @@ def _reissue(hierarchy: Hierarchy, key: Any) -> x509.Certificate:
     )
 
 
-@needs_ari
 class TestFetch:
-    """fetch_renewal_window asks the CA through acme's ClientV2 and ClientNetwork."""
+    """fetch_renewal_window asks the CA with two GETs: the directory, then renewalInfo."""
 
     def test_window_opened_gives_a_notice(self, server: AriServer, hierarchy: Hierarchy) -> None:
         leaf = _leaf(hierarchy)
@@ -409,6 +405,13 @@ class TestFetch:
         with pytest.raises(AriError, match=reason):
             fetch_renewal_window(server.directory_url, leaf.cert, leaf.chain[0])
 
+    def test_retry_after_on_an_error(self, server: AriServer, hierarchy: Hierarchy) -> None:
+        leaf = _leaf(hierarchy)
+        server.answer(leaf, Answer(503, b"busy", "text/plain", headers={"Retry-After": "7200"}))
+        with pytest.raises(AriError, match="HTTP 503") as caught:
+            fetch_renewal_window(server.directory_url, leaf.cert, leaf.chain[0])
+        assert caught.value.retry_after == "7200"
+
     def test_timeout(self, server: AriServer, hierarchy: Hierarchy) -> None:
         leaf = _leaf(hierarchy)
         server.answer(leaf, Answer(200, b"{}", delay=3))
@@ -435,22 +438,36 @@ class TestFetch:
         assert caught.value.url == f"https://127.0.0.1:{port}/directory"
 
 
-@pytest.mark.skipif(ARI_UNAVAILABLE is None, reason="the installed acme has ARI (TestFetch runs)")
-class TestWithoutAri:
-    """With acme < 4.1, ARI is off: one clear reason, and the CA is never asked."""
+class TestLibraries:
+    """ARI needs nothing beyond the standard library."""
 
-    def test_reason_names_the_installed_version(self) -> None:
-        version = importlib.metadata.version("acme")
-        expected = (
-            f"acme {version} has no ARI support (needs >= 4.1); renewal.suggested is disabled"
-        )
-        assert expected == ARI_UNAVAILABLE
-
-    def test_fetch_refuses_without_asking(self, server: AriServer, hierarchy: Hierarchy) -> None:
+    def test_acme_is_not_loaded(self, server: AriServer, hierarchy: Hierarchy) -> None:
         leaf = _leaf(hierarchy)
-        server.suggest(leaf, _utc_now() - DAY, _utc_now() + DAY)
-        with pytest.raises(AriError) as caught:
-            fetch_renewal_window(server.directory_url, leaf.cert, leaf.chain[0])
-        assert caught.value.reason == ARI_UNAVAILABLE
-        assert caught.value.url == server.directory_url
-        assert server.seen() == []
+        now = _utc_now()
+        server.suggest(leaf, now - DAY, now + DAY)
+        script = (
+            "import sys\n"
+            "from cryptography import x509\n"
+            "from danesync.ari import fetch_renewal_window\n"
+            "leaf, issuer = (x509.load_pem_x509_certificate(p.encode()) for p in sys.argv[2:4])\n"
+            "window = fetch_renewal_window(sys.argv[1], leaf, issuer)\n"
+            "assert window is not None\n"
+            "print(sorted(m for m in ('acme', 'josepy', 'requests') if m in sys.modules))\n"
+        )
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                script,
+                server.directory_url,
+                leaf.cert_pem.decode(),
+                leaf.chain_pem.decode(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "PYTHONPATH": str(Path(danesync.__file__).parents[1])},
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "[]"

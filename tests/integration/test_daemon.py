@@ -208,7 +208,13 @@ class Host:
         return self.deploy_dir / f"{lineage}.pem"
 
     def state(self) -> dict[str, Any]:
-        return json.loads((self.state_dir / "state.json").read_text())  # type: ignore[no-any-return]
+        """state.json, with the per-lineage files under "lineages"."""
+        state: dict[str, Any] = json.loads((self.state_dir / "state.json").read_text())
+        state["lineages"] = {
+            path.name.removesuffix(".json"): json.loads(path.read_text())
+            for path in (self.state_dir / "lineages").glob("*.json")
+        }
+        return state
 
     def sync(self, env: dict[str, str] | None = None) -> list[Event]:
         result = run_danesync("sync", "-c", str(self.config), env=env)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -15,7 +16,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from danesync.watcher import LineageWatcher
+from danesync.certbot import read_lineage
+from danesync.errors import ChainError, LineagePending
+from danesync.watcher import Debouncer, LineageWatcher, read_certbot_done
 from tests.harness.certs import Hierarchy, Leaf
 from tests.harness.lineage import make_lineage, renew, update_links, write_version
 
@@ -176,6 +179,84 @@ class TestCertbotRenewal:
             f"{kind}.pem->../../archive/{NAME}/{kind}2.pem"
             for kind in ("cert", "chain", "fullchain", "privkey")
         ]
+
+
+class TestCertbotDone:
+    """`read_certbot_done` at every intermediate step of certbot's link sequence:
+    never True while the links disagree, and True exactly when certbot is done."""
+
+    def _replay(self, config_dir: Path, leaf: Leaf, version: int) -> list[tuple[str, bool]]:
+        live = config_dir / "live"
+        seen: list[tuple[str, bool]] = []
+
+        def between(step: str) -> None:
+            done = read_certbot_done(live, NAME)
+            try:
+                files = read_lineage(config_dir, NAME)
+            except (LineagePending, ChainError):
+                files = None
+            if done:
+                # What the loop reads when it acts at once: one version, all four.
+                assert files is not None, step
+                assert files.version == version, step
+                assert files.cert == leaf.cert_pem
+                assert files.fullchain.startswith(files.cert)
+            seen.append((step, done))
+
+        write_version(config_dir, NAME, leaf, version)
+        update_links(config_dir, NAME, version, between=between)
+        return seen
+
+    def test_new_lineage(self, config_dir: Path, leaf: Leaf) -> None:
+        seen = self._replay(config_dir, leaf, 1)
+        # link cert, privkey, chain, fullchain: done only after the fourth.
+        assert [done for _, done in seen] == [False, False, False, True]
+
+    def test_renewal(self, config_dir: Path, hierarchy: Hierarchy, leaf: Leaf) -> None:
+        make_lineage(config_dir, NAME, leaf)
+        assert read_certbot_done(config_dir / "live", NAME)
+        renewed = hierarchy.issue([NAME])
+        seen = self._replay(config_dir, renewed, 2)
+        assert len(seen) == 16
+        assert [step for step, done in seen if done] == ["remove previous_fullchain.pem"]
+
+    def test_second_renewal_back_to_back(self, config_dir: Path, hierarchy: Hierarchy) -> None:
+        first, second = hierarchy.issue([NAME]), hierarchy.issue([NAME])
+        make_lineage(config_dir, NAME, first)
+        assert [s for s, done in self._replay(config_dir, second, 2) if done] == [
+            "remove previous_fullchain.pem"
+        ]
+        assert [s for s, done in self._replay(config_dir, first, 3) if done] == [
+            "remove previous_fullchain.pem"
+        ]
+
+    def test_not_a_lineage(self, config_dir: Path) -> None:
+        assert not read_certbot_done(config_dir / "live", "missing.example.test")
+
+    def test_the_loop_reads_only_the_finished_lineage(
+        self, config_dir: Path, hierarchy: Hierarchy, leaf: Leaf
+    ) -> None:
+        """What loop.py does with each report: touch the debouncer with
+        `read_certbot_done`. With a settle far longer than the replay, the
+        lineage falls due exactly once, after certbot's last step."""
+        make_lineage(config_dir, NAME, leaf)
+        renewed = hierarchy.issue([NAME])
+        write_version(config_dir, NAME, renewed, 2)
+        debouncer = Debouncer(3600.0)
+        now = [0.0]
+        due_at: list[str] = []
+
+        def between(step: str) -> None:
+            now[0] += 0.001
+            debouncer.touch(NAME, now[0], done=read_certbot_done(config_dir / "live", NAME))
+            if debouncer.due(now[0]):
+                due_at.append(step)
+                files = read_lineage(config_dir, NAME)
+                assert files.version == 2
+                assert files.cert == renewed.cert_pem
+
+        update_links(config_dir, NAME, 2, between=between)
+        assert due_at == ["remove previous_fullchain.pem"]
 
 
 class TestNewLineages:
@@ -442,6 +523,45 @@ class TestRobustness:
                 since = recorder.count()
                 renew(base / "letsencrypt", NAME, leaf)
                 recorder.wait_change(NAME, since)
+        finally:
+            shutil.rmtree(base)
+
+
+@pytest.mark.slow
+class TestManyLineages:
+    """Reading every lineage of a big live/ (what a full pass does) makes no event
+    at all: with opens and closes in the inotify mask, 10,000 lineages overflowed
+    the kernel queue (16,384 events) at every pass, and every overflow asked for
+    another full pass."""
+
+    LINEAGES = 10_000
+
+    def test_reading_all_lineages_makes_no_event(self, recorder: Recorder) -> None:
+        shm = Path("/dev/shm")
+        base = Path(tempfile.mkdtemp(dir=shm if shm.is_dir() else None))
+        try:
+            live = base / "letsencrypt" / "live"
+            live.mkdir(parents=True)
+            names = [f"mx{i}.example.test" for i in range(self.LINEAGES)]
+            for name in names:
+                (live / name).mkdir()
+                for kind in ("cert", "privkey", "chain", "fullchain"):
+                    os.symlink(f"../../archive/{name}/{kind}1.pem", live / name / f"{kind}.pem")
+            with LineageWatcher(live, recorder.on_change, recorder.on_overflow) as watcher:
+                assert watcher.reports_overflow
+                for _ in range(2):
+                    for name in names:
+                        os.listdir(live / name)
+                        assert read_certbot_done(live, name)
+                        with contextlib.suppress(OSError):
+                            (live / name / "cert.pem").read_bytes()  # dangling: opens nothing
+                    os.listdir(live)
+                time.sleep(0.5)
+                assert recorder.overflows == []
+                assert recorder.changes == []
+                # and it still sees certbot
+                os.symlink("x", live / names[-1] / "previous_cert.pem")
+                recorder.wait_change(names[-1], 0, timeout=5)
         finally:
             shutil.rmtree(base)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import importlib.metadata
 
 import pytest
 from cryptography import x509
@@ -15,11 +14,17 @@ from hypothesis import strategies as st
 from danesync.ari import (
     RenewalWindow,
     ari_support,
+    build_little_left,
     build_next_check,
+    build_renewal_due,
     build_renewal_identifier,
+    build_renewal_window,
+    build_rollover_wait_warning,
+    parse_rfc3339,
     plan_expiry_warnings,
     plan_renewal_notice,
 )
+from danesync.chain import format_time
 from danesync.errors import AriError
 from tests.harness.certs import NOW, Hierarchy, make_key
 
@@ -46,48 +51,123 @@ def hierarchy() -> Hierarchy:
     return Hierarchy("ARI")
 
 
+HOUR = dt.timedelta(hours=1)
+LIFETIMES = {
+    "shortlived 160 h": 160 * HOUR,
+    "tlsserver 45 days": 45 * DAY,
+    "classic 64 days": 64 * DAY,
+    "classic 90 days": 90 * DAY,
+}
+ROLLOVER_WAIT = 2 * HOUR  # the default: 2 x dns.ttl of 3600
+
+
+def _expiry(
+    lifetime: dt.timedelta, age: dt.timedelta, held: bool = False
+) -> tuple[str, str] | None:
+    return plan_expiry_warnings(
+        NOW + lifetime, NOW + age, not_before=NOW, held=held, rollover_wait=ROLLOVER_WAIT
+    )
+
+
 class TestExpiryWarnings:
-    """plan_expiry_warnings: error within 7 days, warning within 21, else nothing."""
+    """plan_expiry_warnings: relative to the lifetime and to when certbot renews."""
 
-    NOT_AFTER = NOW + 60 * DAY
+    @pytest.mark.parametrize("lifetime", LIFETIMES.values(), ids=LIFETIMES.keys())
+    def test_quiet_until_the_renewal_is_overdue(self, lifetime: dt.timedelta) -> None:
+        due = build_renewal_due(NOW, NOW + lifetime)
+        overdue = due + min(DAY, lifetime / 10)
+        age = dt.timedelta(0)
+        while NOW + age < overdue:
+            assert _expiry(lifetime, age) is None, age
+            age += HOUR
+        warning = _expiry(lifetime, overdue - NOW)
+        assert warning is not None and warning[0] == "warning"
+        assert f"certbot should have renewed it by {format_time(due)}" in warning[1]
 
-    def _at(self, left: dt.timedelta) -> tuple[str, str] | None:
-        return plan_expiry_warnings(self.NOT_AFTER, self.NOT_AFTER - left)
-
-    def test_far_from_expiry(self) -> None:
-        assert self._at(60 * DAY) is None
-
-    def test_just_outside_21_days(self) -> None:
-        assert self._at(21 * DAY + SECOND) is None
-
-    def test_exactly_21_days_warns(self) -> None:
-        assert self._at(21 * DAY) == ("warning", "expires in 21 days, at 2027-01-22T12:00:00Z")
-
-    def test_just_outside_7_days_warns(self) -> None:
-        result = self._at(7 * DAY + SECOND)
-        assert result is not None and result[0] == "warning"
-
-    def test_exactly_7_days_is_an_error(self) -> None:
-        assert self._at(7 * DAY) == ("error", "expires in 7 days, at 2027-01-22T12:00:00Z")
-
-    def test_one_day(self) -> None:
-        assert self._at(DAY) == ("error", "expires in 1 day, at 2027-01-22T12:00:00Z")
-
-    def test_hours_left(self) -> None:
-        assert self._at(dt.timedelta(hours=5, minutes=59)) == (
+    @pytest.mark.parametrize("lifetime", LIFETIMES.values(), ids=LIFETIMES.keys())
+    def test_error_when_little_is_left(self, lifetime: dt.timedelta) -> None:
+        little = build_little_left(lifetime, ROLLOVER_WAIT)
+        assert little == max(lifetime / 10, ROLLOVER_WAIT + DAY)
+        before = _expiry(lifetime, lifetime - little - SECOND)
+        assert before is not None and before[0] == "warning"
+        error = _expiry(lifetime, lifetime - little)
+        assert error is not None and error[0] == "error"
+        assert "of its" in error[1] and "lifetime left" in error[1]
+        due = format_time(build_renewal_due(NOW, NOW + lifetime))
+        assert _expiry(lifetime, lifetime) == (
             "error",
-            "expires in 5 hours, at 2027-01-22T12:00:00Z",
+            f"expired at {format_time(NOW + lifetime)};"
+            f" certbot should have renewed it by {due} and has not",
         )
 
-    def test_at_expiry_and_after(self) -> None:
-        expired = ("error", "expired at 2027-01-22T12:00:00Z")
-        assert self._at(dt.timedelta(0)) == expired
-        assert self._at(-3 * DAY) == expired
+    def test_renewal_points(self) -> None:
+        # certbot >= 4: a third of the lifetime left, half under 10 days.
+        assert build_renewal_due(NOW, NOW + 90 * DAY) == NOW + 60 * DAY
+        assert build_renewal_due(NOW, NOW + 45 * DAY) == NOW + 30 * DAY
+        assert build_renewal_due(NOW, NOW + 160 * HOUR) == NOW + 80 * HOUR
+        # An ARI window that ends earlier moves it forward.
+        assert build_renewal_due(NOW, NOW + 90 * DAY, NOW + 20 * DAY) == NOW + 20 * DAY
+
+    def test_healthy_six_day_certificates_never_warn(self) -> None:
+        # certbot renews at 80 h of 160; danesync deploys the new one within
+        # rollover_wait; each certificate is then deployed at most 82 h.
+        lifetime = 160 * HOUR
+        for minutes in range(0, 82 * 60 + 1, 10):
+            assert _expiry(lifetime, dt.timedelta(minutes=minutes)) is None, minutes
+
+    def test_held_renewal_is_said(self) -> None:
+        warning = _expiry(45 * DAY, 31 * DAY, held=True)
+        assert warning is not None and warning[0] == "warning"
+        assert "certbot has renewed it, but danesync holds the new certificate" in warning[1]
+        assert "should have renewed" not in warning[1]
+
+    def test_message_names_the_time_left(self) -> None:
+        warning = _expiry(90 * DAY, 62 * DAY)
+        assert warning == (
+            "warning",
+            f"expires in 28 days, at {format_time(NOW + 90 * DAY)};"
+            f" certbot should have renewed it by {format_time(NOW + 60 * DAY)} and has not",
+        )
+        error = _expiry(160 * HOUR, 150 * HOUR)
+        assert error is not None
+        assert error[1].startswith(f"expires in 10 hours, at {format_time(NOW + 160 * HOUR)};")
+        assert "less than 1 day of its 6 days lifetime left" in error[1]
+
+    def test_unknown_lifetime_keeps_the_fixed_thresholds(self) -> None:
+        # A state saved before the lifetime was kept: 21 and 7 days, as before.
+        not_after = NOW + 90 * DAY
+        assert plan_expiry_warnings(not_after, not_after - 21 * DAY - SECOND) is None
+        assert plan_expiry_warnings(not_after, not_after - 21 * DAY) == (
+            "warning",
+            f"expires in 21 days, at {format_time(not_after)}",
+        )
+        assert plan_expiry_warnings(not_after, not_after - 7 * DAY) == (
+            "error",
+            f"expires in 7 days, at {format_time(not_after)}",
+        )
+        assert plan_expiry_warnings(not_after, not_after) == (
+            "error",
+            f"expired at {format_time(not_after)}",
+        )
 
     def test_time_zone_of_now_does_not_matter(self) -> None:
         paris = dt.timezone(dt.timedelta(hours=1))
-        now = (self.NOT_AFTER - 21 * DAY).astimezone(paris)
-        assert plan_expiry_warnings(self.NOT_AFTER, now) == self._at(21 * DAY)
+        now = (NOW + 70 * DAY).astimezone(paris)
+        assert plan_expiry_warnings(
+            NOW + 90 * DAY, now, not_before=NOW, rollover_wait=ROLLOVER_WAIT
+        ) == _expiry(90 * DAY, 70 * DAY)
+
+
+class TestRolloverWaitShare:
+    """check warns when rollover_wait is a large share of the lifetime."""
+
+    def test_default_wait_is_fine_even_for_160_hours(self) -> None:
+        assert build_rollover_wait_warning(ROLLOVER_WAIT, NOW, NOW + 160 * HOUR) is None
+
+    def test_a_day_of_a_6_day_certificate_is_too_much(self) -> None:
+        warning = build_rollover_wait_warning(DAY, NOW, NOW + 160 * HOUR)
+        assert warning is not None
+        assert warning.startswith("dns.rollover_wait (1 day) is 15% of the certificate's 6 days")
 
 
 class TestRenewalNotice:
@@ -208,16 +288,49 @@ class TestNextCheck:
         assert build_next_check(str(30 * 86400), NOW) == NOW + DAY
 
 
-class TestAriSupport:
-    """ari_support tells whether the installed acme library can do ARI."""
+class TestRenewalInfoDocument:
+    """build_renewal_window reads RFC 9773's JSON; parse_rfc3339 its times."""
 
-    def test_matches_installed_acme(self) -> None:
-        version = importlib.metadata.version("acme")
-        major, minor = (int(part) for part in version.split(".")[:2])
-        reason = ari_support()
-        if (major, minor) >= (4, 1):
-            assert reason is None
-        else:
-            assert reason == (
-                f"acme {version} has no ARI support (needs >= 4.1); renewal.suggested is disabled"
-            )
+    @pytest.mark.parametrize(
+        ("text", "moment"),
+        [
+            ("2027-01-02T03:04:05Z", dt.datetime(2027, 1, 2, 3, 4, 5, tzinfo=dt.UTC)),
+            ("2027-01-02t03:04:05z", dt.datetime(2027, 1, 2, 3, 4, 5, tzinfo=dt.UTC)),
+            (
+                "2027-01-02T03:04:05.123456789Z",
+                dt.datetime(2027, 1, 2, 3, 4, 5, 123456, tzinfo=dt.UTC),
+            ),
+            ("2027-01-02T05:04:05+02:00", dt.datetime(2027, 1, 2, 3, 4, 5, tzinfo=dt.UTC)),
+        ],
+    )
+    def test_times(self, text: str, moment: dt.datetime) -> None:
+        assert parse_rfc3339(text) == moment
+
+    @pytest.mark.parametrize("text", ["2027-01-02", "2027-13-02T00:00:00Z", 5, None, "now"])
+    def test_not_times(self, text: object) -> None:
+        assert parse_rfc3339(text) is None
+
+    def test_window(self) -> None:
+        body = {
+            "suggestedWindow": {"start": "2027-01-02T00:00:00Z", "end": "2027-01-03T00:00:00Z"},
+            "explanationURL": "https://ca.example/why",
+        }
+        window = build_renewal_window("id", body, "3600", NOW, "https://ca.example/ri/id")
+        assert window.start == dt.datetime(2027, 1, 2, tzinfo=dt.UTC)
+        assert window.explanation_url == "https://ca.example/why"
+        assert window.next_check == NOW + HOUR
+
+    @pytest.mark.parametrize(
+        ("body", "reason"),
+        [
+            ([], "no suggestedWindow"),
+            ({"suggestedWindow": "soon"}, "no suggestedWindow"),
+            ({"suggestedWindow": {"start": "2027-01-02T00:00:00Z"}}, "lacks a start or an end"),
+        ],
+    )
+    def test_malformed(self, body: object, reason: str) -> None:
+        with pytest.raises(AriError, match=reason):
+            build_renewal_window("id", body, None, NOW, "https://ca.example/ri/id")
+
+    def test_ari_needs_no_library(self) -> None:
+        assert ari_support() is None

@@ -7,7 +7,7 @@ import math
 import re
 import tempfile
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -191,16 +191,33 @@ BAD_VALUES = [
     ("daemon", "settle", "60.5", "must be between 0 and 60 seconds, not 60.5"),
     ("daemon", "settle", "false", "must be a number of seconds, not a boolean"),
     ("daemon", "settle", "1979-05-27", "must be a number of seconds, not date"),
+    ("families", "file", '"families.toml"', "must be an absolute path, not 'families.toml'"),
 ]
+
+# What danesync says about a name certbot accepts but Postfix's lists cannot hold.
+UNSUPPORTED_LINEAGE = (
+    ": danesync supports lineage names of ASCII letters, digits, '.', '_' and '-'"
+    " (starting with a letter or digit), because the name goes into main.cf's"
+    " smtpd_tls_chain_files list and the SNI table as <deploy_dir>/<lineage>.pem, which"
+    " Postfix splits on spaces and commas; certbot accepts it, so issue the certificate"
+    " again under a supported name (certbot --cert-name NAME)"
+)
 
 BAD_CERTIFICATE_VALUES = [
     ("lineage", "5", "must be a string, not an integer"),
     ("lineage", '""', "must not be empty"),
-    ("lineage", '"../etc"', "'../etc' is not a certbot lineage name (a directory under live/)"),
-    ("lineage", '"a/b"', "'a/b' is not a certbot lineage name (a directory under live/)"),
-    ("lineage", '"a..b"', "'a..b' is not a certbot lineage name (a directory under live/)"),
-    ("lineage", '".hidden"', "'.hidden' is not a certbot lineage name (a directory under live/)"),
-    ("lineage", '"mx\\n"', "'mx\\n' is not a certbot lineage name (a directory under live/)"),
+    (
+        "lineage",
+        '"../etc"',
+        "'../etc' is not a lineage name (a directory under live/: no '/' or '..')",
+    ),
+    ("lineage", '"a/b"', "'a/b' is not a lineage name (a directory under live/: no '/' or '..')"),
+    ("lineage", '"mx primary, rsa"', "'mx primary, rsa'" + UNSUPPORTED_LINEAGE),
+    ("lineage", '"müller"', "'müller'" + UNSUPPORTED_LINEAGE),
+    ("lineage", '"a;b"', "'a;b'" + UNSUPPORTED_LINEAGE),
+    ("lineage", '"a..b"', "'a..b' is not a lineage name (a directory under live/: no '/' or '..')"),
+    ("lineage", '".hidden"', "'.hidden'" + UNSUPPORTED_LINEAGE),
+    ("lineage", '"mx\\n"', "'mx\\n'" + UNSUPPORTED_LINEAGE),
     ("hostnames", '"mx.example.com"', "must be a list, not a string"),
     ("hostnames", "[]", "must not be empty"),
     ("hostnames", '["mx.example.com", "bad host"]', "item 2: 'bad host' is not a valid host name"),
@@ -233,6 +250,7 @@ BAD_CERTIFICATE_VALUES = [
     ("usages", '["2 1 1", " 2  1 1 "]', "has duplicate entries"),
     ("usages", '"2 1 1"', "must be a list, not a string"),
     ("sni", '"no"', "must be true or false, not a string"),
+    ("issuers", "true", "must be a string, not a boolean"),
 ]
 
 
@@ -448,6 +466,12 @@ class TestDefaults:
             sni=False,
         )
         assert cert == CertificateConfig.default_for("mx.example.com")
+        assert not cert.hostnames_set
+
+    def test_hostnames_set_is_remembered(self) -> None:
+        # An SNI certificate serves its leaf's names unless hostnames narrows them.
+        (cert,) = parse(CERT + 'hostnames = ["mx.example.com"]\n').certificates
+        assert cert.hostnames_set and cert.hostnames == ("mx.example.com",)
 
     def test_tlsa_follows_the_first_hostname(self) -> None:
         text = CERT + 'hostnames = ["*.example.org", "example.org"]\n'
@@ -599,6 +623,8 @@ EXAMPLE_KEYS = {
     "certificate.lineage",
     "certificate.hostnames",
     "certificate.tlsa",
+    "families.file",
+    "certificate.issuers",
 }
 
 
@@ -707,8 +733,12 @@ class TestSample:
         server = next(d.line for d in documented_keys() if d.name == "dns.server")
         config = build_config(tomllib.loads(uncomment(server, *block)), SAMPLE)
         (cert,) = config.certificates
-        # The example spells out the defaults for its lineage.
-        assert cert == CertificateConfig.default_for(cert.lineage)
+        # The example spells out the defaults for its lineage (hostnames written out;
+        # issuers: an example value).
+        assert cert.issuers == "letsencrypt"
+        assert replace(cert, issuers=None) == replace(
+            CertificateConfig.default_for(cert.lineage), hostnames_set=True
+        )
         with pytest.raises(ConfigError) as caught:
             build_config(tomllib.loads(uncomment(*block)), SAMPLE)
         assert caught.value.problems[0].startswith('dns.server: required when dns.mode is "check"')

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from danesync.debounce import LINK_KINDS, plan_links_done
 from danesync.watcher import Debouncer
 
 
@@ -94,3 +95,77 @@ class TestDebouncer:
         if last:
             assert deadline == min(when + settle for when in last.values())
         assert debouncer.pending == set(last) - expected
+
+
+class TestDone:
+    """A lineage its writer says is finished is due at once; settle is the fallback."""
+
+    def test_done_is_due_at_once(self) -> None:
+        debouncer = Debouncer(0.25)
+        debouncer.touch("a", 10.0, done=True)
+        assert debouncer.next_deadline() == 10.0
+        assert debouncer.due(10.0) == ["a"]
+
+    def test_the_last_touch_decides(self) -> None:
+        debouncer = Debouncer(0.25)
+        debouncer.touch("a", 10.0, done=True)
+        debouncer.touch("a", 10.01)  # certbot started again before the loop read it
+        assert debouncer.due(10.01) == []
+        assert debouncer.due(10.26) == ["a"]
+        debouncer.touch("b", 11.0)
+        debouncer.touch("b", 11.02, done=True)
+        assert debouncer.due(11.02) == ["b"]
+
+    def test_retry_reads_an_early_name_once_more_after_settle(self) -> None:
+        debouncer = Debouncer(0.25)
+        debouncer.touch("early", 10.0, done=True)
+        debouncer.touch("settled", 9.7)
+        assert debouncer.due(10.0) == ["settled", "early"]
+        assert debouncer.retry({"early", "settled"}, 10.1) == {"early"}
+        assert debouncer.due(10.3) == []
+        assert debouncer.due(10.35) == ["early"]
+        # Read after settle: a failure now is the lineage's own, no more retries.
+        assert debouncer.retry({"early"}, 10.4) == set()
+        assert debouncer.next_deadline() is None
+
+    def test_retry_after_a_good_pass_does_nothing(self) -> None:
+        debouncer = Debouncer(0.25)
+        debouncer.touch("a", 1.0, done=True)
+        assert debouncer.due(1.0) == ["a"]
+        assert debouncer.due(2.0) == []  # a later pass over other names
+        assert debouncer.retry({"a"}, 2.0) == set()
+
+
+def _links(version: int, **override: int | None) -> dict[str, str | None]:
+    targets: dict[str, str | None] = {}
+    for kind in LINK_KINDS:
+        number = override.get(kind, version)
+        targets[kind] = None if number is None else f"../../archive/x/{kind}{number}.pem"
+    return targets
+
+
+class TestPlanLinksDone:
+    def test_agreeing_links_without_previous(self) -> None:
+        assert plan_links_done(_links(3), previous=False)
+
+    def test_previous_links_mean_certbot_is_still_at_work(self) -> None:
+        assert not plan_links_done(_links(3), previous=True)
+
+    def test_mixed_versions(self) -> None:
+        assert not plan_links_done(_links(3, cert=4), previous=False)
+        assert not plan_links_done(_links(3, fullchain=2), previous=False)
+
+    def test_missing_link(self) -> None:
+        assert not plan_links_done(_links(3, privkey=None), previous=False)
+
+    def test_wrong_kind_or_name(self) -> None:
+        targets = _links(3)
+        targets["cert"] = "../../archive/x/chain3.pem"
+        assert not plan_links_done(targets, previous=False)
+        targets["cert"] = "../../archive/x/cert3.pem.tmp"
+        assert not plan_links_done(targets, previous=False)
+
+    def test_different_directories(self) -> None:
+        targets = _links(3)
+        targets["privkey"] = "../../archive/y/privkey3.pem"
+        assert not plan_links_done(targets, previous=False)

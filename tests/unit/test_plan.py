@@ -1,52 +1,104 @@
-"""The rollover rules, decided by the pure planner from real chains."""
+"""The rollover rules, decided by the pure planner from real chains and RRset histories."""
 
 from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from danesync.chain import Chain, LineageFiles, validate_chain
+from danesync.chain import LineageFiles, validate_chain
 from danesync.config import Config, build_config
-from danesync.plan import DnsView, Problem, Verb, plan_pass
-from danesync.state import ChainInfo, RecordState, State
+from danesync.history import NameHistory, RRset, record_served
+from danesync.plan import (
+    FORCE_MARGIN,
+    ClearInflight,
+    Deploy,
+    DeployKind,
+    Observations,
+    Problem,
+    Publish,
+    Retire,
+    Verb,
+    plan_pass,
+    plan_recovery,
+)
+from danesync.state import ChainInfo, State
 from danesync.tlsa import TlsaRecord, Usage
 from tests.harness.certs import NOW, Hierarchy, Leaf
 
 NAME = "_25._tcp.mx.example.test."
-WAIT = dt.timedelta(seconds=200)
+PRIMARY = "127.0.0.1:5353"
+SECONDARY = "127.0.0.2:53"
+MX = "mx.example.test"
+S = dt.timedelta(seconds=1)
 
 
-def make_config(mode: str = "rfc2136", **certificate: object) -> Config:
-    document = {
+def make_config(mode: str = "rfc2136", ttl: int = 100, **dns: Any) -> Config:
+    return make_multi_config([{"lineage": MX}], mode, ttl, **dns)
+
+
+def make_multi_config(
+    certificates: list[dict[str, Any]], mode: str = "rfc2136", ttl: int = 100, **dns: Any
+) -> Config:
+    document: dict[str, Any] = {
         "dns": {
             "mode": mode,
-            "server": "127.0.0.1:5353",
+            "server": PRIMARY,
             "zone": "example.test",
             "tsig_key_file": "/etc/danesync/tsig.key",
-            "ttl": 100,
+            "ttl": ttl,
+            **dns,
         },
-        "certificate": [{"lineage": "mx.example.test", **certificate}],
+        "certificate": certificates,
     }
     if mode != "rfc2136":
-        del document["dns"]["tsig_key_file"]  # type: ignore[attr-defined]
+        del document["dns"]["tsig_key_file"]
     return build_config(document, Path("/test.toml"))
 
 
-def make_chain(leaf: Leaf, usages: tuple[Usage, ...] = (Usage.DANE_TA,)) -> Chain:
+def make_chain(
+    leaf: Leaf, usages: tuple[Usage, ...] = (Usage.DANE_TA,), lineage: str = MX
+) -> ChainInfo:
     files = LineageFiles(
-        "mx.example.test", 1, leaf.key_pem, leaf.cert_pem, leaf.chain_pem, leaf.fullchain_pem
+        lineage, 1, leaf.key_pem, leaf.cert_pem, leaf.chain_pem, leaf.fullchain_pem
     )
-    return validate_chain(files, ("mx.example.test",), (NAME,), usages, NOW)
+    return ChainInfo.from_chain(validate_chain(files, (MX,), (NAME,), usages, NOW))
 
 
-def view(*visible: TlsaRecord, on_primary: tuple[TlsaRecord, ...] | None = None) -> DnsView:
-    return DnsView(
-        frozenset({NAME}),
-        frozenset(visible),
-        frozenset(visible if on_primary is None else on_primary),
-    )
+def served(
+    state: State,
+    at: dt.datetime,
+    *records: TlsaRecord,
+    ttl: int = 100,
+    name: str = NAME,
+    servers: tuple[str, ...] = (PRIMARY, SECONDARY),
+) -> None:
+    history = state.names.get(name) or NameHistory(name)
+    for server in servers:
+        history = record_served(history, server, RRset.of(records, ttl), at)
+    state.names[name] = history
+
+
+def deployed_state(chain: ChainInfo, *records: TlsaRecord, owned: bool = True) -> State:
+    state = State()
+    state.lineage(MX).deployed = chain
+    served(state, NOW - dt.timedelta(days=30), *records)
+    served(state, NOW, *records)
+    if owned:
+        state.names[NAME] = NameHistory(
+            NAME, state.names[NAME].seen, state.names[NAME].servers, frozenset(records)
+        )
+    return state
+
+
+def observe(candidates: dict[str, Any], **kwargs: Any) -> Observations:
+    return Observations(candidates, frozenset({NAME}), **kwargs)
+
+
+def steps_of(plan: Any, kind: type) -> list[Any]:
+    return [s for s in plan.steps if isinstance(s, kind)]
 
 
 @pytest.fixture(scope="module")
@@ -59,163 +111,235 @@ def new() -> Hierarchy:
     return Hierarchy("New")
 
 
-def deployed_state(chain: Chain, *visible: TlsaRecord, published: bool = True) -> State:
-    state = State()
-    state.lineage("mx.example.test").deployed = ChainInfo.from_chain(chain)
-    for record in visible:
-        state.records[record] = RecordState(published, NOW - dt.timedelta(days=30))
-    return state
-
-
 class TestDeployGate:
-    """A new chain goes into service only once its records are visible and aged."""
+    """A chain goes into service only when every RRset a cache may hold accepts it."""
 
     def test_dns_off_deploys_at_once(self, new: Hierarchy) -> None:
         chain = make_chain(new.issue())
-        plan = plan_pass(make_config("off"), State(), {"mx.example.test": chain}, None, {}, NOW)
+        plan = plan_pass(make_config("off"), State(), Observations({MX: chain}), NOW)
         assert [d.verb for d in plan.decisions] == [Verb.DEPLOY]
-        assert plan.publish == plan.retire == ()
+        assert steps_of(plan, Publish) == steps_of(plan, Retire) == []
 
     def test_new_issuer_is_held_and_published(self, old: Hierarchy, new: Hierarchy) -> None:
         current, candidate = make_chain(old.issue()), make_chain(new.issue())
         state = deployed_state(current, *current.tlsa)
-        plan = plan_pass(
-            make_config(), state, {"mx.example.test": candidate}, view(*current.tlsa), {}, NOW
-        )
+        plan = plan_pass(make_config(), state, observe({MX: candidate}), NOW)
         (decision,) = plan.decisions
         assert decision.verb is Verb.PUBLISH
-        assert plan.publish == candidate.tlsa
-        assert plan.retire == ()  # the deployed chain still needs its record
+        (publish,) = steps_of(plan, Publish)
+        assert publish.add == candidate.tlsa
+        assert not steps_of(plan, Deploy) and not steps_of(plan, Retire)
 
-    def test_published_but_not_visible_waits(self, old: Hierarchy, new: Hierarchy) -> None:
+    def test_a_lagging_secondary_holds(self, old: Hierarchy, new: Hierarchy) -> None:
         current, candidate = make_chain(old.issue()), make_chain(new.issue())
         state = deployed_state(current, *current.tlsa)
-        state.records[candidate.tlsa[0]] = RecordState(published=True)
-        dns = view(*current.tlsa, on_primary=(*current.tlsa, *candidate.tlsa))
-        plan = plan_pass(make_config(), state, {"mx.example.test": candidate}, dns, {}, NOW)
+        served(state, NOW, *current.tlsa, *candidate.tlsa, servers=(PRIMARY,))
+        plan = plan_pass(make_config(), state, observe({MX: candidate}), NOW)
         assert plan.decisions[0].verb is Verb.WAIT_VISIBLE
-        assert plan.publish == ()
+        assert not steps_of(plan, Publish)
 
-    def test_newly_visible_record_starts_the_clock(self, old: Hierarchy, new: Hierarchy) -> None:
+    def test_waits_ttl_floor_after_the_old_rrset_was_last_served(
+        self, old: Hierarchy, new: Hierarchy
+    ) -> None:
         current, candidate = make_chain(old.issue()), make_chain(new.issue())
         state = deployed_state(current, *current.tlsa)
-        dns = view(*current.tlsa, *candidate.tlsa)
-        plan = plan_pass(make_config(), state, {"mx.example.test": candidate}, dns, {}, NOW)
-        assert plan.mark_visible == candidate.tlsa
+        served(state, NOW, *current.tlsa, *candidate.tlsa)
+        plan = plan_pass(make_config(), state, observe({MX: candidate}), NOW + 10 * S)
         (decision,) = plan.decisions
         assert decision.verb is Verb.WAIT_AGE
-        assert decision.proceed_at == NOW + WAIT
-
-    def test_aged_record_deploys(self, old: Hierarchy, new: Hierarchy) -> None:
-        current, candidate = make_chain(old.issue()), make_chain(new.issue())
-        state = deployed_state(current, *current.tlsa)
-        state.records[candidate.tlsa[0]] = RecordState(True, NOW - WAIT)
-        dns = view(*current.tlsa, *candidate.tlsa)
-        plan = plan_pass(make_config(), state, {"mx.example.test": candidate}, dns, {}, NOW)
+        assert decision.proceed_at == NOW + 200 * S  # rollover_wait, the floor
+        plan = plan_pass(make_config(), state, observe({MX: candidate}), NOW + 200 * S)
         assert plan.decisions[0].verb is Verb.DEPLOY
-        assert plan.retire == ()  # only after the deploy is recorded
-
-    def test_one_second_short_still_waits(self, old: Hierarchy, new: Hierarchy) -> None:
-        current, candidate = make_chain(old.issue()), make_chain(new.issue())
-        state = deployed_state(current, *current.tlsa)
-        state.records[candidate.tlsa[0]] = RecordState(True, NOW - WAIT + dt.timedelta(seconds=1))
-        dns = view(*current.tlsa, *candidate.tlsa)
-        plan = plan_pass(make_config(), state, {"mx.example.test": candidate}, dns, {}, NOW)
-        assert plan.decisions[0].verb is Verb.WAIT_AGE
-
-    def test_record_that_vanished_restarts_the_clock(self, old: Hierarchy, new: Hierarchy) -> None:
-        current, candidate = make_chain(old.issue()), make_chain(new.issue())
-        state = deployed_state(current, *current.tlsa)
-        state.records[candidate.tlsa[0]] = RecordState(True, NOW - WAIT)
-        plan = plan_pass(
-            make_config(), state, {"mx.example.test": candidate}, view(*current.tlsa), {}, NOW
-        )
-        assert plan.mark_invisible == candidate.tlsa
-        assert plan.decisions[0].verb is Verb.WAIT_VISIBLE
-        assert plan.publish == candidate.tlsa  # self-healing: it is not on the primary
 
     def test_same_issuer_renewal_needs_no_wait(self, old: Hierarchy) -> None:
         current, candidate = make_chain(old.issue()), make_chain(old.issue())
         state = deployed_state(current, *current.tlsa)
-        plan = plan_pass(
-            make_config(), state, {"mx.example.test": candidate}, view(*current.tlsa), {}, NOW
-        )
+        plan = plan_pass(make_config(), state, observe({MX: candidate}), NOW)
         assert plan.decisions[0].verb is Verb.DEPLOY
 
     def test_dane_ee_waits_for_the_new_key(self, old: Hierarchy) -> None:
-        usages = (Usage.DANE_TA, Usage.DANE_EE)
-        current = make_chain(old.issue(), usages)
-        candidate = make_chain(old.issue(), usages)
+        usages = (Usage.DANE_EE,)
+        current, candidate = make_chain(old.issue(), usages), make_chain(old.issue(), usages)
         state = deployed_state(current, *current.tlsa)
-        config = make_config(usages=["2 1 1", "3 1 1"])
-        plan = plan_pass(
-            config, state, {"mx.example.test": candidate}, view(*current.tlsa), {}, NOW
-        )
-        (decision,) = plan.decisions
-        assert decision.verb is Verb.PUBLISH
-        assert [r.usage for r in plan.publish] == [3]
+        config = make_multi_config([{"lineage": MX, "usages": ["3 1 1"]}])
+        plan = plan_pass(config, state, observe({MX: candidate}), NOW)
+        assert plan.decisions[0].verb is Verb.PUBLISH
+        (publish,) = steps_of(plan, Publish)
+        assert [r.usage for r in publish.add] == [3]
 
     def test_dns_unreachable_holds(self, old: Hierarchy, new: Hierarchy) -> None:
         current, candidate = make_chain(old.issue()), make_chain(new.issue())
         state = deployed_state(current, *current.tlsa)
-        plan = plan_pass(make_config(), state, {"mx.example.test": candidate}, None, {}, NOW)
+        plan = plan_pass(make_config(), state, Observations({MX: candidate}), NOW)
         assert plan.decisions[0].verb is Verb.DNS_UNKNOWN
-        assert plan.publish == plan.retire == plan.mark_invisible == ()
+        assert plan.steps == ()
 
     def test_check_mode_reports_and_never_publishes(self, old: Hierarchy, new: Hierarchy) -> None:
         current, candidate = make_chain(old.issue()), make_chain(new.issue())
-        state = deployed_state(current, *current.tlsa, published=False)
-        plan = plan_pass(
-            make_config("check"),
-            state,
-            {"mx.example.test": candidate},
-            view(*current.tlsa),
-            {},
-            NOW,
-        )
+        state = deployed_state(current, *current.tlsa, owned=False)
+        plan = plan_pass(make_config("check"), state, observe({MX: candidate}), NOW)
         assert plan.decisions[0].verb is Verb.MISSING
         assert plan.decisions[0].missing == candidate.tlsa
         assert plan.missing == candidate.tlsa
-        assert plan.publish == plan.retire == ()
+        assert plan.steps == ()
+
+
+class TestFinding1RealTtl:
+    """The TTL an RRset was actually served with, not dns.ttl, bounds what caches hold."""
+
+    def test_wait_covers_the_served_ttl(self, old: Hierarchy, new: Hierarchy) -> None:
+        config = make_config(ttl=2)  # rollover_wait 4
+        current, candidate = make_chain(old.issue()), make_chain(new.issue())
+        state = State()
+        state.lineage(MX).deployed = current
+        served(state, NOW - 100 * S, *current.tlsa, ttl=15)  # published by hand, TTL 15
+        served(state, NOW, *current.tlsa, *candidate.tlsa, ttl=2)
+        plan = plan_pass(config, state, observe({MX: candidate}), NOW + 4 * S)
+        assert plan.decisions[0].verb is Verb.WAIT_AGE
+        assert plan.decisions[0].proceed_at == NOW + 15 * S
+        plan = plan_pass(config, state, observe({MX: candidate}), NOW + 15 * S)
+        assert plan.decisions[0].verb is Verb.DEPLOY
+
+    def test_an_update_that_changes_the_ttl_says_so(self, old: Hierarchy, new: Hierarchy) -> None:
+        config = make_config(ttl=2)
+        current, candidate = make_chain(old.issue()), make_chain(new.issue())
+        state = State()
+        state.lineage(MX).deployed = current
+        served(state, NOW, *current.tlsa, ttl=15)
+        (publish,) = steps_of(plan_pass(config, state, observe({MX: candidate}), NOW), Publish)
+        assert (publish.ttl, publish.previous_ttl) == (2, 15)
+
+    def test_unobserved_time_counts_as_served(self, old: Hierarchy, new: Hierarchy) -> None:
+        """Last looked at T-1000 (old RRset); at T the new one: the old counts as served until T."""
+        current, candidate = make_chain(old.issue()), make_chain(new.issue())
+        state = State()
+        state.lineage(MX).deployed = current
+        served(state, NOW - 1000 * S, *current.tlsa, ttl=300)
+        served(state, NOW, *current.tlsa, *candidate.tlsa, ttl=300)
+        plan = plan_pass(make_config(), state, observe({MX: candidate}), NOW + 1 * S)
+        assert plan.decisions[0].proceed_at == NOW + 300 * S
+
+
+class TestFinding2DeployFirst:
+    """First start, a chain matching nothing served, no records: deploy, then publish."""
+
+    def test_deploys_before_publishing(self, new: Hierarchy) -> None:
+        candidate = make_chain(new.issue())
+        state = State()
+        served(state, NOW)  # NODATA everywhere
+        plan = plan_pass(make_config(), state, observe({MX: candidate}), NOW)
+        assert plan.decisions[0].verb is Verb.DEPLOY
+        assert not steps_of(plan, Publish)  # snakeoil is served: a record would break it
+        (deploy,) = steps_of(plan, Deploy)
+        assert deploy.items[0].chain == candidate
+        state.lineage(MX).deployed = candidate
+        (publish,) = steps_of(
+            plan_pass(make_config(), state, observe({MX: candidate}), NOW), Publish
+        )
+        assert publish.add == candidate.tlsa
+
+    def test_existing_records_must_match(self, old: Hierarchy, new: Hierarchy) -> None:
+        candidate, other = make_chain(new.issue()), make_chain(old.issue())
+        state = State()
+        served(state, NOW, *other.tlsa)  # the operator's record for what is served now
+        plan = plan_pass(make_config(), state, observe({MX: candidate}), NOW)
+        assert plan.decisions[0].verb is Verb.PUBLISH  # adding keeps the served chain matching
+        assert steps_of(plan, Publish)
+
+    def test_adoption_of_what_postfix_serves_needs_no_wait(self, new: Hierarchy) -> None:
+        candidate = make_chain(new.issue())
+        state = State()
+        served(state, NOW, TlsaRecord(NAME, 2, 1, 1, "00" * 32))
+        plan = plan_pass(
+            make_config(), state, observe({MX: candidate}, served={MX: candidate.fingerprint}), NOW
+        )
+        assert plan.decisions[0].verb is Verb.DEPLOY
+
+
+class TestFinding3Recovery:
+    """What a restart finds on disk is an observation; only a deploy in flight is finished."""
+
+    def test_inflight_with_its_file_is_finished(self, new: Hierarchy) -> None:
+        chain = make_chain(new.issue())
+        state = State()
+        state.lineage(MX).inflight = chain
+        (deploy,) = plan_recovery(make_config(), state, {MX: chain.fingerprint})
+        assert isinstance(deploy, Deploy) and deploy.items[0].kind is DeployKind.RESUMED
+
+    def test_inflight_without_its_file_is_forgotten(self, old: Hierarchy, new: Hierarchy) -> None:
+        chain = make_chain(new.issue())
+        state = State()
+        state.lineage(MX).inflight = chain
+        assert plan_recovery(make_config(), state, {MX: None}) == (ClearInflight(MX),)
+
+    def test_rolled_back_first_deploy_is_not_adopted(self, new: Hierarchy) -> None:
+        """The rollback cleared `inflight`: a leftover file is not what Postfix serves."""
+        chain = make_chain(new.issue())
+        state = State()
+        state.lineage(MX).failed_fingerprint = chain.fingerprint
+        assert plan_recovery(make_config(), state, {MX: chain.fingerprint}) == ()
+        assert not state.reload_pending
+
+
+class TestFinding5OneDefinitionOfNeeded:
+    """Partial and full passes agree on what is needed, from today's config."""
+
+    def test_partial_and_full_passes_agree(self, old: Hierarchy, new: Hierarchy) -> None:
+        config = make_multi_config(
+            [
+                {"lineage": "a", "hostnames": [MX], "tlsa": [NAME], "usages": ["3 1 1"]},
+                {"lineage": "b", "hostnames": [MX], "tlsa": [NAME], "sni": True},
+            ]
+        )
+        a = make_chain(old.issue(), (Usage.DANE_TA,), "a")  # deployed under another usage
+        b = make_chain(new.issue(), (Usage.DANE_TA,), "b")
+        state = State()
+        state.lineage("a").deployed = a
+        state.lineage("b").deployed = b
+        served(state, NOW, *a.tlsa, *b.tlsa)
+        history = state.names[NAME]
+        state.names[NAME] = NameHistory(
+            NAME, history.seen, history.servers, frozenset(a.tlsa + b.tlsa)
+        )
+        partial = plan_pass(config, state, observe({"a": a}), NOW)
+        full = plan_pass(config, state, observe({"a": a, "b": b}), NOW)
+        assert partial.steps == full.steps
+        (publish,) = steps_of(full, Publish)
+        assert [r.usage for r in publish.add] == [3]  # a's 3 1 1, today's usage
+        assert not steps_of(full, Retire)  # a still matches only through 2 1 1 until then
 
 
 class TestRetire:
-    """Only records danesync published and nothing needs are removed."""
+    """Only records danesync's updates added, and only while served chains still match."""
 
     def test_old_issuer_record_retired_after_deploy(self, old: Hierarchy, new: Hierarchy) -> None:
         before, after = make_chain(old.issue()), make_chain(new.issue())
         state = deployed_state(after, *after.tlsa, *before.tlsa)
-        plan = plan_pass(
-            make_config(),
-            state,
-            {"mx.example.test": after},
-            view(*after.tlsa, *before.tlsa),
-            {},
-            NOW,
-        )
+        plan = plan_pass(make_config(), state, observe({MX: after}), NOW)
         assert plan.decisions[0].verb is Verb.UNCHANGED
-        assert plan.retire == before.tlsa
+        (retire,) = steps_of(plan, Retire)
+        assert retire.delete == before.tlsa
 
     def test_record_added_by_hand_is_left_alone(self, old: Hierarchy, new: Hierarchy) -> None:
         before, after = make_chain(old.issue()), make_chain(new.issue())
-        state = deployed_state(after, *after.tlsa)
-        state.records[before.tlsa[0]] = RecordState(published=False, visible_since=NOW)
-        plan = plan_pass(
-            make_config(),
-            state,
-            {"mx.example.test": after},
-            view(*after.tlsa, *before.tlsa),
-            {},
-            NOW,
-        )
-        assert plan.retire == ()
+        state = deployed_state(after, *after.tlsa, *before.tlsa, owned=False)
+        assert not steps_of(plan_pass(make_config(), state, observe({MX: after}), NOW), Retire)
+
+    def test_never_removes_what_a_served_chain_needs(self, old: Hierarchy) -> None:
+        chain = make_chain(old.issue())
+        state = deployed_state(chain, *chain.tlsa)
+        config = make_config()
+        plan = plan_pass(config, state, observe({MX: Problem("broken")}), NOW)
+        assert not steps_of(plan, Retire)
 
     def test_deleted_record_of_deployed_chain_is_republished(self, old: Hierarchy) -> None:
         current = make_chain(old.issue())
         state = deployed_state(current, *current.tlsa)
-        plan = plan_pass(make_config(), state, {"mx.example.test": current}, view(), {}, NOW)
-        assert plan.publish == current.tlsa
-        assert plan.mark_invisible == current.tlsa
+        served(state, NOW + S)  # deleted by hand
+        (publish,) = steps_of(
+            plan_pass(make_config(), state, observe({MX: current}), NOW + S), Publish
+        )
+        assert publish.add == current.tlsa
 
 
 class TestSafetyRules:
@@ -223,47 +347,17 @@ class TestSafetyRules:
         current = make_chain(old.issue(not_after=NOW + dt.timedelta(days=80)))
         older = make_chain(old.issue(not_after=NOW + dt.timedelta(days=30)))
         state = deployed_state(current, *current.tlsa)
-        plan = plan_pass(
-            make_config(), state, {"mx.example.test": older}, view(*current.tlsa), {}, NOW
-        )
+        plan = plan_pass(make_config(), state, observe({MX: older}), NOW)
         assert plan.decisions[0].verb is Verb.DOWNGRADE
         assert "before the deployed chain" in plan.decisions[0].reason
 
     def test_expired_deployed_chain_forces(self, old: Hierarchy, new: Hierarchy) -> None:
-        current = make_chain(old.issue())
-        candidate = make_chain(new.issue())
+        current, candidate = make_chain(old.issue()), make_chain(new.issue())
         state = deployed_state(current, *current.tlsa)
-        later = current.not_after + dt.timedelta(seconds=1)
-        info = ChainInfo.from_chain(current)
-        assert later > info.not_after
-        plan = plan_pass(
-            make_config(), state, {"mx.example.test": candidate}, view(*current.tlsa), {}, later
-        )
+        later = current.not_after + S
+        plan = plan_pass(make_config(), state, observe({MX: candidate}), later)
         assert plan.decisions[0].verb is Verb.FORCE
         assert "expired" in plan.decisions[0].reason
-
-    def test_expiring_before_the_wait_ends_forces(self, old: Hierarchy, new: Hierarchy) -> None:
-        current = make_chain(old.issue(not_after=NOW + dt.timedelta(seconds=100)))
-        candidate = make_chain(new.issue())
-        state = deployed_state(current, *current.tlsa)
-        plan = plan_pass(
-            make_config(), state, {"mx.example.test": candidate}, view(*current.tlsa), {}, NOW
-        )
-        assert plan.decisions[0].verb is Verb.FORCE
-        assert "before the rollover could finish" in plan.decisions[0].reason
-
-    def test_adoption_of_what_postfix_serves_needs_no_wait(self, new: Hierarchy) -> None:
-        candidate = make_chain(new.issue())
-        served = {"mx.example.test": candidate.fingerprint}
-        plan = plan_pass(
-            make_config(), State(), {"mx.example.test": candidate}, view(), served, NOW
-        )
-        assert plan.decisions[0].verb is Verb.DEPLOY
-
-    def test_adoption_otherwise_follows_the_rules(self, new: Hierarchy) -> None:
-        candidate = make_chain(new.issue())
-        plan = plan_pass(make_config(), State(), {"mx.example.test": candidate}, view(), {}, NOW)
-        assert plan.decisions[0].verb is Verb.PUBLISH
 
     def test_invalid_and_pending_change_nothing(self, old: Hierarchy) -> None:
         current = make_chain(old.issue())
@@ -272,17 +366,33 @@ class TestSafetyRules:
             (Problem("bad key"), Verb.INVALID),
             (Problem("mid", True), Verb.PENDING),
         ):
-            plan = plan_pass(
-                make_config(), state, {"mx.example.test": problem}, view(*current.tlsa), {}, NOW
-            )
+            plan = plan_pass(make_config(), state, observe({MX: problem}), NOW)
             assert [d.verb for d in plan.decisions] == [verb]
-            assert plan.publish == plan.retire == ()
+            assert plan.steps == ()
 
     def test_failed_candidate_is_not_retried(self, old: Hierarchy) -> None:
         current, candidate = make_chain(old.issue()), make_chain(old.issue())
         state = deployed_state(current, *current.tlsa)
-        state.lineage("mx.example.test").failed_fingerprint = candidate.fingerprint
-        plan = plan_pass(
-            make_config(), state, {"mx.example.test": candidate}, view(*current.tlsa), {}, NOW
-        )
+        state.lineage(MX).failed_fingerprint = candidate.fingerprint
+        plan = plan_pass(make_config(), state, observe({MX: candidate}), NOW)
         assert plan.decisions[0].verb is Verb.FAILED
+
+
+class TestFinding10LastSafeMoment:
+    """A deployed chain expiring before the new one is safe: deploy at the last safe moment."""
+
+    def test_held_until_just_before_expiry(self, old: Hierarchy, new: Hierarchy) -> None:
+        day = dt.timedelta(days=1)
+        config = make_config(ttl=86400)
+        current = make_chain(old.issue(not_after=NOW + 1.5 * day))
+        candidate = make_chain(new.issue(not_after=NOW + 6 * day))
+        state = deployed_state(current, *current.tlsa)
+        served(state, NOW, *current.tlsa, *candidate.tlsa, ttl=86400)
+        (decision,) = plan_pass(config, state, observe({MX: candidate}), NOW + S).decisions
+        assert decision.verb is Verb.WAIT_AGE  # not at once
+        assert decision.forced_at == current.not_after - FORCE_MARGIN
+        assert decision.proceed_at == decision.forced_at
+        (decision,) = plan_pass(
+            config, state, observe({MX: candidate}), decision.forced_at
+        ).decisions
+        assert decision.verb is Verb.FORCE

@@ -9,17 +9,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from danesync.actions.postfix import (
-    Service,
     build_chain_files_value,
+    build_legacy_removals,
     build_parameter_changes,
     build_parameters_from_output,
-    build_protocols_allowed,
-    build_services_from_output,
-    build_sni_key,
+    build_removed_parameters_notice,
     build_sni_maps_value,
     build_sni_table_source,
+)
+from danesync.actions.postfix_audit import (
+    Service,
+    ServiceOverride,
+    build_protocols_allowed,
+    build_service_overrides_from_output,
+    build_service_tls_notices,
+    build_services_from_output,
     build_tls_audit,
 )
+from danesync.sni import build_sni_key
 
 # What a sound Postfix 3.7 setup for danesync looks like, as postconf -x shows it.
 GOOD = {
@@ -69,6 +76,40 @@ class TestParameters:
     def test_unchanged_values_are_left_out(self) -> None:
         current = {"a": "1", "b": "2"}
         assert build_parameter_changes(current, {"a": "1", "b": "3"}) == {"b": "3"}
+
+    def test_none_removes_only_what_main_cf_sets(self) -> None:
+        current = {"a": "1", "b": "", "c": "3"}
+        wanted: dict[str, str | None] = {"a": None, "b": None, "c": "3"}
+        assert build_parameter_changes(current, wanted, explicit={"a"}) == {"a": None}
+        assert build_parameter_changes(current, wanted) == {}
+
+    def test_legacy_removals_come_with_chain_files(self) -> None:
+        removals = build_legacy_removals({"smtpd_tls_chain_files": "/d/mx.pem"})
+        assert removals == {
+            "smtpd_tls_cert_file": None,
+            "smtpd_tls_key_file": None,
+            "smtpd_tls_eccert_file": None,
+            "smtpd_tls_eckey_file": None,
+            "smtpd_tls_dcert_file": None,
+            "smtpd_tls_dkey_file": None,
+        }
+        # SNI only: the legacy files still serve clients without SNI.
+        assert build_legacy_removals({"tls_server_sni_maps": "hash:/d/sni"}) == {}
+
+    def test_removed_parameters_notice(self) -> None:
+        previous = {
+            "smtpd_tls_chain_files": None,
+            "smtpd_tls_key_file": "/etc/ssl/private/ssl-cert-snakeoil.key",
+            "smtpd_tls_cert_file": "/etc/ssl/certs/ssl-cert-snakeoil.pem",
+        }
+        notice = build_removed_parameters_notice(previous)
+        assert notice is not None
+        assert notice.startswith(
+            "removed from main.cf: smtpd_tls_cert_file = /etc/ssl/certs/ssl-cert-snakeoil.pem;"
+            " smtpd_tls_key_file = /etc/ssl/private/ssl-cert-snakeoil.key"
+        )
+        assert "a rollback restores them" in notice
+        assert build_removed_parameters_notice({"smtpd_tls_chain_files": "/x"}) is None
 
     @given(st.dictionaries(st.from_regex(r"[a-z_]{1,12}", fullmatch=True), st.text()))
     def test_applying_the_changes_leaves_nothing_to_change(self, wanted: dict[str, str]) -> None:
@@ -235,8 +276,23 @@ class TestTlsAudit:
         ],
     )
     def test_weak_mandatory_protocols(self, value: str, weak: str) -> None:
-        (warning,) = self.audit(smtpd_tls_mandatory_protocols=value)
-        assert f"allows {weak}:" in warning
+        (warning,) = self.audit([SMTP, SUBMISSION_ENCRYPT], smtpd_tls_mandatory_protocols=value)
+        assert f"allows {weak} on 'submission', which requires TLS:" in warning
+
+    def test_mandatory_protocols_on_smtps_and_per_service(self) -> None:
+        smtps = Service(
+            "smtps",
+            "inet",
+            "smtpd",
+            (("smtpd_tls_wrappermode", "yes"), ("smtpd_tls_mandatory_protocols", ">=TLSv1.1")),
+        )
+        (warning,) = self.audit([SMTP, smtps])
+        assert warning.startswith("smtpd_tls_mandatory_protocols = >=TLSv1.1 allows TLSv1.1 on")
+
+    def test_stock_debian_port_25_at_may_is_not_flagged(self) -> None:
+        # Postfix's own default (>=TLSv1) applies only where TLS is required.
+        assert self.audit([SMTP], smtpd_tls_mandatory_protocols=">=TLSv1") == []
+        assert self.audit(smtpd_tls_mandatory_protocols=">=TLSv1") == []
 
     def test_legacy_certificate_files_beside_chain_files(self) -> None:
         (warning,) = self.audit(
@@ -250,8 +306,67 @@ class TestTlsAudit:
         assert self.audit(smtpd_tls_chain_files="", smtpd_tls_cert_file="/c.pem") == []
 
     def test_missing_parameters_are_read_as_defaults(self) -> None:
-        warnings = build_tls_audit({"smtpd_tls_security_level": "may"})
-        # Postfix's default smtpd_tls_mandatory_protocols is >=TLSv1, but an absent
-        # value here is empty: everything allowed, flagged.
-        assert len(warnings) == 1
-        assert "smtpd_tls_mandatory_protocols" in warnings[0]
+        assert build_tls_audit({"smtpd_tls_security_level": "may"}) == []
+        warnings = build_tls_audit({"smtpd_tls_security_level": "encrypt"})
+        # An absent smtpd_tls_mandatory_protocols here is empty: everything allowed, flagged.
+        assert len(warnings) == 2
+        assert "smtpd_tls_mandatory_protocols = (empty)" in warnings[1]
+
+
+class TestServiceCertificates:
+    """master.cf services that serve a certificate of their own are reported."""
+
+    OUTPUT = (
+        "submission/inet/smtpd_tls_cert_file = /etc/letsencrypt/live/mx/fullchain.pem\n"
+        "submission/inet/smtpd_tls_key_file = /etc/letsencrypt/live/mx/privkey.pem\n"
+        "submission/inet/smtpd_tls_security_level = encrypt\n"
+        "127.0.0.1:465/inet/smtpd_tls_chain_files = /etc/postfix/danesync/mx.pem\n"
+        "127.0.0.1:465/inet/smtpd_tls_wrappermode = yes\n"
+        "[::1]:587/inet/smtpd_tls_chain_files = /etc/postfix/danesync/mx.pem,/etc/x.pem\n"
+        "relay/unix/smtp_tls_cert_file = /etc/client.pem\n"
+        "smtps/inet/smtpd_tls_cert_file =\n"
+    )
+
+    def test_parse(self) -> None:
+        overrides = build_service_overrides_from_output(self.OUTPUT)
+        assert len(overrides) == 8
+        assert overrides[3] == ServiceOverride(
+            "127.0.0.1:465", "inet", "smtpd_tls_chain_files", "/etc/postfix/danesync/mx.pem"
+        )
+        assert overrides[5].where == "[::1]:587/inet"
+        assert overrides[7].value == ""
+
+    def test_notices_with_danesync_chain_files_in_main_cf(self) -> None:
+        overrides = build_service_overrides_from_output(self.OUTPUT)
+        notices = build_service_tls_notices(overrides, Path("/etc/postfix/danesync"))
+        # 465 uses danesync's file; relay's is a client certificate; smtps's is empty.
+        assert len(notices) == 2
+        assert notices[0] == (
+            "master.cf service submission/inet sets"
+            " -o smtpd_tls_cert_file=/etc/letsencrypt/live/mx/fullchain.pem,"
+            " -o smtpd_tls_key_file=/etc/letsencrypt/live/mx/privkey.pem: Postfix ignores them"
+            " because smtpd_tls_chain_files is set (the service serves those chains and warns"
+            " at every smtpd start); remove these overrides"
+        )
+        assert notices[1].startswith(
+            "master.cf service [::1]:587/inet serves a certificate of its own"
+            " (-o smtpd_tls_chain_files=/etc/postfix/danesync/mx.pem,/etc/x.pem):"
+            " danesync does not update it"
+        )
+        assert "_587._tcp" in notices[1]
+
+    def test_notices_without_chain_files_in_main_cf(self) -> None:
+        overrides = build_service_overrides_from_output(self.OUTPUT)
+        notices = build_service_tls_notices(
+            overrides, Path("/etc/postfix/danesync"), chain_files_in_main=False
+        )
+        assert notices[0].startswith(
+            "master.cf service submission/inet serves a certificate of its own"
+            " (-o smtpd_tls_cert_file=/etc/letsencrypt/live/mx/fullchain.pem,"
+        )
+
+    def test_reference_to_main_cf_is_managed(self) -> None:
+        overrides = [
+            ServiceOverride("smtps", "inet", "smtpd_tls_chain_files", "$smtpd_tls_chain_files")
+        ]
+        assert build_service_tls_notices(overrides) == []

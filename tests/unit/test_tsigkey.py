@@ -16,8 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from danesync import tsigkey
 from danesync.errors import TsigKeyError
 from danesync.tsigkey import SUPPORTED_ALGORITHMS, TsigKey, build_tsig_keys, read_tsig_key
+from tests.conftest import require_program
 
 SECRET = base64.b64decode("AO35Rd0DrbreUG19sDGExFY07BbUwHUx7gruQSXc5VQ=")
 KEYGEN_OUTPUT = """\
@@ -303,3 +305,143 @@ class TestProperties:
         else:
             assert keys
             assert all(isinstance(key, TsigKey) for key in keys)
+
+
+B64 = "AO35Rd0DrbreUG19sDGExFY07BbUwHUx7gruQSXc5VQ="
+
+
+class TestOtherServersFormats:
+    """Knot's keymgr and PowerDNS's pdnsutil print the same key differently."""
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            # keymgr -t danesync hmac-sha256
+            f"# hmac-sha256:danesync:{B64}\nkey:\n  - id: danesync\n"
+            f"    algorithm: hmac-sha256\n    secret: {B64}\n",
+            # the same, without the comment line, as in knot.conf
+            f"key:\n  - id: danesync\n    algorithm: hmac-sha256\n    secret: {B64}\n",
+            # pdnsutil generate-tsig-key danesync hmac-sha256
+            f"Create new TSIG key danesync hmac-sha256 {B64}\n",
+            # pdnsutil list-tsig-keys
+            f"danesync. hmac-sha256. {B64}\n",
+            # dig -y / kdig -y / knsupdate -y
+            f"hmac-sha256:danesync:{B64}\n",
+            # keymgr's comment line alone
+            f"# hmac-sha256:danesync:{B64}\n",
+        ],
+        ids=["keymgr", "knot-conf", "pdnsutil-generate", "pdnsutil-list", "colon", "comment"],
+    )
+    def test_accepted(self, text: str) -> None:
+        assert build_tsig_keys(text, "k") == [TsigKey("danesync", "hmac-sha256", SECRET)]
+
+    def test_several_knot_keys_and_pdns_lines(self) -> None:
+        knot = (
+            f"key:\n  - id: a\n    algorithm: hmac-sha256\n    secret: {B64}\n"
+            f"  - id: b\n    algorithm: hmac-sha512\n    secret: {B64}\n"
+        )
+        assert [(k.name, k.algorithm) for k in build_tsig_keys(knot, "k")] == [
+            ("a", "hmac-sha256"),
+            ("b", "hmac-sha512"),
+        ]
+        pdns = f"a. hmac-sha256. {B64}\nb. hmac-sha384. {B64}\n"
+        assert [(k.name, k.algorithm) for k in build_tsig_keys(pdns, "k")] == [
+            ("a", "hmac-sha256"),
+            ("b", "hmac-sha384"),
+        ]
+
+    @pytest.mark.parametrize(
+        ("text", "reason"),
+        [
+            (f"key:\n  - id: a\n    algorithm: hmac-md5\n    secret: {B64}\n", "hmac-md5"),
+            ("key:\n  - id: a\n    algorithm: hmac-sha256\n", "without 'secret:'"),
+            (f"a. hmac-sha256. {B64}\nsomething else\n", "line 2: not a key line"),
+            ("Create new TSIG key a hmac-sha256 not*base64\n", "not valid base64"),
+        ],
+    )
+    def test_refused_with_the_reason(self, text: str, reason: str) -> None:
+        with pytest.raises(TsigKeyError, match=reason) as info:
+            build_tsig_keys(text, "k")
+        assert B64 not in str(info.value)
+
+    def test_unknown_format_names_the_expected_ones(self) -> None:
+        with pytest.raises(TsigKeyError) as info:
+            build_tsig_keys("TSIG danesync hmac-sha256\n", "k")
+        message = str(info.value)
+        assert "expected a 'key' statement" in message
+        assert "tsig-keygen" in message and "keymgr -t" in message and "pdnsutil" in message
+
+    def test_real_keymgr_output(self) -> None:
+        require_program("/usr/sbin/keymgr")
+        output = subprocess.run(
+            ["/usr/sbin/keymgr", "-t", "from-knot", "hmac-sha384"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        (key,) = build_tsig_keys(output, "k")
+        assert (key.name, key.algorithm) == ("from-knot", "hmac-sha384")
+        assert base64.b64encode(key.secret).decode() in output
+
+
+class TestCurrentTsigKey:
+    """current_tsig_key re-reads the file when it changes, and only then."""
+
+    def _write(self, path: Path, secret: bytes, mode: int = 0o600) -> None:
+        path.write_text(_key_text("danesync", "hmac-sha256", secret))
+        path.chmod(mode)
+
+    def test_unchanged_file_is_not_read_again(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        path = tmp_path / "k.key"
+        self._write(path, SECRET)
+        reads: list[Path] = []
+        real = tsigkey.read_tsig_key
+
+        def counting(p: Path, name: str | None = None) -> TsigKey:
+            reads.append(p)
+            return real(p, name)
+
+        monkeypatch.setattr(tsigkey, "read_tsig_key", counting)
+        assert tsigkey.current_tsig_key(path).secret == SECRET
+        assert tsigkey.current_tsig_key(path).secret == SECRET
+        assert len(reads) == 1
+
+    def test_secret_fixed_in_place(self, tmp_path: Path) -> None:
+        path = tmp_path / "k.key"
+        self._write(path, b"old secret, 32 bytes long......")
+        assert tsigkey.current_tsig_key(path).secret.startswith(b"old")
+        before = path.stat().st_mtime_ns
+        with path.open("w") as file:  # same inode, same size
+            file.write(_key_text("danesync", "hmac-sha256", b"new secret, 32 bytes long......"))
+        # An editor saves later than the first write; within one clock tick the
+        # mtime could be equal, so make "later" explicit.
+        os.utime(path, ns=(before + 10**9, before + 10**9))
+        assert tsigkey.current_tsig_key(path).secret.startswith(b"new")
+
+    def test_renamed_over(self, tmp_path: Path) -> None:
+        path, fresh = tmp_path / "k.key", tmp_path / "k.key.new"
+        self._write(path, SECRET)
+        tsigkey.current_tsig_key(path)
+        self._write(fresh, b"rotated secret.................")
+        fresh.rename(path)
+        assert tsigkey.current_tsig_key(path).secret.startswith(b"rotated")
+
+    def test_loosened_mode_is_refused_at_once(self, tmp_path: Path) -> None:
+        path = tmp_path / "k.key"
+        self._write(path, SECRET)
+        tsigkey.current_tsig_key(path)
+        path.chmod(0o644)
+        with pytest.raises(TsigKeyError, match="mode 0644"):
+            tsigkey.current_tsig_key(path)
+        path.chmod(0o600)
+        assert tsigkey.current_tsig_key(path).secret == SECRET
+
+    def test_deleted_file_is_an_error(self, tmp_path: Path) -> None:
+        path = tmp_path / "k.key"
+        self._write(path, SECRET)
+        tsigkey.current_tsig_key(path)
+        path.unlink()
+        with pytest.raises(TsigKeyError, match="no such file"):
+            tsigkey.current_tsig_key(path)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ import dns.tsig
 import dns.update
 
 from danesync.config import parse_endpoint
-from danesync.errors import DnsError, DnsUpdateError
+from danesync.errors import DnsError
 from danesync.tlsa import TlsaRecord, absolute_name
 from danesync.tsigkey import TsigKey
 
@@ -70,10 +69,12 @@ class _Unreachable(DnsError):
         super().__init__(f"{server}: {detail}")
 
 
-def _address(server: Server) -> str:
-    """The IP address to send to; a host name is resolved by the system."""
+def _addresses(server: Server) -> list[str]:
+    """The IP addresses to send to, in the resolver's order; a host name is
+    resolved by the system (Debian's /etc/hosts makes ``localhost`` ::1 first,
+    then 127.0.0.1: a server listening on one of them only is still reached)."""
     try:
-        return str(ipaddress.ip_address(server.host))
+        return [str(ipaddress.ip_address(server.host))]
     except ValueError:
         pass
     try:
@@ -82,14 +83,62 @@ def _address(server: Server) -> str:
         raise _Unreachable(
             server, "UNRESOLVED", f"cannot resolve host name {server.host}: {error}"
         ) from error
-    return str(infos[0][4][0])
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def _tsig_failure(error: Exception) -> str | None:
+    """The TSIG error name for dnspython's TSIG exceptions, else None."""
+    kinds: tuple[tuple[type[Exception], str], ...] = (
+        (dns.tsig.PeerBadSignature, "BADSIG"),
+        (dns.tsig.PeerBadKey, "BADKEY"),
+        (dns.tsig.PeerBadTime, "BADTIME"),
+        (dns.tsig.PeerBadTruncation, "BADTRUNC"),
+        (dns.tsig.BadSignature, "BADRESPONSE"),
+        (dns.tsig.BadTime, "BADTIME"),
+        (dns.tsig.BadKey, "BADRESPONSE"),
+        (dns.message.UnknownTSIGKey, "BADRESPONSE"),
+    )
+    for kind, name in kinds:
+        if isinstance(error, kind):
+            return name
+    return None
 
 
 def _exchange(
-    server: Server, message: dns.message.Message, timeout: float, *, tcp: bool
+    server: Server,
+    message: dns.message.Message,
+    timeout: float,
+    *,
+    tcp: bool,
+    signed: bool = False,
+    maybe_delivered: Callable[[], None] = lambda: None,
 ) -> dns.message.Message:
-    """Send one message and return the answer; network failures -> _Unreachable."""
-    where = _address(server)
+    """Send one message to the first of the server's addresses that answers
+    (each gets `timeout`). `maybe_delivered` is called when an address that
+    is then given up on may have received the message (a timeout, a
+    connection closed without an answer): an update may have been applied
+    there. Every address failing -> _Unreachable naming each."""
+    addresses = _addresses(server)
+    failures: list[_Unreachable] = []
+    for address in addresses:
+        try:
+            if signed:
+                return _exchange_signed_at(server, address, message, timeout)
+            return _exchange_at(server, address, message, timeout, tcp=tcp)
+        except _Unreachable as error:
+            failures.append(error)
+            if address != addresses[-1] and not isinstance(error.__cause__, ConnectionRefusedError):
+                maybe_delivered()
+    if len(failures) == 1:
+        raise failures[0]
+    detail = "; ".join(f"{a}: {f.detail}" for a, f in zip(addresses, failures, strict=True))
+    raise _Unreachable(server, failures[-1].rcode, detail) from failures[-1]
+
+
+def _exchange_at(
+    server: Server, where: str, message: dns.message.Message, timeout: float, *, tcp: bool
+) -> dns.message.Message:
+    """Send one message to one address and return the answer; network failures -> _Unreachable."""
     try:
         if tcp:
             return dns.query.tcp(message, where, timeout=timeout, port=server.port)
@@ -113,6 +162,109 @@ def _exchange(
         raise DnsError(f"{server}: unusable answer: {error}") from error
 
 
+def _read_framed(sock: socket.socket) -> bytes:
+    """One DNS-over-TCP message, without its two-byte length prefix."""
+    data = b""
+    while len(data) < 2 or len(data) < 2 + int.from_bytes(data[:2], "big"):
+        chunk = sock.recv(65535)
+        if not chunk:
+            raise EOFError("connection closed")
+        data += chunk
+    return data[2 : 2 + int.from_bytes(data[:2], "big")]
+
+
+def _exchange_signed_at(
+    server: Server, where: str, message: dns.message.Message, timeout: float
+) -> dns.message.Message:
+    """Send a TSIG-signed message over TCP and return the answer.
+
+    Unlike dns.query.tcp, an answer *without* a TSIG record is returned (with
+    ``had_tsig`` false) instead of raising: PowerDNS answers a bad key that
+    way, Knot a zone it does not serve, and newer dnspython raises a bare
+    FormError for both where Debian's 2.3 returns the message. Doing the
+    exchange here gives the same answer, hence the same diagnosis, on every
+    dnspython. A signed answer is verified as usual (PeerBadKey, ...).
+    """
+    wire = message.to_wire()  # signs, and sets message.mac for the answer's check
+    try:
+        with socket.create_connection((where, server.port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(len(wire).to_bytes(2, "big") + wire)
+            answer = _read_framed(sock)
+    except TimeoutError as error:
+        raise _Unreachable(server, "TIMEOUT", f"no answer within {timeout:g} s") from error
+    except ConnectionRefusedError as error:
+        raise _Unreachable(
+            server, "UNREACHABLE", "connection refused (is the name server running?)"
+        ) from error
+    except EOFError as error:
+        raise _Unreachable(
+            server, "UNREACHABLE", "the server closed the connection without answering"
+        ) from error
+    except OSError as error:
+        raise _Unreachable(server, "UNREACHABLE", error.strerror or str(error)) from error
+    try:
+        response = dns.message.from_wire(answer, keyring=message.keyring, request_mac=message.mac)
+    except dns.exception.FormError:
+        # Newer dnspython: "response requires a TSIG but does not have one".
+        response = dns.message.from_wire(answer)
+        if response.had_tsig:
+            raise
+    if not message.is_response(response):
+        raise DnsError(f"{server}: the answer does not match the question")
+    return response
+
+
+@dataclass(frozen=True)
+class SoaAnswer:
+    """What one server said to a (possibly TSIG-signed) SOA query for a zone."""
+
+    server: Server
+    zone: str
+    rcode: str  # "NOERROR", "REFUSED", ... or the TSIG error ("BADSIG", "BADKEY")
+    authoritative: bool  # the AA flag
+    has_soa: bool  # the answer holds the zone's own SOA (so the name is a zone apex)
+    signed: bool  # the answer carried a TSIG that verified with the key
+    enclosing: str | None = None  # the SOA owner in the authority section (NODATA)
+
+
+def query_soa(
+    server: Server, zone: str, key: TsigKey | None = None, timeout: float = 3.0
+) -> SoaAnswer:
+    """Ask `server` for the SOA of `zone`, without recursion, signed with
+    `key` if given (over TCP, so any answer or TSIG error comes back whole).
+    TSIG errors are returned as the rcode, not raised; a server that does not
+    answer raises DnsError."""
+    apex = dns.name.from_text(absolute_name(zone))
+    query = dns.message.make_query(apex, dns.rdatatype.SOA)
+    query.flags &= ~dns.flags.RD
+    try:
+        if key is None:
+            response = _exchange(server, query, timeout, tcp=True)
+        else:
+            query.use_tsig(key.to_dnspython())
+            response = _exchange(server, query, timeout, tcp=True, signed=True)
+    except _Unreachable as error:
+        raise DnsError(f"{server}: {error.detail}") from error
+    except dns.exception.DNSException as error:
+        tsig = _tsig_failure(error) or "BADRESPONSE"
+        return SoaAnswer(server, apex.to_text(), tsig, False, False, False)
+    soa = response.get_rrset(response.answer, apex, dns.rdataclass.IN, dns.rdatatype.SOA)
+    enclosing = None
+    for rrset in response.authority:
+        if rrset.rdtype == dns.rdatatype.SOA:
+            enclosing = rrset.name.to_text()
+    return SoaAnswer(
+        server,
+        apex.to_text(),
+        dns.rcode.to_text(response.rcode()),
+        bool(response.flags & dns.flags.AA),
+        soa is not None,
+        key is not None and response.had_tsig,
+        enclosing,
+    )
+
+
 def _record(name: str, rdata: dns.rdata.Rdata) -> TlsaRecord:
     return TlsaRecord(
         absolute_name(name),
@@ -128,13 +280,20 @@ def _rdata(record: TlsaRecord) -> dns.rdata.Rdata:
 
 
 def _query_tlsa(server: Server, name: str, timeout: float, *, tcp: bool) -> frozenset[TlsaRecord]:
+    return _query_tlsa_rrset(server, name, timeout, tcp=tcp)[0]
+
+
+def _query_tlsa_rrset(
+    server: Server, name: str, timeout: float, *, tcp: bool
+) -> tuple[frozenset[TlsaRecord], int]:
+    """The records at `name` and the TTL the server serves them with (0 if none)."""
     owner = dns.name.from_text(absolute_name(name))
     query = dns.message.make_query(owner, dns.rdatatype.TLSA)
     query.flags &= ~dns.flags.RD  # ask the server itself, never a cache behind it
     response = _exchange(server, query, timeout, tcp=tcp)
     rcode = response.rcode()
     if rcode == dns.rcode.NXDOMAIN:
-        return frozenset()
+        return frozenset(), 0
     if rcode != dns.rcode.NOERROR:
         text = dns.rcode.to_text(rcode)
         raise DnsError(f"{server}: answered {text} to the TLSA query for {owner}")
@@ -144,10 +303,12 @@ def _query_tlsa(server: Server, name: str, timeout: float, *, tcp: bool) -> froz
             "list only the zone's own name servers"
         )
     records: set[TlsaRecord] = set()
+    ttl = 0
     for rrset in response.answer:
         if rrset.name == owner and rrset.rdtype == dns.rdatatype.TLSA:
             records.update(_record(owner.to_text(), rdata) for rdata in rrset)
-    return frozenset(records)
+            ttl = max(ttl, int(rrset.ttl))
+    return frozenset(records), ttl
 
 
 def query_tlsa(server: Server, name: str, timeout: float = 3.0) -> frozenset[TlsaRecord]:
@@ -170,6 +331,8 @@ class Visibility:
     names: frozenset[str]
     answers: Mapping[str, Mapping[Server, frozenset[TlsaRecord]]] = field(default_factory=dict)
     errors: Mapping[str, Mapping[Server, str]] = field(default_factory=dict)
+    # The TTL each server answered each RRset with (0 for no records).
+    ttls: Mapping[str, Mapping[Server, int]] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -217,8 +380,10 @@ def query_visibility(
     unique_servers = tuple(dict.fromkeys(servers))
     wanted = sorted({absolute_name(n) for n in names})
 
-    def ask(server: Server) -> tuple[dict[str, frozenset[TlsaRecord]], dict[str, str]]:
-        found: dict[str, frozenset[TlsaRecord]] = {}
+    def ask(
+        server: Server,
+    ) -> tuple[dict[str, tuple[frozenset[TlsaRecord], int]], dict[str, str]]:
+        found: dict[str, tuple[frozenset[TlsaRecord], int]] = {}
         failed: dict[str, str] = {}
         down: str | None = None
         for name in wanted:
@@ -226,7 +391,7 @@ def query_visibility(
                 failed[name] = down
                 continue
             try:
-                found[name] = query_tlsa(server, name, timeout)
+                found[name] = _query_tlsa_rrset(server, name, timeout, tcp=False)
             except _Unreachable as error:
                 down = failed[name] = error.detail
             except DnsError as error:
@@ -234,13 +399,15 @@ def query_visibility(
         return found, failed
 
     answers: dict[str, dict[Server, frozenset[TlsaRecord]]] = {n: {} for n in wanted}
+    ttls: dict[str, dict[Server, int]] = {n: {} for n in wanted}
     errors: dict[str, dict[Server, str]] = {n: {} for n in wanted}
     if unique_servers and wanted:
         with ThreadPoolExecutor(max_workers=min(8, len(unique_servers))) as pool:
             results = list(pool.map(ask, unique_servers))
         for server, (found, failed) in zip(unique_servers, results, strict=True):
-            for name, records in found.items():
+            for name, (records, ttl) in found.items():
                 answers[name][server] = records
+                ttls[name][server] = ttl
             for name, reason in failed.items():
                 errors[name][server] = reason
     return Visibility(
@@ -248,6 +415,7 @@ def query_visibility(
         frozenset(wanted),
         {n: a for n, a in answers.items()},
         {n: e for n, e in errors.items() if e},
+        ttls,
     )
 
 
@@ -323,256 +491,32 @@ def find_verify_servers(zone: str, primary: Server, timeout: float = 3.0) -> lis
     return list(servers)
 
 
-# -- RFC 2136 updates ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How hard `send_tlsa_update` tries before it gives up.
-
-    `attempts` counts sends for transient failures (timeout, refused
-    connection, SERVFAIL), with exponential backoff between them;
-    `conflicts` counts re-reads after a concurrent change.
-    """
-
-    attempts: int = 4
-    first_delay: float = 1.0
-    factor: float = 2.0
-    max_delay: float = 30.0
-    conflicts: int = 5
-
-    def delay(self, failures: int) -> float:
-        """Seconds to wait after the `failures`-th failure (1, 2, ...)."""
-        return float(min(self.max_delay, self.first_delay * self.factor ** (failures - 1)))
-
-
-@dataclass(frozen=True)
-class UpdateResult:
-    """What one `send_tlsa_update` changed (records already right are skipped)."""
-
-    added: frozenset[TlsaRecord]
-    deleted: frozenset[TlsaRecord]
-    sends: int  # update messages sent, retries included
-    conflicts: int  # concurrent changes detected (failed prerequisites)
-    retries: int = 0  # transient failures (timeout, refused connection, SERVFAIL) retried
-
-
-_TRANSIENT_RCODES = {dns.rcode.SERVFAIL}
-# DnsUpdateError.rcode values that say "try again later" rather than "fix something".
-TRANSIENT_FAILURES = frozenset({"TIMEOUT", "UNREACHABLE", "UNRESOLVED", "SERVFAIL"})
-_CONFLICT_RCODES = {dns.rcode.NXRRSET, dns.rcode.YXRRSET}
-
-
-def _update_failure(
-    zone: str,
-    rcode: str,
-    primary: Server,
-    key: TsigKey | None,
-    names: Sequence[str],
-) -> DnsUpdateError:
-    """The operator-facing explanation of a refused update."""
-    who = f'TSIG key "{key.name}"' if key else "unsigned updates from this host"
-    key_name = key.name if key else ""
-    algorithm = key.algorithm if key else ""
-    at = ", ".join(names)
-    details = {
-        "REFUSED": (
-            f"{primary} refused the update: its update-policy (or allow-update) does not "
-            f"allow {who} to change {at} TLSA"
-        ),
-        "NOTAUTH": (
-            f"{primary} is not authoritative for zone {zone}, or does not accept updates "
-            "for it: check dns.server and dns.zone"
-        ),
-        "NOTZONE": f"{primary} says {at} is not in zone {zone}: check dns.zone and tlsa",
-        "NOTIMP": f"{primary} does not implement dynamic updates (RFC 2136) for zone {zone}",
-        "FORMERR": f"{primary} could not parse the update message",
-        "SERVFAIL": (
-            f"{primary} failed to apply the update (see its log: the zone may not have "
-            "loaded, or its journal may not be writable)"
-        ),
-        "BADSIG": (
-            f'{primary} could not verify the signature (bad signature) of TSIG key "{key_name}": '
-            "the secret or algorithm in the key file differs from the server's copy of the key"
-        ),
-        "BADKEY": (
-            f'{primary} does not know TSIG key "{key_name}" with algorithm {algorithm}: '
-            "the key name or algorithm differs from the server's"
-        ),
-        "BADTIME": (
-            f"{primary} rejected the TSIG signature because the clocks of this host and the "
-            "server differ by more than 5 minutes: check time synchronisation on both"
-        ),
-        "BADTRUNC": f"{primary} rejected the truncated TSIG signature",
-        "BADRESPONSE": (
-            f"the answer from {primary} carries a TSIG signature that does not verify "
-            "with the key: is something between this host and the server rewriting it?"
-        ),
-        "NOSIGNATURE": f"the answer from {primary} is not signed although the update was",
-    }
-    detail = details.get(rcode, f"{primary} answered {rcode} to the update of {at} TLSA")
-    return DnsUpdateError(zone, rcode, detail)
-
-
-def _tsig_failure(error: Exception) -> str | None:
-    """The TSIG error name for dnspython's TSIG exceptions, else None."""
-    kinds: tuple[tuple[type[Exception], str], ...] = (
-        (dns.tsig.PeerBadSignature, "BADSIG"),
-        (dns.tsig.PeerBadKey, "BADKEY"),
-        (dns.tsig.PeerBadTime, "BADTIME"),
-        (dns.tsig.PeerBadTruncation, "BADTRUNC"),
-        (dns.tsig.BadSignature, "BADRESPONSE"),
-        (dns.tsig.BadTime, "BADTIME"),
-        (dns.tsig.BadKey, "BADRESPONSE"),
-        (dns.message.UnknownTSIGKey, "BADRESPONSE"),
+def find_zone(primary: Server, name: str, timeout: float = 3.0) -> str:
+    """The zone `primary` holds `name` in: the owner of the SOA record in its
+    answer or authority section (an SOA query, no recursion). Raises DnsError."""
+    owner = dns.name.from_text(absolute_name(name))
+    query = dns.message.make_query(owner, dns.rdatatype.SOA)
+    query.flags &= ~dns.flags.RD
+    try:
+        response = _exchange(primary, query, timeout, tcp=False)
+    except _Unreachable as error:
+        raise DnsError(f"cannot ask {primary} for the zone of {owner}: {error.detail}") from error
+    if response.flags & dns.flags.AA:
+        for section in (response.answer, response.authority):
+            for rrset in section:
+                if rrset.rdtype == dns.rdatatype.SOA and owner.is_subdomain(rrset.name):
+                    return str(rrset.name.to_text())
+    raise DnsError(
+        f"{primary} is not authoritative for {owner} (no SOA in its answer): "
+        "set dns.zone or dns.verify_servers"
     )
-    for kind, name in kinds:
-        if isinstance(error, kind):
-            return name
-    return None
 
 
-def _check_zone(zone: str, names: Iterable[str]) -> None:
-    origin = dns.name.from_text(absolute_name(zone))
-    outside = sorted(n for n in names if not dns.name.from_text(n).is_subdomain(origin))
-    if outside:
-        raise DnsUpdateError(
-            zone,
-            "NOTZONE",
-            f"{', '.join(outside)} is not in zone {origin}: check dns.zone and the tlsa names",
-        )
-
-
-def build_tlsa_update(
-    zone: str,
-    current: Mapping[str, frozenset[TlsaRecord]],
-    add: Iterable[TlsaRecord],
-    delete: Iterable[TlsaRecord],
-    ttl: int,
-    key: TsigKey | None,
-) -> dns.update.UpdateMessage:
-    """The RFC 2136 message: per owner name it changes, the prerequisite
-    "the RRset is exactly `current[name]`" (or "does not exist"), then the
-    single-record deletions and additions."""
-    origin = dns.name.from_text(absolute_name(zone))
-    if key is None:
-        message = dns.update.UpdateMessage(origin)
-    else:
-        message = dns.update.UpdateMessage(origin, keyring=key.to_dnspython())
-    adds, deletes = sorted(set(add)), sorted(set(delete))
-    for name in sorted({r.name for r in adds} | {r.name for r in deletes}):
-        owner = dns.name.from_text(name)
-        existing = sorted(current.get(name, frozenset()))
-        if existing:
-            message.present(owner, *(_rdata(r) for r in existing))
-        else:
-            message.absent(owner, dns.rdatatype.TLSA)
-    for record in deletes:
-        message.delete(dns.name.from_text(record.name), _rdata(record))
-    for record in adds:
-        message.add(dns.name.from_text(record.name), ttl, _rdata(record))
-    return message
-
-
-def send_tlsa_update(
-    primary: Server,
-    zone: str,
-    key: TsigKey | None,
-    add: Iterable[TlsaRecord],
-    delete: Iterable[TlsaRecord],
-    ttl: int,
-    timeout: float = 5.0,
-    *,
-    expected: Mapping[str, frozenset[TlsaRecord]] | None = None,
-    retry: RetryPolicy = RetryPolicy(),  # frozen, so sharing one is safe
-    sleep: Callable[[float], None] = time.sleep,
-) -> UpdateResult:
-    """Add and delete single TLSA records at the primary, over TCP.
-
-    Records already present are not added again, absent ones not deleted;
-    other records at the same names are never touched (though an RRset has
-    one TTL: adding a record sets it to `ttl`). `expected` is the
-    caller's view of the RRsets (as just queried): it spares one read, and if
-    it is stale the prerequisite fails and the RRsets are read again.
-    Transient failures are retried `retry.attempts` times with exponential
-    backoff through `sleep`. Everything else raises DnsUpdateError, whose
-    message tells the operator what to fix.
-    """
-    adds, deletes = frozenset(add), frozenset(delete)
-    if adds & deletes:
-        raise ValueError(f"records both added and deleted: {sorted(adds & deletes)}")
-    if not 0 <= ttl <= 2**31 - 1:
-        raise ValueError(f"TTL {ttl} is out of range")
-    names = sorted({r.name for r in adds | deletes})
-    if not names:
-        return UpdateResult(frozenset(), frozenset(), 0, 0)
-    _check_zone(zone, names)
-
-    current: dict[str, frozenset[TlsaRecord]] | None = None
-    if expected is not None:
-        current = {n: frozenset(expected.get(n, frozenset())) for n in names}
-    sends = failures = conflicts = 0
-    # Changes sent without an answer: if the re-read shows them made, they are
-    # ours (the caller must know, to retire exactly what danesync published).
-    unsure_adds: set[TlsaRecord] = set()
-    unsure_deletes: set[TlsaRecord] = set()
-    while True:
-        to_add = to_delete = frozenset[TlsaRecord]()
-        try:
-            if current is None:
-                current = {n: _query_tlsa(primary, n, timeout, tcp=True) for n in names}
-            now = current
-            done_adds = frozenset(r for r in unsure_adds if r in now[r.name])
-            done_deletes = frozenset(r for r in unsure_deletes if r not in now[r.name])
-            to_add = frozenset(r for r in adds if r not in now[r.name])
-            to_delete = frozenset(r for r in deletes if r in now[r.name])
-            if not to_add and not to_delete:
-                return UpdateResult(done_adds, done_deletes, sends, conflicts, failures)
-            message = build_tlsa_update(zone, now, to_add, to_delete, ttl, key)
-            sends += 1
-            response = _exchange(primary, message, timeout, tcp=True)
-        except _Unreachable as error:
-            unsure_adds.update(to_add)
-            unsure_deletes.update(to_delete)
-            failures += 1
-            if failures >= retry.attempts:
-                raise DnsUpdateError(
-                    zone, error.rcode, f"{primary}: {error.detail} ({failures} attempts)"
-                ) from error
-            sleep(retry.delay(failures))
-            current = None  # the update may have been applied: read again
-            continue
-        except dns.exception.DNSException as error:
-            tsig = _tsig_failure(error) or "BADRESPONSE"
-            raise _update_failure(zone, tsig, primary, key, names) from error
-        except DnsError as error:
-            # Reading the current RRsets failed, or the answer made no sense.
-            raise DnsUpdateError(zone, "FAILED", str(error)) from error
-
-        rcode = response.rcode()
-        if rcode == dns.rcode.NOERROR:
-            if key is not None and not response.had_tsig:
-                raise _update_failure(zone, "NOSIGNATURE", primary, key, names)
-            return UpdateResult(
-                to_add | done_adds, to_delete | done_deletes, sends, conflicts, failures
-            )
-        if rcode in _CONFLICT_RCODES:
-            conflicts += 1
-            if conflicts >= retry.conflicts:
-                raise DnsUpdateError(
-                    zone,
-                    dns.rcode.to_text(rcode),
-                    f"the TLSA records at {', '.join(names)} kept changing while danesync "
-                    f"was updating them ({conflicts} attempts); it will try again on the "
-                    "next pass",
-                )
-            current = None
-            continue
-        failure = _update_failure(zone, dns.rcode.to_text(rcode), primary, key, names)
-        if rcode not in _TRANSIENT_RCODES:
-            raise failure
-        failures += 1
-        if failures >= retry.attempts:
-            raise DnsUpdateError(zone, failure.rcode, f"{failure.detail} ({failures} attempts)")
-        sleep(retry.delay(failures))
-        current = None
+# The RFC 2136 half lives in dnsupdate.py; its names stay importable from here.
+# (Import them from this module: dnsupdate imports this one first.)
+from danesync.actions.dnsupdate import TRANSIENT_FAILURES as TRANSIENT_FAILURES  # noqa: E402, PLC0414
+from danesync.actions.dnsupdate import RetryPolicy as RetryPolicy  # noqa: E402, PLC0414
+from danesync.actions.dnsupdate import UpdateResult as UpdateResult  # noqa: E402, PLC0414
+from danesync.actions.dnsupdate import build_tlsa_update as build_tlsa_update  # noqa: E402, PLC0414
+from danesync.actions.dnsupdate import probe_update_policy as probe_update_policy  # noqa: E402, PLC0414
+from danesync.actions.dnsupdate import send_tlsa_update as send_tlsa_update  # noqa: E402, PLC0414

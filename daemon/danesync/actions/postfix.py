@@ -24,16 +24,15 @@ session already running keeps the old one, hence `probe.wait_for_leaf`.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from danesync.actions.execute import run_command, run_command_full
 from danesync.actions.files import ensure_deploy_dir, sync_directory, write_atomic
 from danesync.errors import CommandError, PostfixError
+from danesync.sni import build_sni_key
 
 POSTCONF = "postconf"
 POSTFIX = "postfix"
@@ -88,17 +87,34 @@ def build_parameters_from_output(output: str) -> dict[str, str]:
     return values
 
 
+def read_explicit_parameters(config_dir: Path, names: Iterable[str]) -> dict[str, str]:
+    """Those of `names` that main.cf sets, with their values as written (`postconf -n`)."""
+    names = list(names)
+    for name in names:
+        _check_name(name)
+    if not names:
+        return {}
+    return build_parameters_from_output(_run([POSTCONF, "-c", str(config_dir), "-n", *names]))
+
+
 def build_parameter_changes(
-    current: Mapping[str, str], wanted: Mapping[str, str]
-) -> dict[str, str]:
+    current: Mapping[str, str],
+    wanted: Mapping[str, str | None],
+    explicit: Collection[str] = (),
+) -> dict[str, str | None]:
     """The entries of `wanted` that differ from `current`.
 
-    Values compare as lists ("a, b" equals "a b"), as Postfix reads them; a
-    parameter missing from `current` always differs.
+    A string value is compared as a list ("a, b" equals "a b"), as Postfix
+    reads it, with `current` (the values in effect, defaults included); a
+    parameter missing from `current` always differs. None means "not in
+    main.cf": it differs when the parameter is among `explicit` (set there).
     """
-    changes: dict[str, str] = {}
+    changes: dict[str, str | None] = {}
     for name, value in wanted.items():
-        if name not in current or _list_items(current[name]) != _list_items(value):
+        if value is None:
+            if name in explicit:
+                changes[name] = None
+        elif name not in current or _list_items(current[name]) != _list_items(value):
             changes[name] = value
     return changes
 
@@ -107,28 +123,82 @@ def _list_items(value: str) -> list[str]:
     return [item for item in _LIST_SEPARATORS.split(value) if item]
 
 
-def write_parameters(config_dir: Path, values: Mapping[str, str]) -> None:
-    """Set every parameter in one `postconf -c DIR -e` call; nothing to set, no call."""
-    if not values:
-        return
+def write_parameters(config_dir: Path, values: Mapping[str, str | None]) -> None:
+    """Set the string values in one `postconf -e`, remove the None ones in one `postconf -X`.
+
+    Nothing to do, no call.
+    """
     assignments = []
+    removals = []
     for name, value in values.items():
         _check_name(name)
+        if value is None:
+            removals.append(name)
+            continue
         if "\n" in value or "\r" in value:
             raise ValueError(f"value of {name} spans lines: {value!r}")
         assignments.append(f"{name}={value}")
-    _run([POSTCONF, "-c", str(config_dir), "-e", *assignments])
+    if assignments:
+        _run([POSTCONF, "-c", str(config_dir), "-e", *assignments])
+    if removals:
+        _run([POSTCONF, "-c", str(config_dir), "-X", *removals])
 
 
-def write_parameter_changes(config_dir: Path, wanted: Mapping[str, str]) -> dict[str, str]:
-    """Read, compare and set only what differs; returns the old values of what changed.
+def write_parameter_changes(
+    config_dir: Path, wanted: Mapping[str, str | None]
+) -> dict[str, str | None]:
+    """Read, compare and change only what differs; returns what it replaced.
 
-    The returned mapping is what `write_parameters` needs to undo the change.
+    In `wanted`, None removes the parameter from main.cf (`postconf -X`).
+    The result maps each changed parameter to its previous main.cf value, or
+    None where main.cf did not set it: given to `write_parameters`, it puts
+    main.cf back exactly (setting the old values, removing what was absent).
     """
     current = read_parameters(config_dir, wanted)
-    changes = build_parameter_changes(current, wanted)
+    explicit = read_explicit_parameters(config_dir, wanted)
+    changes = build_parameter_changes(current, wanted, explicit)
     write_parameters(config_dir, changes)
-    return {name: current.get(name, "") for name in changes}
+    return {name: explicit.get(name) for name in changes}
+
+
+# The certificate parameters that smtpd_tls_chain_files replaces; Postfix
+# warns at every smtpd start while one of them is still set beside it.
+LEGACY_CERTIFICATE_PARAMETERS = (
+    "smtpd_tls_cert_file",
+    "smtpd_tls_key_file",
+    "smtpd_tls_eccert_file",
+    "smtpd_tls_eckey_file",
+    "smtpd_tls_dcert_file",
+    "smtpd_tls_dkey_file",
+)
+
+
+def build_legacy_removals(wanted: Mapping[str, str | None]) -> dict[str, None]:
+    """The legacy certificate parameters to take out of main.cf along with `wanted`.
+
+    Only when `wanted` sets smtpd_tls_chain_files (Debian's stock main.cf
+    names the snakeoil certificate with smtpd_tls_cert_file/key_file); give
+    the result to `write_parameter_changes` together with `wanted`, so the
+    returned previous values restore them on a rollback.
+    """
+    if not wanted.get("smtpd_tls_chain_files"):
+        return {}
+    return dict.fromkeys(LEGACY_CERTIFICATE_PARAMETERS)
+
+
+def build_removed_parameters_notice(previous: Mapping[str, str | None]) -> str | None:
+    """A log line's reason for the legacy parameters a change took out, or None."""
+    removed = [
+        f"{name} = {previous[name]}"
+        for name in LEGACY_CERTIFICATE_PARAMETERS
+        if previous.get(name) is not None
+    ]
+    if not removed:
+        return None
+    return (
+        f"removed from main.cf: {'; '.join(removed)} (Postfix ignores them once"
+        " smtpd_tls_chain_files is set and warns at every smtpd start; a rollback restores them)"
+    )
 
 
 def _check_name(name: str) -> None:
@@ -173,18 +243,14 @@ def build_sni_maps_value(table: Path) -> str:
     return f"{SNI_TABLE_TYPE}:{os.fspath(table)}"
 
 
-def build_sni_key(hostname: str) -> str:
-    """The lookup key of a hostname: lower case; `*.example.com` is `.example.com`."""
-    key = hostname.strip().lower().rstrip(".")
-    if key.startswith("*."):
-        key = key[1:]
-    if not key or not key.isascii() or any(c.isspace() or c in '#"\\,' for c in key):
-        raise ValueError(f"{hostname!r} is not an SNI name (IDNA names must be A-labels)")
-    return key
-
-
 def build_sni_table_source(entries: Mapping[str, Path | Sequence[Path]]) -> bytes:
-    """The `postmap -F` source: one line per hostname, its chain file(s) as the value."""
+    """The `postmap -F` source: one line per name, its chain file(s) as the value.
+
+    Keys are names or table keys (`sni.build_sni_entries`); several files for
+    one key (one per key algorithm) are a comma-separated list, the syntax of
+    smtpd_tls_chain_files that postconf(5) gives for tls_server_sni_maps, and
+    `postmap -F` stores their concatenated contents.
+    """
     lines: dict[str, str] = {}
     for hostname, value in entries.items():
         key = build_sni_key(hostname)
@@ -247,226 +313,3 @@ def write_sni_table(
         raise
     sync_directory(deploy_dir)
     return table
-
-
-# --- TLS audit ------------------------------------------------------------------
-
-# What `build_tls_audit` looks at; `read_tls_audit` reads exactly these.
-TLS_AUDIT_PARAMETERS = (
-    "inet_interfaces",
-    "smtpd_use_tls",
-    "smtpd_enforce_tls",
-    "smtpd_tls_security_level",
-    "smtpd_tls_mandatory_protocols",
-    "smtpd_tls_chain_files",
-    "smtpd_tls_cert_file",
-    "smtpd_tls_key_file",
-    "smtpd_tls_eccert_file",
-    "smtpd_tls_eckey_file",
-    "smtpd_tls_dcert_file",
-    "smtpd_tls_dkey_file",
-)
-_LEGACY_CERTIFICATE_PARAMETERS = TLS_AUDIT_PARAMETERS[6:]
-_PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
-# RFC 8996 deprecates TLS 1.0 and 1.1; SSL is broken.
-_WEAK_PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1")
-_PROTOCOL_SEPARATORS = re.compile(r"[\s,:]+")
-
-
-@dataclass(frozen=True)
-class Service:
-    """One master.cf service, as `postconf -M` prints it."""
-
-    name: str  # "smtp", "127.0.0.1:2525", "[::1]:smtp"
-    type: str  # "inet", "unix", ...
-    command: str  # "smtpd", "postscreen", ...
-    overrides: tuple[tuple[str, str], ...] = field(default=())  # its -o name=value
-
-    def parameter(self, name: str) -> str | None:
-        """The value this service's `-o` gives `name`, if any."""
-        for key, value in self.overrides:
-            if key == name:
-                return value
-        return None
-
-    @property
-    def host(self) -> str | None:
-        host, _, port = self.name.rpartition(":")
-        del port
-        return host.strip("[]") or None
-
-    @property
-    def port(self) -> str:
-        return self.name.rpartition(":")[2]
-
-
-def build_services_from_output(output: str) -> tuple[Service, ...]:
-    """Parse `postconf -M` output (one unfolded line per service)."""
-    services = []
-    for line in output.splitlines():
-        fields = line.split()
-        if len(fields) < 8 or fields[0].startswith("#"):
-            continue
-        name, kind, command, arguments = fields[0], fields[1], fields[7], fields[8:]
-        services.append(Service(name, kind, command, _build_overrides(arguments)))
-    return tuple(services)
-
-
-def _build_overrides(arguments: list[str]) -> tuple[tuple[str, str], ...]:
-    overrides: list[tuple[str, str]] = []
-    index = 0
-    while index < len(arguments):
-        argument = arguments[index]
-        index += 1
-        if argument == "-o" and index < len(arguments):
-            argument = arguments[index]
-            index += 1
-            if argument.startswith("{"):  # "-o { name = value with spaces }"
-                words = [argument]
-                while not words[-1].endswith("}") and index < len(arguments):
-                    words.append(arguments[index])
-                    index += 1
-                argument = " ".join(words)[1:-1]
-        elif argument.startswith("-o") and len(argument) > 2:
-            argument = argument[2:]
-        else:
-            continue
-        name, separator, value = argument.partition("=")
-        if separator:
-            overrides.append((name.strip(), value.strip()))
-    return tuple(overrides)
-
-
-def build_protocols_allowed(value: str) -> tuple[str, ...]:
-    """The protocols a Postfix protocol list ("!SSLv3", ">=TLSv1.2", "TLSv1.2 TLSv1.3") allows."""
-    known = {p.lower(): p for p in _PROTOCOLS}
-    order = {p: i for i, p in enumerate(_PROTOCOLS)}
-    allowed = set(_PROTOCOLS)
-    items = [item for item in _PROTOCOL_SEPARATORS.split(value.strip()) if item]
-    included = [known[i.lower()] for i in items if i.lower() in known]
-    if included:
-        allowed = set(included)
-    for item in items:
-        lowered = item.lower()
-        if lowered.startswith("!") and lowered[1:] in known:
-            allowed.discard(known[lowered[1:]])
-        elif lowered.startswith(">=") and lowered[2:] in known:
-            floor = order[known[lowered[2:]]]
-            allowed = {p for p in allowed if order[p] >= floor}
-        elif lowered.startswith("<=") and lowered[2:] in known:
-            ceiling = order[known[lowered[2:]]]
-            allowed = {p for p in allowed if order[p] <= ceiling}
-    return tuple(sorted(allowed, key=order.__getitem__))
-
-
-def _is_loopback(host: str) -> bool:
-    host = host.strip().strip("[]").lower()
-    if host in ("localhost", "loopback-only"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def build_tls_audit(
-    params: Mapping[str, str], services: Sequence[Service] | None = None
-) -> list[str]:
-    """Warnings about TLS settings mail operators commonly get wrong; [] when fine.
-
-    `params` are main.cf values (`TLS_AUDIT_PARAMETERS`, as `read_parameters`
-    gives them), `services` the master.cf entries; None means unknown, and
-    main.cf's settings are then taken to apply to a port-25 smtpd.
-    """
-    warnings: list[str] = []
-
-    def value(name: str) -> str:
-        return params.get(name, "").strip()
-
-    if value("smtpd_use_tls").lower() == "yes":
-        warnings.append(
-            "smtpd_use_tls is deprecated: remove it and set smtpd_tls_security_level = may"
-        )
-    if value("smtpd_enforce_tls").lower() == "yes":
-        warnings.append(
-            "smtpd_enforce_tls is deprecated: remove it and set smtpd_tls_security_level"
-            " (may on port 25, encrypt only on submission)"
-        )
-
-    main_level = value("smtpd_tls_security_level")
-    if not main_level:  # Postfix falls back to the deprecated parameters
-        if value("smtpd_enforce_tls").lower() == "yes":
-            main_level = "encrypt"
-        elif value("smtpd_use_tls").lower() == "yes":
-            main_level = "may"
-        else:
-            main_level = "none"
-    interfaces = [i for i in _LIST_SEPARATORS.split(value("inet_interfaces") or "all") if i]
-    local_only = all(_is_loopback(i) for i in interfaces)
-    if services is None:
-        port25 = [Service("smtp", "inet", "smtpd")]
-    else:
-        port25 = [
-            s
-            for s in services
-            if s.type == "inet"
-            and s.port in ("25", "smtp")
-            and s.command in ("smtpd", "postscreen")
-        ]
-    for service in port25:
-        level = service.parameter("smtpd_tls_security_level")
-        if service.command == "postscreen":
-            level = service.parameter("postscreen_tls_security_level") or level
-        level = (level or main_level).lower()
-        public = not (_is_loopback(service.host) if service.host else local_only)
-        if level == "encrypt" and public:
-            warnings.append(
-                f"smtpd_tls_security_level = encrypt on the public port-25 service"
-                f" {service.name!r}: RFC 3207 forbids a publicly-referenced SMTP server"
-                " to require STARTTLS (mail from servers without TLS is refused); use may"
-            )
-        elif level in ("none", ""):
-            warnings.append(
-                f"the port-25 service {service.name!r} does not offer STARTTLS"
-                " (smtpd_tls_security_level is none or empty): DANE needs it; use may"
-            )
-
-    mandatory = value("smtpd_tls_mandatory_protocols")
-    weak = [p for p in build_protocols_allowed(mandatory) if p in _WEAK_PROTOCOLS]
-    if weak:
-        warnings.append(
-            f"smtpd_tls_mandatory_protocols = {mandatory or '(empty)'} allows"
-            f" {', '.join(weak)}: use >=TLSv1.2"
-        )
-
-    if value("smtpd_tls_chain_files"):
-        legacy = [name for name in _LEGACY_CERTIFICATE_PARAMETERS if value(name)]
-        if legacy:
-            warnings.append(
-                f"{', '.join(legacy)} {'is' if len(legacy) == 1 else 'are'} set but Postfix"
-                " ignores them because smtpd_tls_chain_files is set: remove them"
-            )
-    return warnings
-
-
-def read_services(config_dir: Path) -> tuple[Service, ...]:
-    """The master.cf services, from one `postconf -M` call."""
-    return build_services_from_output(_run([POSTCONF, "-c", str(config_dir), "-M"]))
-
-
-def read_tls_audit_parameters(config_dir: Path) -> dict[str, str]:
-    """The main.cf values `build_tls_audit` needs, expanded, in one `postconf` call."""
-    return read_parameters(config_dir, TLS_AUDIT_PARAMETERS, expand=True)
-
-
-def read_tls_audit(config_dir: Path) -> list[str]:
-    """`build_tls_audit` on this Postfix, plus every chain file that cannot be read."""
-    params = read_tls_audit_parameters(config_dir)
-    warnings = build_tls_audit(params, read_services(config_dir))
-    for item in _list_items(params.get("smtpd_tls_chain_files", "")):
-        try:
-            with open(item, "rb") as chain_file:
-                chain_file.read(1)
-        except OSError as error:
-            warnings.append(f"smtpd_tls_chain_files: {item}: cannot be read: {error.strerror}")
-    return warnings

@@ -14,6 +14,7 @@ import ssl
 import time
 
 from danesync.errors import ProbeError
+from danesync.sni import build_concrete_name
 
 DEFAULT_PORT = 25
 
@@ -73,7 +74,9 @@ def probe_starttls(
         if smtp.sock is None:
             raise ProbeError(f"{where}: connection closed after STARTTLS")
         try:
-            tls = _client_context(key_algorithm).wrap_socket(smtp.sock, server_hostname=servername)
+            # Postfix rejects a wildcard as an invalid SNI name: ask for a name under it.
+            sni_name = build_concrete_name(servername) if servername else None
+            tls = _client_context(key_algorithm).wrap_socket(smtp.sock, server_hostname=sni_name)
         except ssl.SSLError as error:
             raise ProbeError(f"{where}: TLS handshake failed: {error}") from error
         # As smtplib's own starttls does: later commands go over TLS.
@@ -90,6 +93,40 @@ def probe_starttls(
         raise ProbeError(f"{where}: {error or type(error).__name__}") from error
     finally:
         smtp.close()
+
+
+def probe_implicit_tls(
+    host: str,
+    port: int,
+    servername: str | None = None,
+    timeout: float = 5,
+    *,
+    key_algorithm: str | None = None,
+) -> bytes:
+    """The leaf a TLS-from-the-start service (smtps, port 465) serves, DER; no STARTTLS.
+
+    Raises ProbeError saying which step failed.
+    """
+    where = format_host_port(host, port)
+    sni_name = build_concrete_name(servername) if servername else None
+    try:
+        # create_connection tries every address the name resolves to.
+        connection = socket.create_connection((host, port), timeout=timeout)
+    except OSError as error:
+        raise ProbeError(f"{where}: cannot connect: {error}") from error
+    with connection:
+        try:
+            with _client_context(key_algorithm).wrap_socket(
+                connection, server_hostname=sni_name
+            ) as tls:
+                der = tls.getpeercert(binary_form=True)
+        except ssl.SSLError as error:
+            raise ProbeError(f"{where}: TLS handshake failed: {error}") from error
+        except OSError as error:
+            raise ProbeError(f"{where}: {error or type(error).__name__}") from error
+    if not der:
+        raise ProbeError(f"{where}: no certificate served")
+    return der
 
 
 def wait_for_leaf(

@@ -1,0 +1,283 @@
+"""The real ports: thin wrappers over actions/ (Postfix, DNS, files, probe),
+certbot's live/ and the system clock. Each is tested against the real thing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+from collections.abc import Mapping, Sequence, Set
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from danesync.actions import dns as dns_actions
+from danesync.actions import files, postfix, probe, snitables
+from danesync.certbot import read_chain
+from danesync.chain import Chain, LineageFiles, validate_chain
+from danesync.config import CertificateConfig, Config
+from danesync.errors import ChainError, DnsError, LineagePending, ProbeError
+from danesync.history import RRset
+from danesync.pem import PemError, split_pem
+from danesync.plan import Problem
+from danesync.ports import Answers, Offer, ProbeRequest
+from danesync.state import ChainInfo
+from danesync.tlsa import TlsaRecord
+from danesync.tsigkey import TsigKey, current_tsig_key
+
+PROBE_WORKERS = 16  # concurrent STARTTLS probes after a deploy
+
+
+class SystemClock:
+    def wall(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()  # CLOCK_MONOTONIC: one epoch for every process of a boot
+
+    def boot(self) -> str:
+        try:
+            return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except OSError:
+            return ""
+
+
+def offer_from_chain(chain: Chain) -> Offer:
+    return Offer(ChainInfo.from_chain(chain), chain.deploy_pem, chain)
+
+
+class CertbotLineages:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def read_candidate(self, certificate: CertificateConfig, now: dt.datetime) -> Offer | Problem:
+        try:
+            return offer_from_chain(read_chain(self.config.certbot.config_dir, certificate, now))
+        except LineagePending as pending:
+            return Problem(pending.reason, pending=True)
+        except ChainError as error:
+            return Problem(error.reason)
+
+    def read_deployed(self, certificate: CertificateConfig, data: bytes) -> Offer | None:
+        try:
+            blocks = split_pem(data, certificate.lineage)
+            keys = b"".join(b.text for b in blocks if b.label.endswith("PRIVATE KEY"))
+            certificates = [b.text for b in blocks if b.label == "CERTIFICATE"]
+            lineage_files = LineageFiles(
+                certificate.lineage,
+                0,
+                privkey=keys,
+                cert=certificates[0],
+                chain=b"".join(certificates[1:]),
+                fullchain=b"".join(certificates),
+            )
+            # Expiry does not matter here: the question is what is served.
+            chain = validate_chain(
+                lineage_files,
+                certificate.hostnames,
+                certificate.tlsa,
+                certificate.usages,
+                _any_time_within(certificates[0]),
+            )
+        except (PemError, ChainError, IndexError, ValueError):
+            return None
+        return offer_from_chain(chain)
+
+
+def _any_time_within(leaf_pem: bytes) -> dt.datetime:
+    from cryptography import x509
+
+    from danesync.chain import _not_after, _not_before
+
+    leaf = x509.load_pem_x509_certificate(leaf_pem)
+    return _not_before(leaf) + (_not_after(leaf) - _not_before(leaf)) / 2
+
+
+class RealPostfix:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.deploy_dir = config.postfix.deploy_dir
+        self.config_dir = config.postfix.config_dir
+        self._holds: dict[str, tuple[tuple[int, int, int, int, int], bytes]] = {}
+        # One SNI table up to 256 SNI certificates, then 2, 4, ... (snitables.py):
+        # fixed by the configuration, so a renewal never changes main.cf.
+        self._sni_shards = snitables.plan_sni_shard_count(
+            sum(1 for c in config.certificates if c.sni)
+        )
+
+    def chain_path(self, lineage: str) -> Path:
+        return files.chain_file_path(self.deploy_dir, lineage)
+
+    def read_chain_file(self, lineage: str) -> bytes | None:
+        try:
+            return self.chain_path(lineage).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def chain_file_holds(self, lineage: str, pem: bytes) -> bool:
+        """The chain file holds exactly `pem`; not read again while its stat is unchanged.
+
+        A full pass asks this for every deployed lineage: at 10,000 lineages,
+        reading every file back each time was most of an idle pass. Any write
+        changes the file's ctime (and a rename its inode).
+        """
+        path = self.chain_path(lineage)
+        digest = hashlib.sha256(pem).digest()
+        before = _stat_key(path)
+        if before is not None and self._holds.get(lineage) == (before, digest):
+            return True
+        data = self.read_chain_file(lineage)
+        if data != pem:
+            self._holds.pop(lineage, None)
+            return False
+        if before is not None and _stat_key(path) == before:  # not replaced while read
+            self._holds[lineage] = (before, digest)
+        return True
+
+    def install_chain_file(self, lineage: str, pem: bytes) -> None:
+        files.install_chain_file(self.deploy_dir, lineage, pem)
+
+    def restore_chain_file(self, lineage: str) -> bool:
+        return files.restore_chain_file(self.deploy_dir, lineage)
+
+    def sni_table_exists(self) -> bool:
+        return snitables.sni_tables_exist(self.deploy_dir, self._sni_shards)
+
+    def sni_maps_value(self) -> str:
+        return snitables.build_sni_maps_values(self.deploy_dir, self._sni_shards)
+
+    def write_sni_table(
+        self, entries: Mapping[str, Sequence[Path]], changed: Set[str] | None = None
+    ) -> None:
+        """Rebuild the tables holding the chain files of `changed` lineages (None: all)."""
+        paths = None if changed is None else {self.chain_path(name) for name in changed}
+        snitables.write_sni_tables(self.deploy_dir, entries, self._sni_shards, paths)
+
+    def write_parameter_changes(self, wanted: Mapping[str, str | None]) -> dict[str, str | None]:
+        # None removes a parameter (postconf -X); the result restores main.cf exactly.
+        return postfix.write_parameter_changes(self.config_dir, wanted)
+
+    def write_parameters(self, values: Mapping[str, str | None]) -> None:
+        postfix.write_parameters(self.config_dir, values)
+
+    def reload(self) -> None:
+        postfix.reload_postfix(self.config_dir)
+
+    def confirm_served(self, requests: Sequence[ProbeRequest]) -> dict[str, bool]:
+        endpoint = self.config.postfix.probe
+        if endpoint is None or not requests:
+            return {r.lineage: True for r in requests}
+
+        def confirm(request: ProbeRequest) -> bool:
+            return _wait_for_fingerprint(endpoint.host, endpoint.port, request)
+
+        with ThreadPoolExecutor(max_workers=min(PROBE_WORKERS, len(requests))) as pool:
+            outcomes = list(pool.map(confirm, requests))
+        return {r.lineage: ok for r, ok in zip(requests, outcomes, strict=True)}
+
+    def probe_served(self, servername: str | None) -> str | None:
+        endpoint = self.config.postfix.probe
+        if endpoint is None:
+            return None
+        try:
+            der = probe.probe_starttls(endpoint.host, endpoint.port, servername=servername)
+        except ProbeError:
+            return None
+        return hashlib.sha256(der).hexdigest()
+
+
+def _stat_key(path: Path) -> tuple[int, int, int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _wait_for_fingerprint(
+    host: str, port: int, request: ProbeRequest, deadline: float = 10, interval: float = 0.25
+) -> bool:
+    """Probe until the leaf with `request.fingerprint` is served, or `deadline` passes.
+
+    A reload is asynchronous: the first probes after it may still see the old chain.
+    """
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            der = probe.probe_starttls(
+                host, port, request.servername, 5, key_algorithm=request.key_algorithm
+            )
+            if hashlib.sha256(der).hexdigest() == request.fingerprint:
+                return True
+        except ProbeError:
+            pass
+        if time.monotonic() + interval >= end:
+            return False
+        time.sleep(interval)
+
+
+class RealDns:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        server = config.dns.server
+        self._primary = None if server is None else dns_actions.Server(server.host, server.port)
+        self.primary = None if server is None else str(server)
+        self._verify: list[dns_actions.Server] | None = None
+        self._key: TsigKey | None = None
+
+    def _servers(self) -> list[dns_actions.Server]:
+        if self._verify is None:
+            configured = self.config.dns.verify_servers
+            if configured:
+                self._verify = [dns_actions.Server(e.host, e.port) for e in configured]
+            else:
+                zone = self.config.dns.zone
+                if self._primary is None:
+                    raise DnsError("no dns.verify_servers, and no dns.server to find them")
+                if zone is None:
+                    # Check mode may name only the server: its SOA answer names the zone.
+                    names = [n for c in self.config.certificates for n in c.tlsa]
+                    if not names:
+                        raise DnsError("no TLSA name to find the zone of")
+                    zone = dns_actions.find_zone(self._primary, names[0])
+                self._verify = dns_actions.find_verify_servers(zone, self._primary)
+            if self._primary is not None and self._primary not in self._verify:
+                self._verify.append(self._primary)  # what danesync's updates change
+        return self._verify
+
+    def query(self, names: Sequence[str]) -> Answers:
+        try:
+            servers = self._servers()
+        except DnsError as error:
+            return Answers({}, (str(error),))
+        visibility = dns_actions.query_visibility(servers, names)
+        rrsets: dict[str, dict[str, RRset]] = {}
+        for name in visibility.names:
+            per_server = visibility.answers.get(name, {})
+            ttls = visibility.ttls.get(name, {})
+            rrsets[name] = {
+                str(server): RRset.of(records, ttls.get(server, 0))
+                for server, records in per_server.items()
+            }
+        fresh = frozenset(n for n in visibility.names if not visibility.errors.get(n))
+        by_server: dict[str, str | None] = {str(s): None for s in visibility.servers}
+        for name in sorted(visibility.errors):
+            for server, reason in sorted(visibility.errors[name].items()):
+                by_server[str(server)] = by_server[str(server)] or f"{name}: {reason}"
+        return Answers(rrsets, visibility.problems(), fresh, by_server)
+
+    def update(
+        self,
+        add: Sequence[TlsaRecord],
+        delete: Sequence[TlsaRecord],
+        ttl: int,
+        expected: Mapping[str, frozenset[TlsaRecord]],
+    ) -> dns_actions.UpdateResult:
+        zone = self.config.dns.zone
+        if self._primary is None or zone is None:
+            raise DnsError("dns.server and dns.zone are needed to publish")
+        if self.config.dns.tsig_key_file is not None:
+            # Re-read when the file changed: a key fixed in place needs no SIGHUP.
+            self._key = current_tsig_key(self.config.dns.tsig_key_file)
+        return dns_actions.send_tlsa_update(
+            self._primary, zone, self._key, add=add, delete=delete, ttl=ttl, expected=expected
+        )

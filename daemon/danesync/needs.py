@@ -1,0 +1,104 @@
+"""Which TLSA records each lineage needs: the one definition. Pure.
+
+Watcher (partial) passes and full passes both ask this module, with today's
+configuration, so they never disagree about what to publish or retire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from danesync.config import CertificateConfig, Config
+from danesync.state import ChainInfo, State
+from danesync.tlsa import TlsaRecord, Usage, absolute_name
+
+
+def build_chain_records(
+    certificate: CertificateConfig,
+    chain: ChainInfo,
+    extra_records: Iterable[TlsaRecord] = (),
+) -> frozenset[TlsaRecord]:
+    """The records `chain` needs under today's config of its lineage.
+
+    `extra_records` are records to publish beside them for this certificate
+    (pre-published issuer families, say); they are needed as long as the
+    chain is.
+    """
+    records: set[TlsaRecord] = set(extra_records)
+    for usage in certificate.usages:
+        if usage is Usage.DANE_TA:
+            if chain.issuer_spki is None:
+                continue
+            number, data = 2, chain.issuer_spki
+        else:
+            number, data = 3, chain.leaf_spki
+        for name in certificate.tlsa:
+            records.add(TlsaRecord(absolute_name(name), number, 1, 1, data))
+    return frozenset(records)
+
+
+@dataclass(frozen=True)
+class Holding:
+    """The chains a lineage may serve now or soon: deployed, in flight, candidate."""
+
+    lineage: str
+    names: tuple[str, ...]  # its TLSA owner names (today's config)
+    chains: tuple[ChainInfo, ...]
+    certificate: CertificateConfig | None  # None: no longer configured
+
+
+def build_holdings(
+    config: Config, state: State, held: Mapping[str, ChainInfo | None]
+) -> tuple[Holding, ...]:
+    """Per lineage, the chains whose records are needed.
+
+    `held` maps the lineages decided in this pass to their candidate when it
+    is held or deploying (None: no candidate to keep); the other lineages keep
+    the candidate the state says is pending.
+    """
+    holdings = []
+    configured = set()
+    for certificate in config.certificates:
+        configured.add(certificate.lineage)
+        lineage_state = state.lineages.get(certificate.lineage)
+        chains: list[ChainInfo] = []
+        if lineage_state is not None:
+            for info in (lineage_state.deployed, lineage_state.inflight):
+                if info is not None:
+                    chains.append(info)
+        pending = lineage_state.pending if lineage_state is not None else None
+        candidate = held.get(certificate.lineage, pending)
+        if candidate is not None:
+            chains.append(candidate)
+        holdings.append(Holding(certificate.lineage, certificate.tlsa, tuple(chains), certificate))
+    # A lineage dropped from the config is served until the next deploy rewrites
+    # Postfix's parameters: its records, as captured, stay needed until then.
+    for lineage, lineage_state in sorted(state.lineages.items()):
+        if lineage in configured or lineage_state.deployed is None:
+            continue
+        info = lineage_state.deployed
+        names = tuple(sorted({r.name for r in info.tlsa}))
+        holdings.append(Holding(lineage, names, (info,), None))
+    return tuple(holdings)
+
+
+def build_needed_records(
+    holdings: Iterable[Holding],
+    extra_records: Mapping[str, Iterable[TlsaRecord]] | None = None,
+) -> dict[str, frozenset[TlsaRecord]]:
+    """Owner name -> every record needed there, over all lineages.
+
+    `extra_records` maps a lineage to records to pre-publish for it.
+    """
+    needed: dict[str, set[TlsaRecord]] = {}
+    for holding in holdings:
+        extra = tuple((extra_records or {}).get(holding.lineage, ()))
+        for chain in holding.chains:
+            if holding.certificate is None:
+                records = frozenset(chain.tlsa)
+            else:
+                records = build_chain_records(holding.certificate, chain, extra)
+            for record in records:
+                needed.setdefault(record.name, set()).add(record)
+    return {name: frozenset(records) for name, records in needed.items()}

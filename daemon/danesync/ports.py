@@ -1,0 +1,128 @@
+"""The small interfaces the service drives: Postfix, DNS, lineages, clock, state.
+
+The service and its step executor only talk to these, so the same code runs
+against the real programs (adapters.py) and against the in-memory world of
+the simulation (tests/sim/).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence, Set
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from danesync.actions.dns import UpdateResult
+from danesync.config import CertificateConfig
+from danesync.history import RRset
+from danesync.plan import Problem
+from danesync.state import ChainInfo, Loaded, State
+from danesync.tlsa import TlsaRecord
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A validated chain: what the planner reasons about, and the bytes to deploy."""
+
+    info: ChainInfo
+    pem: bytes = field(repr=False)  # key, leaf, intermediates: contains the key
+    chain: object = field(default=None, repr=False, compare=False)  # the parsed Chain, if any
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    """Confirm that Postfix serves `fingerprint` to a client asking like this."""
+
+    lineage: str
+    fingerprint: str
+    servername: str | None
+    key_algorithm: str | None
+
+
+@dataclass(frozen=True)
+class Answers:
+    """One look at DNS: per owner name, per server, the RRset it serves."""
+
+    rrsets: Mapping[str, Mapping[str, RRset]]
+    problems: tuple[str, ...] = ()  # one line per server and name that could not be asked
+    fresh: frozenset[str] = frozenset()  # names every server answered for
+    # Per server asked: the first reason it could not be asked, or None (answered
+    # everything): what `status` shows per DNS server, with since when.
+    servers: Mapping[str, str | None] = field(default_factory=dict)
+
+
+class Clock(Protocol):
+    def wall(self) -> dt.datetime: ...
+
+    def monotonic(self) -> float: ...
+
+    def boot(self) -> str:
+        """Identifies the monotonic clock's epoch (this boot)."""
+        ...
+
+
+class PostfixPort(Protocol):
+    def chain_path(self, lineage: str) -> Path: ...
+
+    def read_chain_file(self, lineage: str) -> bytes | None: ...
+
+    def chain_file_holds(self, lineage: str, pem: bytes) -> bool: ...
+
+    def install_chain_file(self, lineage: str, pem: bytes) -> None: ...
+
+    def restore_chain_file(self, lineage: str) -> bool: ...
+
+    def sni_table_exists(self) -> bool: ...
+
+    def sni_maps_value(self) -> str: ...
+
+    def write_sni_table(
+        self, entries: Mapping[str, Sequence[Path]], changed: Set[str] | None = None
+    ) -> None: ...
+
+    def write_parameter_changes(self, wanted: Mapping[str, str | None]) -> dict[str, str | None]:
+        """Set what differs; return the previous values of what changed (None: absent)."""
+        ...
+
+    def write_parameters(self, values: Mapping[str, str | None]) -> None: ...
+
+    def reload(self) -> None: ...
+
+    def confirm_served(self, requests: Sequence[ProbeRequest]) -> dict[str, bool]:
+        """Per lineage: did the probe see the expected leaf?"""
+        ...
+
+    def probe_served(self, servername: str | None) -> str | None:
+        """The fingerprint of the leaf Postfix serves now; None if it cannot be asked."""
+        ...
+
+
+class DnsPort(Protocol):
+    primary: str | None  # the server updates go to, as history keys it
+
+    def query(self, names: Sequence[str]) -> Answers: ...
+
+    def update(
+        self,
+        add: Sequence[TlsaRecord],
+        delete: Sequence[TlsaRecord],
+        ttl: int,
+        expected: Mapping[str, frozenset[TlsaRecord]],
+    ) -> UpdateResult: ...
+
+
+class LineagePort(Protocol):
+    def read_candidate(
+        self, certificate: CertificateConfig, now: dt.datetime
+    ) -> Offer | Problem: ...
+
+    def read_deployed(self, certificate: CertificateConfig, data: bytes) -> Offer | None:
+        """The chain in a deployed file's bytes; None if it cannot be read back."""
+        ...
+
+
+class StatePort(Protocol):
+    def load(self) -> Loaded: ...
+
+    def save(self, state: State) -> None: ...

@@ -1,0 +1,199 @@
+"""Which SNI name gets which chain: the tls_server_sni_maps entries and the probe names.
+
+Pure: configuration, leaf names and chain file paths in; table entries out.
+
+Postfix looks an SNI name up verbatim, then each parent domain with a
+leading dot (`a.example.net`, `.example.net`, `.net`), and serves the first
+entry found, which lists one chain file per key algorithm. So:
+
+- an SNI certificate serves every DNS name of its leaf unless `hostnames`
+  narrows the list;
+- a wildcard `*.example.net` is keyed `.example.net`;
+- an RSA and an ECDSA lineage for the same name are one entry listing both
+  files, and an exact entry also lists a covering wildcard's file of an
+  algorithm it lacks (the exact entry hides the wildcard from Postfix);
+- two lineages of the same algorithm for one key cannot both be served: the
+  first in the configuration keeps it and the conflict is reported.
+
+The probe must ask for a concrete name (Postfix rejects `*.example.net` as an
+invalid SNI name): a wildcard is probed as `danesync-probe.example.net`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+
+PROBE_LABEL = "danesync-probe"
+
+
+@dataclass(frozen=True)
+class SniCertificate:
+    """One SNI lineage as the table sees it."""
+
+    lineage: str
+    key_algorithm: str  # "rsa", "ecdsa", "ed25519": Postfix takes one of each per entry
+    names: tuple[str, ...]  # the names it serves (`build_served_names`)
+    path: Path  # its chain file
+
+
+@dataclass(frozen=True)
+class SniEntry:
+    """One line of the table: a lookup key and the lineages (and files) it serves."""
+
+    key: str
+    lineages: tuple[str, ...]
+    files: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class SniTable:
+    entries: tuple[SniEntry, ...]  # sorted by key
+    problems: tuple[str, ...]  # conflicts and names that cannot be keys, one line each
+
+    def files(self) -> dict[str, tuple[Path, ...]]:
+        return {entry.key: entry.files for entry in self.entries}
+
+    def entry(self, key: str) -> SniEntry | None:
+        for entry in self.entries:
+            if entry.key == key:
+                return entry
+        return None
+
+
+def leaf_dns_names(leaf: x509.Certificate) -> tuple[str, ...]:
+    """The leaf's subjectAltName DNS names, lower case, in order, without repeats."""
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    names: list[str] = []
+    for written in san.get_values_for_type(x509.DNSName):
+        name = written.lower().rstrip(".")
+        if name and name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def build_served_names(
+    hostnames: Sequence[str], hostnames_set: bool, leaf_names: Sequence[str]
+) -> tuple[str, ...]:
+    """The names an SNI certificate serves: `hostnames` if configured, else the leaf's."""
+    if hostnames_set or not leaf_names:
+        return tuple(hostnames)
+    return tuple(leaf_names)
+
+
+def build_sni_key(name: str) -> str:
+    """The table key of a name: lower case, no final dot; `*.example.net` is `.example.net`.
+
+    Raises ValueError for what cannot be a key (IDNA names must be A-labels).
+    """
+    key = name.strip().lower().rstrip(".")
+    if key.startswith("*."):
+        key = key[1:]
+    if (
+        not key
+        or key == "."
+        or not key.isascii()
+        or "*" in key
+        or any(c.isspace() or c in '#"\\,' for c in key)
+    ):
+        raise ValueError(f"{name!r} is not an SNI name (IDNA names must be A-labels)")
+    return key
+
+
+def _covers(wildcard_key: str, key: str) -> bool:
+    """Whether a wildcard keyed `.example.net` covers the exact name `key` (one label)."""
+    head, _, rest = key.partition(".")
+    return bool(head) and not key.startswith(".") and f".{rest}" == wildcard_key
+
+
+def build_sni_table(certificates: Iterable[SniCertificate]) -> SniTable:
+    """The table for these SNI lineages, in configuration order (the first wins a conflict)."""
+    # key -> algorithm -> the lineage serving it
+    chosen: dict[str, dict[str, SniCertificate]] = {}
+    problems: list[str] = []
+    for certificate in certificates:
+        for name in certificate.names:
+            try:
+                key = build_sni_key(name)
+            except ValueError as error:
+                problems.append(f"{certificate.lineage}: {error}; left out of the SNI table")
+                continue
+            by_algorithm = chosen.setdefault(key, {})
+            owner = by_algorithm.get(certificate.key_algorithm)
+            if owner is None:
+                by_algorithm[certificate.key_algorithm] = certificate
+            elif owner.lineage != certificate.lineage:
+                problems.append(
+                    f"SNI name {name}: lineages {owner.lineage} and {certificate.lineage} both"
+                    f" have an {certificate.key_algorithm} key and Postfix takes one per"
+                    f" algorithm; {owner.lineage} serves it (narrow the other's hostnames)"
+                )
+    wildcards = {key: algorithms for key, algorithms in chosen.items() if key.startswith(".")}
+    entries = []
+    for key in sorted(chosen):
+        by_algorithm = dict(chosen[key])
+        for wildcard_key, wildcard_algorithms in wildcards.items():
+            if _covers(wildcard_key, key):
+                for algorithm, certificate in wildcard_algorithms.items():
+                    by_algorithm.setdefault(algorithm, certificate)
+        served = [by_algorithm[algorithm] for algorithm in sorted(by_algorithm)]
+        entries.append(
+            SniEntry(
+                key,
+                tuple(c.lineage for c in served),
+                tuple(dict.fromkeys(c.path for c in served)),
+            )
+        )
+    return SniTable(tuple(entries), tuple(dict.fromkeys(problems)))
+
+
+def build_sni_entries(certificates: Iterable[SniCertificate]) -> dict[str, tuple[Path, ...]]:
+    """{table key: chain files} for `postfix.write_sni_table`; see `build_sni_table`."""
+    return build_sni_table(certificates).files()
+
+
+def build_concrete_name(name: str) -> str:
+    """A name a client may send as SNI: a wildcard's `*` becomes `danesync-probe`."""
+    name = name.strip().lower().rstrip(".")
+    if name.startswith("*."):
+        return f"{PROBE_LABEL}{name[1:]}"
+    if name.startswith("."):
+        return f"{PROBE_LABEL}{name}"
+    return name
+
+
+def build_probe_names(
+    certificates: Sequence[SniCertificate], table: SniTable | None = None
+) -> dict[str, str]:
+    """{lineage: a concrete SNI name under which the table serves that lineage's chain}.
+
+    A lineage that serves no name (all taken by others) is left out. A
+    concrete name is preferred to a wildcard's made-up one; a made-up name
+    that happens to be a key of its own is not used.
+    """
+    table = table or build_sni_table(certificates)
+    keys = {entry.key for entry in table.entries}
+    names: dict[str, str] = {}
+    for certificate in certificates:
+        candidates = []
+        for name in certificate.names:
+            try:
+                key = build_sni_key(name)
+            except ValueError:
+                continue
+            entry = table.entry(key)
+            if entry is None or certificate.lineage not in entry.lineages:
+                continue
+            concrete = build_concrete_name(key)
+            if key.startswith(".") and concrete in keys:
+                continue  # an exact entry of its own would answer instead
+            candidates.append((key.startswith("."), concrete))
+        if candidates:
+            names[certificate.lineage] = min(candidates, key=lambda c: c[0])[1]
+    return names
