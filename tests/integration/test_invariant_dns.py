@@ -33,7 +33,7 @@ postfix = postfix_fixture()
 bind = bind_fixture(scope="function")
 
 COOL_DOWN = 2.2
-EXPIRES_IN = 400  # seconds the deployed chain of finding 10 has left
+EXPIRES_IN = 345  # seconds the deployed chain of finding 10 has left
 RSA_LINEAGE = "mx-rsa.example.test"
 
 
@@ -252,7 +252,7 @@ def test_expiring_chain_is_replaced_at_the_last_safe_moment(
     only after `rollover_wait` = 900 s. Deploying at once breaks DANE for caches
     holding the old RRset for no reason: deploy just before the old one expires.
     (EXPIRES_IN leaves room for a safety margin of up to 5 minutes before
-    notAfter, and still 90 s in which the old chain must keep serving.)"""
+    notAfter, and still about 35 s in which the old chain must keep serving.)"""
     old, new = hierarchy("Expiring"), hierarchy("Renewed")
     now = dt.datetime.now(dt.UTC)
     expires = now + dt.timedelta(seconds=EXPIRES_IN)
@@ -285,7 +285,7 @@ def test_expiring_chain_is_replaced_at_the_last_safe_moment(
     # Before the old chain expired, and not at once: the old one was still
     # served well after the new record was published.
     assert switched < expires.timestamp(), (switched, expires)
-    assert any(s == short.cert.serial_number and t > published + 60 for t, s in samples), (
+    assert any(s == short.cert.serial_number and t > published + 20 for t, s in samples), (
         f"replaced {switched - published:.0f} s after publishing, "
         f"{expires.timestamp() - switched:.0f} s before the old chain expired"
     )
