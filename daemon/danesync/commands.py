@@ -84,7 +84,33 @@ def run_check(
     status = max(status, _print_dns_check(config, certificates, now, out))
     if any(c.issuers is not None for c in certificates):
         _print_name_report(config, checked, now, out)
-    _print_postfix_audit(config, out)
+    status = max(status, _print_selfcheck(config, lineages, now, out))
+    _print_postfix_audit(config, out)  # warnings only, and last
+    return status
+
+
+def _print_selfcheck(
+    config: Config, lineages: Sequence[str], now: dt.datetime, out: TextIO | None
+) -> int:
+    """The DANE self-check, once: 1 if a DANE sender would refuse what is served."""
+    from danesync.selfcheck import SelfChecker
+
+    checker = SelfChecker(config, clock=lambda: now)
+    if config.postfix.probe is None:
+        return 0  # nothing to connect to
+    # Once, on request: every name, however long it takes.
+    checks = checker.run(lineages=lineages or None, log_changes=False, budget=float("inf"))
+    status = 0
+    for check in checks:
+        label = {"valid": "ok", "broken": "BROKEN", "error": "not checked"}.get(
+            check.outcome, check.outcome.replace("_", " ")
+        )
+        served = f"serial {check.serial} ({check.key_algorithm})" if check.serial else "probe"
+        print(f"dane {check.name} {served} vs {check.source}: {label}: {check.reason}", file=out)
+        if check.broken:
+            status = 1
+            print(f"  published {'; '.join(check.published) or 'nothing'}", file=out)
+            print(f"  served    issuer {check.issuer}", file=out)
     return status
 
 

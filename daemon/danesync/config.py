@@ -87,6 +87,17 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class MonitorConfig:
+    """Watching danesync: the Prometheus textfile and the DANE self-check."""
+
+    textfile: Path | None = None  # written atomically after each pass and self-check
+    check_interval: float = 300.0  # seconds between DANE self-checks (the light check)
+    # Where the self-check also asks, trusting only answers with the AD bit:
+    # "system" (/etc/resolv.conf), "off", or a validating resolver's "host:port".
+    resolver: str = "system"
+
+
+@dataclass(frozen=True)
 class CertificateConfig:
     lineage: str
     hostnames: tuple[str, ...]
@@ -128,6 +139,8 @@ class Config:
         for cert in self.certificates:
             index.setdefault(cert.lineage, cert)  # the first wins, as the search did
         object.__setattr__(self, "_by_lineage", index)
+
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def certificate(self, lineage: str) -> CertificateConfig | None:
         return self._by_lineage.get(lineage)
@@ -223,6 +236,14 @@ def _port_number(text: str, whole: str) -> int:
     if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise _Invalid(f"{whole!r}: port must be a number from 1 to 65535")
     return int(text)
+
+
+def _resolver(value: Any) -> str:
+    text = _string(value).strip()
+    if text in ("system", "off"):
+        return text
+    endpoint = parse_endpoint(text, 53)
+    return str(endpoint)
 
 
 def _choice(enum: type[DnsMode]) -> Callable[[Any], DnsMode]:
@@ -360,6 +381,11 @@ SCHEMA: _Schema = {
         "settle": (_seconds(0, 60), 0.25),
     },
     "families": {"file": (_path, None)},
+    "monitor": {
+        "textfile": (_path, None),
+        "check_interval": (_seconds(1, 86400), 300.0),
+        "resolver": (_resolver, "system"),
+    },
 }
 CERTIFICATE_SCHEMA: Mapping[str, tuple[Callable[[Any], Any], Any]] = {
     "lineage": (_lineage, None),
@@ -476,6 +502,7 @@ def build_config(
         certificates=tuple(certificates),
         families=families,
         families_file=sections["families"].get("file"),
+        monitor=MonitorConfig(**sections["monitor"]),
     )
 
 

@@ -112,7 +112,7 @@ class Host:
 
     def status(self) -> dict[str, Any]:
         code, stdout = self.run("status", "--json")
-        assert code == 0, stdout
+        assert code in (0, 1, 2), stdout  # monitoring-plugin verdict: no daemon runs here
         return json.loads(stdout)  # type: ignore[no-any-return]
 
     def served_issuer_or_none(self) -> str | None:

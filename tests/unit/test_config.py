@@ -27,6 +27,7 @@ from danesync.config import (
     DnsConfig,
     DnsMode,
     Endpoint,
+    MonitorConfig,
     PostfixConfig,
     StateConfig,
     build_config,
@@ -192,6 +193,9 @@ BAD_VALUES = [
     ("daemon", "settle", "false", "must be a number of seconds, not a boolean"),
     ("daemon", "settle", "1979-05-27", "must be a number of seconds, not date"),
     ("families", "file", '"families.toml"', "must be an absolute path, not 'families.toml'"),
+    ("monitor", "textfile", '"danesync.prom"', "must be an absolute path, not 'danesync.prom'"),
+    ("monitor", "check_interval", "0", "must be between 1 and 86400 seconds, not 0"),
+    ("monitor", "resolver", '"[::1"', "'[::1' has '[' without ']'"),
 ]
 
 # What danesync says about a name certbot accepts but Postfix's lists cannot hold.
@@ -450,6 +454,7 @@ class TestDefaults:
             "dns": DnsConfig(),
             "state": StateConfig(),
             "daemon": DaemonConfig(),
+            "monitor": MonitorConfig(),
         }
         for section, keys in SCHEMA.items():
             for key, (_check, default) in keys.items():
@@ -620,6 +625,7 @@ EXAMPLE_KEYS = {
     "dns.zone",
     "dns.tsig_key_file",
     "dns.verify_servers",
+    "monitor.textfile",
     "certificate.lineage",
     "certificate.hostnames",
     "certificate.tlsa",
