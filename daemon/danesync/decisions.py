@@ -63,6 +63,8 @@ class Observations:
     fresh: frozenset[str] = frozenset()  # owner names every server answered for now
     served: Mapping[str, str] | None = None  # adoption probe: lineage -> served leaf
     on_disk: Mapping[str, str | None] | None = None  # lineage -> its chain file's leaf
+    # lineage -> records to publish beside its chains' own (issuer families, say)
+    extra_records: Mapping[str, tuple[TlsaRecord, ...]] | None = None
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,9 @@ def run_deploy(
     )
     lineages = [i.lineage for i in written]
     try:
-        if _sni_touched(rt, lineages) or not rt.postfix.sni_table_exists():
+        # A lineage dropped from the config leaves the table with this deploy.
+        dropped = any(rt.config.certificate(n) is None for n in rt.state.lineages)
+        if _sni_touched(rt, lineages) or dropped or not rt.postfix.sni_table_exists():
             chains = _deployed(rt, written)
             for problem in build_sni_table(
                 build_sni_certificates(rt.config, chains, rt.postfix)
@@ -159,7 +161,7 @@ def run_deploy(
                 log.warning("sni.conflict", reason=problem)
             entries = build_sni_entries(rt.config, chains, rt.postfix)
             if entries:  # main.cf must never name a table that is not there
-                rt.postfix.write_sni_table(entries, set(lineages))
+                rt.postfix.write_sni_table(entries, None if dropped else set(lineages))
         wanted = build_wanted_parameters(rt.config, _deployed(rt, written), rt.postfix)
         checkpoint.parameters = rt.postfix.write_parameter_changes(wanted)
         _log_removed_parameters(checkpoint.parameters)
@@ -186,6 +188,10 @@ def run_deploy(
             lineage_state.pending = lineage_state.pending_since = lineage_state.proceed_at = None
         lineage_state.failed_fingerprint = lineage_state.failed_reason = None
         log_deployed(rt, item)
+    # Lineages no longer configured are no longer named by Postfix's parameters:
+    # nothing serves them now, so nothing needs their records.
+    for name in [n for n in rt.state.lineages if rt.config.certificate(n) is None]:
+        del rt.state.lineages[name]
     rt.succeeded("deploy", "postfix")
     rt.save()
     if failed:

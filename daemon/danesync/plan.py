@@ -139,8 +139,12 @@ def plan_pass(config: Config, state: State, obs: Observations, now: dt.datetime)
     for holding in holdings:
         for owner in holding.names:
             by_name.setdefault(owner, []).append(holding)
-    # Issuer families (danesync.families): every member's 2 1 1 stays published.
-    needed = build_needed_records(holdings, build_holding_family_records(config, holdings, now))
+    # Records a lineage pre-publishes: the observations' and its issuer
+    # family's (danesync.families: every member's 2 1 1 stays published).
+    extra: dict[str, tuple[TlsaRecord, ...]] = dict(obs.extra_records or {})
+    for lineage, records in build_holding_family_records(config, holdings, now).items():
+        extra[lineage] = (*extra.get(lineage, ()), *records)
+    needed = build_needed_records(holdings, extra)
 
     steps: list[Step] = []
     publishes: dict[str, RRset] = {}

@@ -8,7 +8,7 @@ steps one at a time, saving the state after each (steps.py, deploy.py).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -19,10 +19,18 @@ from danesync.errors import DanesyncError
 from danesync.history import restart_waits
 from danesync.monitoring import Monitor
 from danesync.observe import observe_dns, observe_on_disk, observe_served, read_on_disk
-from danesync.plan import Candidate, Observations, build_query_names, plan_pass, plan_recovery
+from danesync.plan import (
+    Candidate,
+    Observations,
+    Plan,
+    Problem,
+    build_query_names,
+    plan_pass,
+    plan_recovery,
+)
 from danesync.ports import Clock, DnsPort, LineagePort, Offer, PostfixPort, StatePort
 from danesync.runtime import PassResult, Runtime, crash_point
-from danesync.state import StateStore
+from danesync.state import State, StateStore
 from danesync.steps import DecisionLog, execute_plan, record_decisions
 from danesync.tlsa import TlsaRecord
 
@@ -46,7 +54,7 @@ class Service:
         lineages: LineagePort | None = None,
         store: StatePort | None = None,
         clock: Clock | None = None,
-        crash: Any = crash_point,
+        crash: Callable[[str], None] = crash_point,
     ) -> None:
         from danesync import adapters
 
@@ -67,12 +75,13 @@ class Service:
         self.monitor = Monitor(config)
         self._full_pass_candidates: dict[str, object] = {}
         if loaded.note is not None:
-            log.warning("state.rebuilt", reason=loaded.note)
+            event = "state.migrated" if loaded.legacy is not None else "state.rebuilt"
+            log.warning(event, reason=loaded.note)
         if loaded.legacy is not None:
             self._migrate_v1(loaded.legacy)
 
     @property
-    def state(self) -> Any:
+    def state(self) -> State:
         return self.rt.state
 
     # --- one pass -----------------------------------------------------------
@@ -100,7 +109,7 @@ class Service:
             self._recover(result)
         now = rt.clock.wall()
         certificates = self._select(selected)
-        offers: dict[str, Offer | Candidate] = {
+        offers: dict[str, Offer | Problem] = {
             c.lineage: rt.lineages.read_candidate(c, now) for c in certificates
         }
         pems = {o.info.fingerprint: o.pem for o in offers.values() if isinstance(o, Offer)}
@@ -153,8 +162,6 @@ class Service:
                 reason="a deploy was interrupted by a restart; reloading Postfix",
                 lineages=resumed,
             )
-        from danesync.plan import Plan
-
         execute_plan(rt, Plan((), steps), pems, result)
 
     def _check_clock(self) -> None:
@@ -258,7 +265,10 @@ class Service:
             record = TlsaRecord.from_key(key)
             history = rt.state.name(record.name)
             rt.state.names[record.name] = replace(history, owned=history.owned | {record})
-        rt.save()
+        try:
+            rt.save()
+        except DanesyncError as error:  # the next pass saves it, or says why it cannot
+            rt.fail(PassResult(), "migrate", str(self.config.state.dir), str(error))
 
 
 def run_sync(config: Config) -> int:

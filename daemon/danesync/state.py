@@ -222,13 +222,39 @@ class State:
             "failures": {k: f.to_json() for k, f in sorted(self.failures.items())},
         }
 
-    def documents(self) -> dict[str, bytes]:
-        """Every file of the state, by path relative to the state directory."""
+    def documents(
+        self, cache: dict[str, tuple[tuple[Any, ...], bytes]] | None = None
+    ) -> dict[str, bytes]:
+        """Every file of the state, by path relative to the state directory.
+
+        With `cache`, a file whose values are the very same objects as at the
+        last call is not serialised again (10,000 lineages, one changed).
+        """
+        cache = {} if cache is None else cache
+
+        def dump(path: str, key: tuple[Any, ...], make: Any) -> bytes:
+            cached = cache.get(path)
+            if cached is not None and all(a is b for a, b in zip(cached[0], key, strict=True)):
+                return cached[1]
+            data = _dump(make())
+            cache[path] = (key, data)
+            return data
+
         docs = {FILENAME: _dump(self.global_json())}
-        for name, lineage_state in self.lineages.items():
-            docs[f"{LINEAGES}/{name}.json"] = _dump(lineage_state.to_json())
+        for name, ls in self.lineages.items():
+            key = (
+                ls.deployed,
+                ls.pending,
+                ls.pending_since,
+                ls.proceed_at,
+                ls.inflight,
+                ls.failed_fingerprint,
+                ls.failed_reason,
+            )
+            docs[f"{LINEAGES}/{name}.json"] = dump(f"{LINEAGES}/{name}", key, ls.to_json)
         for owner, history in self.names.items():
-            docs[f"{NAMES}/{owner}json"] = _dump(history.to_json())  # owner ends with "."
+            # owner ends with "."
+            docs[f"{NAMES}/{owner}json"] = dump(owner, (history,), history.to_json)
         return docs
 
 
@@ -340,17 +366,18 @@ class StateStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._written: dict[str, bytes] = {}
+        self._cache: dict[str, tuple[tuple[Any, ...], bytes]] = {}
 
     def load(self) -> Loaded:
         loaded = read_state(self.directory)
         if loaded.note is None:
-            self._written = loaded.state.documents()
+            self._written = loaded.state.documents(self._cache)
         return loaded
 
     def save(self, state: State) -> None:
         from danesync.actions.files import write_atomic
 
-        documents = state.documents()
+        documents = state.documents(self._cache)
         try:
             for sub in (LINEAGES, NAMES):
                 (self.directory / sub).mkdir(mode=0o700, parents=True, exist_ok=True)

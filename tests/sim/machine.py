@@ -121,6 +121,9 @@ class DanesyncWorld(RuleBasedStateMachine):
     # --- plumbing ---------------------------------------------------------------
 
     def _crash(self, point: str) -> None:
+        # Every crash point is also a moment to check: the invariant must hold
+        # in the middle of a pass too (new smtpd processes read new files at once).
+        self.every_presented_chain_matches_every_possible_rrset()
         if self.armed is None or self.armed[0] != point:
             return
         if self.armed[1] > 1:
@@ -294,8 +297,13 @@ class DanesyncWorld(RuleBasedStateMachine):
     def change_config(
         self, ttl: int, usages: tuple[str, ...], extra: bool, wait: int | None
     ) -> None:
-        """SIGHUP with a new config mid-rollover: ttl, usages, tlsa names, rollover_wait."""
-        self.ttl, self.usages, self.extra, self.wait = ttl, usages, extra, wait
+        """SIGHUP with a new config mid-rollover: ttl, usages, tlsa names, rollover_wait.
+
+        A name that joins a lineage while DNS serves there an RRset its chain
+        does not match breaks DANE by the operator's hand at that instant:
+        such a change is not made (danesync could not have prevented it).
+        """
+        before = (self.config, dict(self.name_since))
         self.config = build_sim_config(ttl, usages, extra, wait)
         for certificate in self.config.certificates:
             for name in certificate.tlsa:
@@ -304,6 +312,12 @@ class DanesyncWorld(RuleBasedStateMachine):
             certificate = self.config.certificate(key[0])
             if certificate is None or key[1] not in certificate.tlsa:
                 del self.name_since[key]
+        try:
+            self.every_presented_chain_matches_every_possible_rrset()
+        except AssertionError:
+            self.config, self.name_since = before[0], before[1]
+            return
+        self.ttl, self.usages, self.extra, self.wait = ttl, usages, extra, wait
         self.service = self._start()
 
     # --- the invariant -------------------------------------------------------------------------

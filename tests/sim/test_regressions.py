@@ -59,3 +59,17 @@ class TestCounterexamples:
         checked(world).renew(kind="issuer", lineage="rsa")
         checked(world).full_pass()
         checked(world)
+
+    def test_name_rejoining_a_lineage_over_foreign_records(self) -> None:
+        """Found by `make soak`: a TLSA name left the config, danesync retired its
+        record there, the operator's record stayed; the name came back. The
+        simulation now refuses config changes that break DANE by themselves."""
+        world = checked(DanesyncWorld())
+        world.change_config(extra=True, ttl=15, usages=("2 1 1",), wait=None)
+        checked(world).full_pass()
+        world.operator_adds_a_record(name="_25._tcp.extra.example.test.", ttl=15)
+        world.change_config(extra=False, ttl=15, usages=("2 1 1",), wait=None)
+        checked(world).full_pass()
+        world.change_config(extra=True, ttl=15, usages=("2 1 1",), wait=None)
+        checked(world).full_pass()
+        checked(world)

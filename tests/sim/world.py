@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,6 +204,9 @@ class SimPostfix:
     def read_chain_file(self, lineage: str) -> bytes | None:
         return self.files.get(lineage)
 
+    def chain_file_holds(self, lineage: str, pem: bytes) -> bool:
+        return self.files.get(lineage) == pem
+
     def install_chain_file(self, lineage: str, pem: bytes) -> None:
         if lineage in self.fail_write:
             raise OSError(28, "No space left on device", str(self.chain_path(lineage)))
@@ -226,7 +229,10 @@ class SimPostfix:
     def sni_maps_value(self) -> str:
         return f"hash:{DEPLOY_DIR}/sni"
 
-    def write_sni_table(self, entries: Mapping[str, Sequence[Path]]) -> None:
+    def write_sni_table(
+        self, entries: Mapping[str, Sequence[Path]], changed: Set[str] | None = None
+    ) -> None:
+        del changed  # the simulated table is rebuilt whole
         if self.fail_postmap:
             raise PostfixError(["postmap"], 1, "postmap: fatal: simulated")
         table = {}
