@@ -22,7 +22,8 @@ from danesync.plan import Problem
 from danesync.ports import Answers, Offer, ProbeRequest
 from danesync.state import ChainInfo
 from danesync.tlsa import TlsaRecord
-from danesync.tsigkey import TsigKey, read_tsig_key
+from danesync.tsigkey import TsigKey
+from danesync.tsigkeyfile import current_tsig_key
 
 PROBE_WORKERS = 16  # concurrent STARTTLS probes after a deploy
 
@@ -32,7 +33,13 @@ class SystemClock:
         return dt.datetime.now(dt.UTC)
 
     def monotonic(self) -> float:
-        return time.monotonic()
+        return time.monotonic()  # CLOCK_MONOTONIC: one epoch for every process of a boot
+
+    def boot(self) -> str:
+        try:
+            return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except OSError:
+            return ""
 
 
 def offer_from_chain(chain: Chain) -> Offer:
@@ -152,14 +159,11 @@ class RealPostfix:
         snitables.write_sni_tables(self.deploy_dir, entries, self._sni_shards, paths)
 
     def write_parameter_changes(self, wanted: Mapping[str, str | None]) -> dict[str, str | None]:
-        # Until postfix.py takes None (postconf -X), a parameter to remove is set empty.
-        previous = postfix.write_parameter_changes(
-            self.config_dir, {k: v or "" for k, v in wanted.items()}
-        )
-        return dict(previous)
+        # None removes a parameter (postconf -X); the result restores main.cf exactly.
+        return postfix.write_parameter_changes(self.config_dir, wanted)
 
     def write_parameters(self, values: Mapping[str, str | None]) -> None:
-        postfix.write_parameters(self.config_dir, {k: v or "" for k, v in values.items()})
+        postfix.write_parameters(self.config_dir, values)
 
     def reload(self) -> None:
         postfix.reload_postfix(self.config_dir)
@@ -233,8 +237,14 @@ class RealDns:
                 self._verify = [dns_actions.Server(e.host, e.port) for e in configured]
             else:
                 zone = self.config.dns.zone
-                if self._primary is None or zone is None:
-                    raise DnsError("no verify_servers, and no dns.server and dns.zone to find them")
+                if self._primary is None:
+                    raise DnsError("no dns.verify_servers, and no dns.server to find them")
+                if zone is None:
+                    # Check mode may name only the server: its SOA answer names the zone.
+                    names = [n for c in self.config.certificates for n in c.tlsa]
+                    if not names:
+                        raise DnsError("no TLSA name to find the zone of")
+                    zone = dns_actions.find_zone(self._primary, names[0])
                 self._verify = dns_actions.find_verify_servers(zone, self._primary)
             if self._primary is not None and self._primary not in self._verify:
                 self._verify.append(self._primary)  # what danesync's updates change
@@ -255,7 +265,11 @@ class RealDns:
                 for server, records in per_server.items()
             }
         fresh = frozenset(n for n in visibility.names if not visibility.errors.get(n))
-        return Answers(rrsets, visibility.problems(), fresh)
+        by_server: dict[str, str | None] = {str(s): None for s in visibility.servers}
+        for name in sorted(visibility.errors):
+            for server, reason in sorted(visibility.errors[name].items()):
+                by_server[str(server)] = by_server[str(server)] or f"{name}: {reason}"
+        return Answers(rrsets, visibility.problems(), fresh, by_server)
 
     def update(
         self,
@@ -267,8 +281,9 @@ class RealDns:
         zone = self.config.dns.zone
         if self._primary is None or zone is None:
             raise DnsError("dns.server and dns.zone are needed to publish")
-        if self._key is None and self.config.dns.tsig_key_file is not None:
-            self._key = read_tsig_key(self.config.dns.tsig_key_file)
+        if self.config.dns.tsig_key_file is not None:
+            # Re-read when the file changed: a key fixed in place needs no SIGHUP.
+            self._key = current_tsig_key(self.config.dns.tsig_key_file)
         return dns_actions.send_tlsa_update(
             self._primary, zone, self._key, add=add, delete=delete, ttl=ttl, expected=expected
         )

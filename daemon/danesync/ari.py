@@ -374,7 +374,8 @@ def _get_json(
             data = response.read(_MAX_BODY + 1)
             retry_after = response.headers.get("Retry-After")
     except urllib.error.HTTPError as error:
-        raise AriError(url, _describe_http_error(error)) from None
+        retry_after = error.headers.get("Retry-After") if error.headers else None
+        raise AriError(url, _describe_http_error(error), retry_after) from None
     except urllib.error.URLError as error:
         raise AriError(url, f"request failed: {error.reason}") from error
     except (OSError, http.client.HTTPException) as error:

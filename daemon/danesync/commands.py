@@ -17,6 +17,7 @@ from danesync.chain import Chain, format_time
 from danesync.config import CertificateConfig, Config
 from danesync.errors import ChainError, DanesyncError, LineagePending
 from danesync.sni import SniCertificate, build_served_names, build_sni_table, leaf_dns_names
+from danesync.tlsa import TlsaRecord, Usage
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ def run_check(
         print("no certificate is configured: add a [[certificate]] table", file=out)
     status = 0
     sni_certificates: list[SniCertificate] = []
+    checked: dict[str, Chain] = {}
     for certificate in certificates:
         verdict = judge(config, certificate, now)
         if verdict.chain is None:
@@ -73,12 +75,42 @@ def run_check(
         ]
         rows += [("tlsa", record.zone_line(config.dns.ttl)) for record in chain.tlsa]
         rows += _mailhost_rows(config, certificate, chain, sni_certificates)
+        rows += _family_rows(config, certificate, chain, now)
         for name, value in rows:
             print(f"  {name:<9} {value}", file=out)
+        checked[certificate.lineage] = chain
     if sni_certificates:
         _print_sni_table(sni_certificates, out)
     status = max(status, _print_dns_check(config, certificates, now, out))
-    _print_postfix_audit(config, out)
+    if any(c.issuers is not None for c in certificates):
+        _print_name_report(config, checked, now, out)
+    status = max(status, _print_selfcheck(config, lineages, now, out))
+    _print_postfix_audit(config, out)  # warnings only, and last
+    return status
+
+
+def _print_selfcheck(
+    config: Config, lineages: Sequence[str], now: dt.datetime, out: TextIO | None
+) -> int:
+    """The DANE self-check, once: 1 if a DANE sender would refuse what is served."""
+    from danesync.selfcheck import SelfChecker
+
+    checker = SelfChecker(config, clock=lambda: now)
+    if config.postfix.probe is None:
+        return 0  # nothing to connect to
+    # Once, on request: every name, however long it takes.
+    checks = checker.run(lineages=lineages or None, log_changes=False, budget=float("inf"))
+    status = 0
+    for check in checks:
+        label = {"valid": "ok", "broken": "BROKEN", "error": "not checked"}.get(
+            check.outcome, check.outcome.replace("_", " ")
+        )
+        served = f"serial {check.serial} ({check.key_algorithm})" if check.serial else "probe"
+        print(f"dane {check.name} {served} vs {check.source}: {label}: {check.reason}", file=out)
+        if check.broken:
+            status = 1
+            print(f"  published {'; '.join(check.published) or 'nothing'}", file=out)
+            print(f"  served    issuer {check.issuer}", file=out)
     return status
 
 
@@ -141,6 +173,61 @@ def _print_sni_table(certificates: list[SniCertificate], out: TextIO | None) -> 
         print(f"sni table: warning: {problem}", file=out)
 
 
+def _family_rows(
+    config: Config, certificate: CertificateConfig, chain: Chain, now: dt.datetime
+) -> list[tuple[str, str]]:
+    """Issuer family and 3 1 1 notes (danesync.families)."""
+    from danesync.families import plan_family_records
+    from danesync.family_report import explain_dane_ee, judge_issuer, read_reuse_key
+
+    rows: list[tuple[str, str]] = []
+    if certificate.issuers is not None:
+        judgement = judge_issuer(
+            certificate.issuers, chain.issuer_spki, chain.key_algorithm, config.families, now
+        )
+        rows.append(("issuers", judgement.message))
+        family = plan_family_records(
+            certificate, chain.key_algorithm, config.families, now, chain.tlsa
+        )
+        rows += [("warning", warning) for warning in family.warnings]
+    if Usage.DANE_EE in certificate.usages:
+        reuse_key = read_reuse_key(config.certbot.config_dir, certificate.lineage)
+        explanation = explain_dane_ee(reuse_key, certificate.lineage, config.dns.rollover_wait)
+        rows += [("3 1 1", explanation[0])] + [("", line) for line in explanation[1:]]
+    return rows
+
+
+def _family_records(
+    config: Config, certificate: CertificateConfig, chain: Chain, now: dt.datetime
+) -> tuple[TlsaRecord, ...]:
+    """The issuer family's records beyond the chain's own (danesync.families)."""
+    from danesync.families import build_family_records
+
+    records = build_family_records(
+        certificate, chain.key_algorithm, config.families, now, chain.tlsa
+    )
+    return tuple(r for r in records if r not in chain.tlsa)
+
+
+def _print_name_report(
+    config: Config, chains: dict[str, Chain], now: dt.datetime, out: TextIO | None
+) -> None:
+    """Per owner name: current, pending, family and retiring records (state read only)."""
+    from danesync.family_report import build_name_report
+    from danesync.state import ChainInfo, State, load_state
+
+    try:
+        state = load_state(config.state.dir)
+    except DanesyncError as error:
+        print(f"state {config.state.dir}: not read: {error}", file=out)
+        state = State()
+    candidates = {lineage: ChainInfo.from_chain(chain) for lineage, chain in chains.items()}
+    for report in build_name_report(config, state, candidates, now):
+        print(report.name, file=out)
+        for line in report.lines():
+            print(f"  {line}", file=out)
+
+
 def _print_postfix_audit(config: Config, out: TextIO | None) -> None:
     """Warnings only: a questionable TLS setting does not make a lineage invalid."""
     from danesync.actions.postfix_audit import read_tls_audit
@@ -177,7 +264,7 @@ def run_tlsa(
             print(f"danesync: {certificate.lineage}: {verdict.problem}", file=err)
             status = 1
             continue
-        for record in verdict.chain.tlsa:
+        for record in verdict.chain.tlsa + _family_records(config, certificate, verdict.chain, now):
             line = record.zone_line(config.dns.ttl)
             if line not in lines:
                 lines.append(line)

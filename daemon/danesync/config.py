@@ -18,6 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from danesync.errors import ConfigError
+from danesync.families import (
+    AUTO,
+    Families,
+    merge_families,
+    read_families,
+    read_shipped_families,
+)
 from danesync.tlsa import Usage, absolute_name
 
 DEFAULT_PATH = Path("/etc/danesync/danesync.toml")
@@ -80,6 +87,17 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class MonitorConfig:
+    """Watching danesync: the Prometheus textfile and the DANE self-check."""
+
+    textfile: Path | None = None  # written atomically after each pass and self-check
+    check_interval: float = 300.0  # seconds between DANE self-checks (the light check)
+    # Where the self-check also asks, trusting only answers with the AD bit:
+    # "system" (/etc/resolv.conf), "off", or a validating resolver's "host:port".
+    resolver: str = "system"
+
+
+@dataclass(frozen=True)
 class CertificateConfig:
     lineage: str
     hostnames: tuple[str, ...]
@@ -89,6 +107,8 @@ class CertificateConfig:
     # Whether `hostnames` was written: an SNI certificate then serves only those
     # names, otherwise every DNS name of its leaf (`sni.build_served_names`).
     hostnames_set: bool = False
+    # A family name, "auto" or None: pre-publish 2 1 1 for the issuer's family.
+    issuers: str | None = None
 
     @classmethod
     def default_for(cls, lineage: str) -> CertificateConfig:
@@ -105,6 +125,9 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     certificates: tuple[CertificateConfig, ...] = ()
+    # The issuer families: the package's, extended by [families] file.
+    families: Families = field(default_factory=read_shipped_families)
+    families_file: Path | None = None
     # lineage -> its certificate, built once: a pass at 10,000 lineages asks
     # tens of thousands of times (a linear search was seconds of every pass).
     _by_lineage: dict[str, CertificateConfig] = field(
@@ -116,6 +139,8 @@ class Config:
         for cert in self.certificates:
             index.setdefault(cert.lineage, cert)  # the first wins, as the search did
         object.__setattr__(self, "_by_lineage", index)
+
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def certificate(self, lineage: str) -> CertificateConfig | None:
         return self._by_lineage.get(lineage)
@@ -211,6 +236,14 @@ def _port_number(text: str, whole: str) -> int:
     if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise _Invalid(f"{whole!r}: port must be a number from 1 to 65535")
     return int(text)
+
+
+def _resolver(value: Any) -> str:
+    text = _string(value).strip()
+    if text in ("system", "off"):
+        return text
+    endpoint = parse_endpoint(text, 53)
+    return str(endpoint)
 
 
 def _choice(enum: type[DnsMode]) -> Callable[[Any], DnsMode]:
@@ -347,6 +380,12 @@ SCHEMA: _Schema = {
         "reconcile_interval": (_seconds(1, 86400), 3600.0),
         "settle": (_seconds(0, 60), 0.25),
     },
+    "families": {"file": (_path, None)},
+    "monitor": {
+        "textfile": (_path, None),
+        "check_interval": (_seconds(1, 86400), 300.0),
+        "resolver": (_resolver, "system"),
+    },
 }
 CERTIFICATE_SCHEMA: Mapping[str, tuple[Callable[[Any], Any], Any]] = {
     "lineage": (_lineage, None),
@@ -354,6 +393,7 @@ CERTIFICATE_SCHEMA: Mapping[str, tuple[Callable[[Any], Any], Any]] = {
     "tlsa": (_list_of(_tlsa_name), None),
     "usages": (_list_of(_usage), ("2 1 1",)),
     "sni": (_bool, False),
+    "issuers": (_string, None),
 }
 
 
@@ -376,9 +416,17 @@ def _check_table(
     return values
 
 
-def build_config(document: Mapping[str, Any], path: Path) -> Config:
-    """Validate a parsed TOML document; raise ConfigError listing every problem."""
+def build_config(
+    document: Mapping[str, Any], path: Path, families: Families | None = None
+) -> Config:
+    """Validate a parsed TOML document; raise ConfigError listing every problem.
+
+    `families` are the issuer families `issuers` may name (default: the
+    package's own; `load_config` adds the operator's `[families] file`).
+    """
     problems: list[str] = []
+    if families is None:
+        families = read_shipped_families()
     for section in document:
         if section not in SCHEMA and section != "certificate":
             problems.append(f"[{section}]: unknown section")
@@ -393,6 +441,7 @@ def build_config(document: Mapping[str, Any], path: Path) -> Config:
         sections[section] = _check_table(f"{section}.", table, schema, problems)
 
     certificates = _build_certificates(document.get("certificate", []), problems)
+    _check_issuers(document.get("certificate", []), certificates, families, problems)
 
     dns_values = sections["dns"]
     mode: DnsMode = dns_values.get("mode", DnsMode.CHECK)
@@ -417,6 +466,12 @@ def build_config(document: Mapping[str, Any], path: Path) -> Config:
         problems.append(
             'dns.server: required when dns.mode is "check" and dns.verify_servers is not set: '
             "danesync must know which authoritative servers to ask for the TLSA records"
+        )
+    deploy_dir = sections["postfix"].get("deploy_dir")
+    if deploy_dir is not None and re.search(r"[\s,]", str(deploy_dir)):
+        problems.append(
+            f"postfix.deploy_dir: {str(deploy_dir)!r} contains whitespace or a comma, which "
+            "Postfix cannot take in smtpd_tls_chain_files (its lists have no quoting)"
         )
     if zone is not None and mode is DnsMode.RFC2136:
         for cert in certificates:
@@ -445,6 +500,9 @@ def build_config(document: Mapping[str, Any], path: Path) -> Config:
         state=StateConfig(**sections["state"]),
         daemon=DaemonConfig(**sections["daemon"]),
         certificates=tuple(certificates),
+        families=families,
+        families_file=sections["families"].get("file"),
+        monitor=MonitorConfig(**sections["monitor"]),
     )
 
 
@@ -493,9 +551,38 @@ def _build_certificates(raw: Any, problems: list[str]) -> list[CertificateConfig
                 usages,
                 values.get("sni", False),
                 hostnames_set="hostnames" in values,
+                issuers=values.get("issuers"),
             )
         )
     return certificates
+
+
+def _check_issuers(
+    raw: Any, certificates: list[CertificateConfig], families: Families, problems: list[str]
+) -> None:
+    """`issuers` names a known family (or "auto") and goes with "2 1 1"."""
+    if not isinstance(raw, list):
+        return
+    index_of = {
+        table["lineage"]: index
+        for index, table in enumerate(raw)
+        if isinstance(table, dict) and isinstance(table.get("lineage"), str)
+    }
+    known = ", ".join(f'"{name}"' for name in sorted(families)) or "none"
+    for certificate in certificates:
+        if certificate.issuers is None:
+            continue
+        prefix = f"certificate[{index_of.get(certificate.lineage, 0) + 1}].issuers"
+        if certificate.issuers != AUTO and certificate.issuers not in families:
+            problems.append(
+                f"{prefix}: unknown issuer family {certificate.issuers!r}; "
+                f'use "{AUTO}" or one of {known} (or define it in [families] file)'
+            )
+        if Usage.DANE_TA not in certificate.usages:
+            problems.append(
+                f'{prefix}: pre-publishes "2 1 1" records, but usages of '
+                f'{certificate.lineage!r} has no "2 1 1"'
+            )
 
 
 def config_path(cli_value: str | None, environ: Mapping[str, str] = os.environ) -> Path:
@@ -520,4 +607,17 @@ def load_config(path: Path) -> Config:
         raise ConfigError(str(path), ["not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(str(path), [f"not valid TOML: {error}"]) from None
-    return build_config(document, path)
+    return build_config(document, path, _read_operator_families(document))
+
+
+def _read_operator_families(document: Mapping[str, Any]) -> Families | None:
+    """The package's families plus [families] file's; None if no file is named.
+
+    A file that cannot be read or is invalid raises ConfigError naming it.
+    An invalid `file` value is left for build_config to report.
+    """
+    table = document.get("families")
+    value = table.get("file") if isinstance(table, dict) else None
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        return None
+    return merge_families(read_shipped_families(), read_families(Path(value)))

@@ -20,39 +20,55 @@ from danesync.errors import DanesyncError
 from danesync.plan import DeployItem, DeployKind
 from danesync.ports import PostfixPort, ProbeRequest
 from danesync.runtime import PassResult, Runtime
+from danesync.sni import SniCertificate, build_probe_names, build_served_names, build_sni_table
+from danesync.state import ChainInfo
 
 log = structlog.get_logger("danesync")
 
 
-def build_sni_entries(
-    config: Config, deployed: Iterable[str], path_of: PostfixPort
-) -> dict[str, list[Path]]:
-    """The SNI table: hostname (table key) -> the chain files served for it."""
-    wanted = set(deployed)
-    entries: dict[str, list[Path]] = {}
+def build_sni_certificates(
+    config: Config, chains: Mapping[str, ChainInfo], path_of: PostfixPort
+) -> list[SniCertificate]:
+    """The SNI lineages among `chains`, each with the names it serves (sni.py)."""
+    certificates = []
     for certificate in config.certificates:
-        if certificate.sni and certificate.lineage in wanted:
-            for hostname in certificate.hostnames:
-                entries.setdefault(hostname, []).append(path_of.chain_path(certificate.lineage))
-    return entries
+        info = chains.get(certificate.lineage)
+        if certificate.sni and info is not None:
+            names = build_served_names(certificate.hostnames, certificate.hostnames_set, info.names)
+            path = path_of.chain_path(certificate.lineage)
+            certificates.append(
+                SniCertificate(certificate.lineage, info.key_algorithm, names, path)
+            )
+    return certificates
+
+
+def build_sni_entries(
+    config: Config, chains: Mapping[str, ChainInfo], path_of: PostfixPort
+) -> dict[str, list[Path]]:
+    """The SNI table: table key -> the chain files served for it (one per algorithm)."""
+    table = build_sni_table(build_sni_certificates(config, chains, path_of))
+    return {key: list(paths) for key, paths in table.files().items()}
 
 
 def build_wanted_parameters(
-    config: Config, deployed: Iterable[str], port: PostfixPort
+    config: Config, chains: Mapping[str, ChainInfo], port: PostfixPort
 ) -> dict[str, str | None]:
-    """Postfix's parameters for these deployed lineages: defaults, then SNI."""
-    from danesync.actions.postfix import build_chain_files_value
+    """Postfix's parameters for these deployed chains: defaults, then SNI.
 
-    wanted_lineages = set(deployed)
+    With default chains, the legacy smtpd_tls_cert_file & co. (Debian's
+    snakeoil) go: Postfix ignores them beside smtpd_tls_chain_files and warns
+    at every smtpd start; the checkpoint's previous values restore them.
+    """
+    from danesync.actions.postfix import build_chain_files_value, build_legacy_removals
+
     wanted: dict[str, str | None] = {}
     defaults = [
-        port.chain_path(c.lineage)
-        for c in config.certificates
-        if not c.sni and c.lineage in wanted_lineages
+        port.chain_path(c.lineage) for c in config.certificates if not c.sni and c.lineage in chains
     ]
     if defaults:
         wanted["smtpd_tls_chain_files"] = build_chain_files_value(defaults)
-    if build_sni_entries(config, wanted_lineages, port):
+        wanted |= build_legacy_removals(wanted)
+    if build_sni_entries(config, chains, port):
         wanted["tls_server_sni_maps"] = port.sni_maps_value()
     return wanted
 
@@ -65,8 +81,11 @@ class _Checkpoint:
     files: tuple[str, ...] = ()  # lineages whose chain file this deploy replaced
 
 
-def _deployed(rt: Runtime) -> set[str]:
-    return {name for name, s in rt.state.lineages.items() if s.deployed is not None}
+def _deployed(rt: Runtime, items: Iterable[DeployItem] = ()) -> dict[str, ChainInfo]:
+    """The deployed chains, with `items` as if deployed."""
+    chains = {name: s.deployed for name, s in rt.state.lineages.items() if s.deployed is not None}
+    chains.update({item.lineage: item.chain for item in items})
+    return chains
 
 
 def _sni_touched(rt: Runtime, lineages: Iterable[str]) -> bool:
@@ -121,6 +140,7 @@ def run_deploy(
                 )
                 continue
             rt.crash("after-file")
+            rt.succeeded("deploy", str(rt.postfix.chain_path(item.lineage)), item.lineage)
         written.append(item)
     if len(written) < len(items):
         rt.save()
@@ -131,12 +151,20 @@ def run_deploy(
     )
     lineages = [i.lineage for i in written]
     try:
-        if _sni_touched(rt, lineages) or not rt.postfix.sni_table_exists():
-            entries = build_sni_entries(rt.config, _deployed(rt) | set(lineages), rt.postfix)
+        # A lineage dropped from the config leaves the table with this deploy.
+        dropped = any(rt.config.certificate(n) is None for n in rt.state.lineages)
+        if _sni_touched(rt, lineages) or dropped or not rt.postfix.sni_table_exists():
+            chains = _deployed(rt, written)
+            for problem in build_sni_table(
+                build_sni_certificates(rt.config, chains, rt.postfix)
+            ).problems:
+                log.warning("sni.conflict", reason=problem)
+            entries = build_sni_entries(rt.config, chains, rt.postfix)
             if entries:  # main.cf must never name a table that is not there
-                rt.postfix.write_sni_table(entries, set(lineages))
-        wanted = build_wanted_parameters(rt.config, _deployed(rt) | set(lineages), rt.postfix)
+                rt.postfix.write_sni_table(entries, None if dropped else set(lineages))
+        wanted = build_wanted_parameters(rt.config, _deployed(rt, written), rt.postfix)
         checkpoint.parameters = rt.postfix.write_parameter_changes(wanted)
+        _log_removed_parameters(checkpoint.parameters)
         rt.crash("after-postconf")
         if rt.config.postfix.reload and not _sni_only(rt, written, checkpoint):
             rt.postfix.reload()
@@ -160,6 +188,10 @@ def run_deploy(
             lineage_state.pending = lineage_state.pending_since = lineage_state.proceed_at = None
         lineage_state.failed_fingerprint = lineage_state.failed_reason = None
         log_deployed(rt, item)
+    # Lineages no longer configured are no longer named by Postfix's parameters:
+    # nothing serves them now, so nothing needs their records.
+    for name in [n for n in rt.state.lineages if rt.config.certificate(n) is None]:
+        del rt.state.lineages[name]
     rt.succeeded("deploy", "postfix")
     rt.save()
     if failed:
@@ -179,6 +211,11 @@ def _confirm(rt: Runtime, items: list[DeployItem]) -> dict[str, bool]:
     """The STARTTLS probe must see each new leaf (asking by name or key type)."""
     if rt.config.postfix.probe is None or not rt.config.postfix.reload:
         return {i.lineage: True for i in items}
+    # An SNI lineage is asked for under a concrete name its table entry serves
+    # (never "*.example.net"); the key algorithm picks its chain where an RSA
+    # and an ECDSA lineage share the name.
+    chains = _deployed(rt, items)
+    probe_names = build_probe_names(build_sni_certificates(rt.config, chains, rt.postfix))
     requests = []
     for item in items:
         certificate = rt.config.certificate(item.lineage)
@@ -187,8 +224,8 @@ def _confirm(rt: Runtime, items: list[DeployItem]) -> dict[str, bool]:
             ProbeRequest(
                 item.lineage,
                 item.chain.fingerprint,
-                certificate.hostnames[0] if certificate is not None and sni else None,
-                None if sni else item.chain.key_algorithm,
+                probe_names.get(item.lineage) if sni else None,
+                item.chain.key_algorithm,
             )
         )
     outcomes = rt.postfix.confirm_served(requests)
@@ -224,6 +261,7 @@ def _roll_back(
                 rt.postfix.restore_chain_file(item.lineage)
             except OSError as error:
                 log.error("postfix.failed", lineage=item.lineage, reason=f"rollback: {error}")
+    # The failed lineages' old chains (state.deployed) are back in their files.
     remaining = _deployed(rt)
     try:
         if _sni_touched(rt, [i.lineage for i in items]):
@@ -233,9 +271,12 @@ def _roll_back(
         if all_of_them and checkpoint.parameters is not None:
             rt.postfix.write_parameters(checkpoint.parameters)
         elif not all_of_them:
-            rt.postfix.write_parameter_changes(
-                build_wanted_parameters(rt.config, remaining, rt.postfix)
-            )
+            wanted = build_wanted_parameters(rt.config, remaining, rt.postfix)
+            # What the remaining lineages no longer want goes back to how it was
+            # (no default chain left: smtpd_tls_chain_files and the legacy files).
+            for name, value in (checkpoint.parameters or {}).items():
+                wanted.setdefault(name, value)
+            rt.postfix.write_parameter_changes(wanted)
         if rt.config.postfix.reload:
             rt.postfix.reload()
     except (DanesyncError, OSError, ValueError) as error:
@@ -251,6 +292,14 @@ def _roll_back(
         )
         rt.fail(result, "deploy", "postfix", reason, item.lineage)
     rt.save()
+
+
+def _log_removed_parameters(previous: Mapping[str, str | None]) -> None:
+    from danesync.actions.postfix import build_removed_parameters_notice
+
+    notice = build_removed_parameters_notice(previous)
+    if notice is not None:
+        log.info("postfix.legacy_removed", reason=notice)
 
 
 def log_deployed(rt: Runtime, item: DeployItem) -> None:

@@ -93,9 +93,10 @@ class StateError(DanesyncError):
 class AriError(DanesyncError):
     """ACME Renewal Information (RFC 9773) could not be fetched or understood."""
 
-    def __init__(self, url: str | None, reason: str) -> None:
+    def __init__(self, url: str | None, reason: str, retry_after: str | None = None) -> None:
         self.url = url
         self.reason = reason
+        self.retry_after = retry_after  # the server's Retry-After header, if it sent one
         source = f" from {url}" if url else ""
         super().__init__(f"renewal information{source}: {reason}")
 

@@ -24,6 +24,7 @@ import structlog
 from danesync.config import Config, DnsMode, load_config
 from danesync.errors import ConfigError, DanesyncError
 from danesync.log import configure_logging
+from danesync.monitor import Monitor
 from danesync.notify import Notifier, watchdog_interval
 from danesync.service import PassResult, Service
 from danesync.watcher import Debouncer, LineageWatcher, read_certbot_done
@@ -31,7 +32,6 @@ from danesync.watcher import Debouncer, LineageWatcher, read_certbot_done
 log = structlog.get_logger("danesync")
 
 FAILURE_RETRY = (5.0, 600.0)  # first and longest delay before retrying a failed pass
-LIGHT_CHECK_INTERVAL = 300.0  # seconds between light checks (TLSA RRsets of served chains)
 
 
 class _Wakeup:
@@ -97,6 +97,9 @@ class Daemon:
         self.debouncer = Debouncer(config.daemon.settle)
         self.watcher: LineageWatcher | None = None
         self.failures = 0
+        self.monitor = Monitor(config)  # heartbeat, health.json, textfile, DANE self-check
+        self.last_result = PassResult()
+        self.last_status = ""
 
     def _start_watcher(self) -> None:
         self.watcher = LineageWatcher(
@@ -110,14 +113,26 @@ class Daemon:
             self.watcher = None
 
     def _pass(self, lineages: set[str] | None, monitor: bool = True) -> PassResult:
+        self.monitor.pass_started()
         try:
             result = self.service.reconcile(lineages, monitor=monitor)
         except DanesyncError as error:
             log.error("pass.failed", reason=str(error))
             result = PassResult(failed=True)
         self.failures = self.failures + 1 if result.failed else 0
-        self.notifier.status(self._summary(result))
+        self.last_result = result
+        summary = self._summary(result)
+        self.last_status = self.monitor.pass_finished(self.service.state, result.failed, summary)
+        self.notifier.status(self.last_status)
         return result
+
+    def _self_check(self) -> None:
+        """The DANE self-check from outside, and a heartbeat for `danesync status`."""
+        summary = self._summary(self.last_result)
+        text = self.monitor.light_check(self.service.state, summary)
+        if text != self.last_status:  # STATUS= at every check would only repeat itself
+            self.last_status = text
+            self.notifier.status(text)
 
     def _summary(self, result: PassResult) -> str:
         deployed = sum(1 for s in self.service.state.lineages.values() if s.deployed)
@@ -143,12 +158,20 @@ class Daemon:
             self._stop_watcher()
         self.config = config
         self.service = Service(config)
+        self.monitor.reconfigure(config)
         self.debouncer = Debouncer(config.daemon.settle)
         if restart_watcher or self.watcher is None:
             self._start_watcher()
         log.info("config.reloaded", path=str(config.path), certificates=len(config.certificates))
+        self._warn_families()
         # systemd 252 stays in "reloading" until READY=1 follows RELOADING=1.
         self.notifier.ready(self._summary(PassResult()))
+
+    def _warn_families(self) -> None:
+        """Issuer families that exceed the cap of records per name (danesync.families)."""
+        from danesync.family_report import log_family_warnings
+
+        log_family_warnings(self.config, self.service.state, dt.datetime.now(dt.UTC))
 
     def _poll_interval(self) -> float:
         """How often a held rollover looks at DNS again."""
@@ -170,17 +193,20 @@ class Daemon:
                 "daemon.started",
                 reason=f"no [[certificate]] is configured in {self.config.path}; waiting",
             )
+        self.monitor.install()
         self._start_watcher()
         result = self._pass(None, monitor=False)  # ARI can take seconds: after READY=1
         self.notifier.ready(self._summary(result))
         log.info("daemon.ready", certificates=len(self.config.certificates))
+        self._warn_families()
         self.service.run_monitoring()
+        self._self_check()
 
         ping_every = watchdog_interval()
         next_full = time.monotonic() + self.config.daemon.reconcile_interval
         next_ping = time.monotonic()
         next_poll = self._next_poll(result)
-        light_every = min(LIGHT_CHECK_INTERVAL, self.config.daemon.reconcile_interval)
+        light_every = min(self.monitor.check_interval, self.config.daemon.reconcile_interval)
         next_light = time.monotonic() + light_every
         while True:
             now = time.monotonic()
@@ -201,6 +227,10 @@ class Daemon:
             if signal.SIGHUP in signals:
                 self._reload_config()
                 next_full = now  # a new config gets a full pass
+                light_every = min(
+                    self.monitor.check_interval, self.config.daemon.reconcile_interval
+                )
+                next_light = min(next_light, now + light_every)
             live_dir = self.config.certbot.live_dir
             for lineage in changed:  # certbot done: read at once; otherwise after settle
                 self.debouncer.touch(lineage, now, done=read_certbot_done(live_dir, lineage))
@@ -210,6 +240,7 @@ class Daemon:
                 next_light = now + light_every
                 if self.config.dns.mode is not DnsMode.OFF and self.service.light_check():
                     next_full = now
+                self._self_check()
             if now >= next_full:
                 if self.watcher is not None and not self.watcher.alive():
                     log.warning("watcher.restarted", reason="the watcher thread had died")

@@ -25,13 +25,46 @@ class Monitor:
         self.config = config
         self._ari_notice_logged = False
         self._ari_next_check: dict[str, dt.datetime] = {}
+        # lineage -> (fingerprint, end of the CA's renewal window for that leaf)
+        self._ari_window_end: dict[str, tuple[str, dt.datetime]] = {}
+        self._service_certificates_logged = False
+
+    def warn_service_certificates(self) -> None:
+        """Once: master.cf services whose certificate settings danesync does not manage."""
+        if self._service_certificates_logged:
+            return
+        self._service_certificates_logged = True
+        from danesync.actions.postfix_audit import read_service_tls_notices
+        from danesync.errors import DanesyncError
+
+        try:
+            notices = read_service_tls_notices(
+                self.config.postfix.config_dir, self.config.postfix.deploy_dir
+            )
+        except DanesyncError as error:
+            log.warning("postfix.service_tls", reason=f"master.cf not read: {error}")
+            return
+        for notice in notices:
+            log.warning("postfix.service_tls", reason=notice)
 
     def warn_expiring(self, state: State, now: dt.datetime) -> None:
-        """`cert.expiring` at 21 and 7 days before notAfter, at every full pass."""
+        """`cert.expiring` once certbot's renewal is late or little is left (ari.py)."""
+        rollover_wait = dt.timedelta(seconds=self.config.dns.rollover_wait)
         for name, lineage_state in sorted(state.lineages.items()):
             deployed = lineage_state.deployed
-            warning = deployed and ari.plan_expiry_warnings(deployed.not_after, now)
-            if deployed is None or not warning:
+            if deployed is None:
+                continue
+            pending = lineage_state.pending
+            window = self._ari_window_end.get(name)
+            warning = ari.plan_expiry_warnings(
+                deployed.not_after,
+                now,
+                not_before=deployed.not_before,
+                held=pending is not None and pending.fingerprint != deployed.fingerprint,
+                rollover_wait=rollover_wait,
+                window_end=window[1] if window and window[0] == deployed.fingerprint else None,
+            )
+            if not warning:
                 continue
             level, reason = warning
             getattr(log, level)(
@@ -76,12 +109,18 @@ class Monitor:
                 )
             except AriError as error:
                 log.warning("renewal.unknown", lineage=lineage, reason=str(error))
-                self._ari_next_check[lineage] = now + dt.timedelta(hours=1)
+                # RFC 9773 4.3.3: a Retry-After on an error is honoured too.
+                self._ari_next_check[lineage] = (
+                    ari.build_next_check(error.retry_after, now)
+                    if error.retry_after
+                    else now + dt.timedelta(hours=1)
+                )
                 continue
             if window is None:
                 self._ari_next_check[lineage] = now + dt.timedelta(days=1)
                 continue
             self._ari_next_check[lineage] = window.next_check
+            self._ari_window_end[lineage] = (candidate.fingerprint, window.end)
             reason = ari.plan_renewal_notice(
                 window, deployed.not_after, candidate.fingerprint == deployed.fingerprint, now
             )

@@ -32,9 +32,17 @@ def observe_dns(rt: Runtime, names: Iterable[str], result: PassResult) -> frozen
     if answers.problems:
         reason = "; ".join(answers.problems)
         log.error("dns.failed", reason=reason)
-        rt.fail(result, "observe", "dns", reason)
+    # One failure per server (status shows each with since when); "dns" when
+    # not even the servers could be found.
+    if answers.problems and not answers.servers:
+        rt.fail(result, "observe", "dns", "; ".join(answers.problems))
     else:
         rt.succeeded("observe", "dns")
+    for server, problem in sorted(answers.servers.items()):
+        if problem is None:
+            rt.succeeded("observe", server)
+        else:
+            rt.fail(result, "observe", server, problem)
     now = rt.clock.wall()
     floor = rt.config.dns.rollover_wait
     for name, per_server in sorted(answers.rrsets.items()):

@@ -15,144 +15,56 @@ rule holds after it:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
 
 from danesync.config import Config, DnsMode
+from danesync.decisions import (
+    Candidate,
+    ClearInflight,
+    Decision,
+    Deploy,
+    DeployItem,
+    DeployKind,
+    Observations,
+    Plan,
+    Problem,
+    Publish,
+    Retire,
+    Step,
+    Verb,
+)
+from danesync.families import build_holding_family_records
 from danesync.history import RRset, is_never, possible_versions
 from danesync.matching import rrset_accepts
 from danesync.needs import Holding, build_holdings, build_needed_records
 from danesync.state import ChainInfo, State
 from danesync.tlsa import TlsaRecord
 
+__all__ = [
+    "FORCE_MARGIN",
+    "Candidate",
+    "ClearInflight",
+    "Decision",
+    "Deploy",
+    "DeployItem",
+    "DeployKind",
+    "Observations",
+    "Plan",
+    "Problem",
+    "Publish",
+    "Retire",
+    "Step",
+    "Verb",
+    "build_query_names",
+    "plan_pass",
+    "plan_recovery",
+]
+
 # A chain that expires before its successor is safe is replaced this long
 # before its notAfter: the last safe moment, with room for a reload and probe.
 FORCE_MARGIN = dt.timedelta(minutes=5)
 _GATE = "to be gated"  # a first-round DEPLOY that still has to pass the DNS gate
-
-
-class Verb(Enum):
-    UNCHANGED = "unchanged"  # the candidate is what Postfix serves
-    DEPLOY = "deploy"  # every possible RRset accepts it (or DNS is off)
-    FORCE = "force"  # emergency: the deployed chain is expired or at its last safe moment
-    PUBLISH = "publish"  # held: danesync publishes its records now
-    MISSING = "missing"  # held: records the operator must add (check mode)
-    WAIT_VISIBLE = "wait_visible"  # held: a server still serves an RRset that rejects it
-    WAIT_AGE = "wait_age"  # held: caches may still hold such an RRset until proceed_at
-    DNS_UNKNOWN = "dns_unknown"  # held: the DNS servers could not be asked
-    DOWNGRADE = "downgrade"  # not deployed: expires before the deployed chain
-    FAILED = "failed"  # its deploy failed before; not retried until it changes
-    INVALID = "invalid"
-    PENDING = "pending"  # certbot is mid-update
-
-    @property
-    def deploys(self) -> bool:
-        return self in (Verb.DEPLOY, Verb.FORCE)
-
-    @property
-    def holds(self) -> bool:
-        return self in (
-            Verb.PUBLISH,
-            Verb.MISSING,
-            Verb.WAIT_VISIBLE,
-            Verb.WAIT_AGE,
-            Verb.DNS_UNKNOWN,
-        )
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Why a lineage has no usable candidate now."""
-
-    reason: str
-    pending: bool = False
-
-
-Candidate = ChainInfo | Problem
-
-
-@dataclass(frozen=True)
-class Observations:
-    """What a pass saw, beyond the state (which holds the DNS history)."""
-
-    candidates: Mapping[str, Candidate]  # the lineages this pass decides
-    fresh: frozenset[str] = frozenset()  # owner names every server answered for now
-    served: Mapping[str, str] | None = None  # adoption probe: lineage -> served leaf
-    on_disk: Mapping[str, str | None] | None = None  # lineage -> its chain file's leaf
-
-
-@dataclass(frozen=True)
-class Decision:
-    lineage: str
-    verb: Verb
-    chain: ChainInfo | None = None
-    reason: str = ""
-    proceed_at: dt.datetime | None = None
-    missing: tuple[TlsaRecord, ...] = ()  # records it needs not yet served everywhere
-    forced_at: dt.datetime | None = None  # held, but deployed then at the latest
-
-
-class DeployKind(Enum):
-    NEW = "new"
-    FORCED = "forced"
-    RESUMED = "resumed"  # a deploy a restart cut short: the file is in place
-    REPAIR = "repair"  # the deployed chain's file is missing or altered
-
-
-@dataclass(frozen=True)
-class DeployItem:
-    lineage: str
-    chain: ChainInfo
-    kind: DeployKind
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class Deploy:
-    """Files, one parameter change, one reload, probes; a rollback per lineage."""
-
-    items: tuple[DeployItem, ...]
-
-
-@dataclass(frozen=True)
-class Publish:
-    name: str
-    add: tuple[TlsaRecord, ...]
-    ttl: int
-    previous_ttl: int | None = None  # the RRset's TTL before, when the update changes it
-
-
-@dataclass(frozen=True)
-class Retire:
-    name: str
-    delete: tuple[TlsaRecord, ...]
-
-
-@dataclass(frozen=True)
-class ClearInflight:
-    """A deploy in flight never wrote its file (or was rolled back): forget it."""
-
-    lineage: str
-
-
-Step = Deploy | Publish | Retire | ClearInflight
-
-
-@dataclass(frozen=True)
-class Plan:
-    decisions: tuple[Decision, ...]
-    steps: tuple[Step, ...]
-    missing: tuple[TlsaRecord, ...] = ()  # needed, not served everywhere (check mode logs them)
-
-    @property
-    def deploys(self) -> tuple[DeployItem, ...]:
-        return tuple(i for s in self.steps if isinstance(s, Deploy) for i in s.items)
-
-    @property
-    def wake_at(self) -> dt.datetime | None:
-        times = [d.proceed_at for d in self.decisions if d.proceed_at is not None]
-        return min(times, default=None)
 
 
 def primary_key(config: Config) -> str | None:
@@ -223,13 +135,22 @@ def plan_pass(config: Config, state: State, obs: Observations, now: dt.datetime)
     first = _refuse_duplicate_algorithms(config, state, first)
     held = {d.lineage: d.chain if (d.verb.holds or d.verb.deploys) else None for d in first}
     holdings = build_holdings(config, state, held)
-    needed = build_needed_records(holdings)
+    by_name: dict[str, list[Holding]] = {}
+    for holding in holdings:
+        for owner in holding.names:
+            by_name.setdefault(owner, []).append(holding)
+    # Records a lineage pre-publishes: the observations' and its issuer
+    # family's (danesync.families: every member's 2 1 1 stays published).
+    extra: dict[str, tuple[TlsaRecord, ...]] = dict(obs.extra_records or {})
+    for lineage, records in build_holding_family_records(config, holdings, now).items():
+        extra[lineage] = (*extra.get(lineage, ()), *records)
+    needed = build_needed_records(holdings, extra)
 
     steps: list[Step] = []
     publishes: dict[str, RRset] = {}
     if mode is DnsMode.RFC2136:
         for name in sorted(needed):
-            step = _plan_publish(ctx, holdings, name, needed[name])
+            step = _plan_publish(ctx, by_name.get(name, []), name, needed[name])
             if step is not None:
                 steps.append(step)
                 publishes[name] = RRset.of(ctx.current(name).records | set(step.add), step.ttl)
@@ -255,7 +176,7 @@ def plan_pass(config: Config, state: State, obs: Observations, now: dt.datetime)
     elif mode is DnsMode.RFC2136:
         # Retire only in a round that deploys nothing: what is served is settled.
         for name in sorted({n for n, h in state.names.items() if h.owned} & obs.fresh):
-            retire = _plan_retire(ctx, holdings, name, needed.get(name, frozenset()))
+            retire = _plan_retire(ctx, by_name.get(name, []), name, needed.get(name, frozenset()))
             if retire is not None:
                 steps.append(retire)
     missing: tuple[TlsaRecord, ...] = ()
@@ -292,16 +213,13 @@ def _plan_repairs(decisions: list[Decision], obs: Observations) -> list[DeployIt
     ]
 
 
-def _served_at(
-    ctx: _Context, holdings: tuple[Holding, ...], name: str
-) -> tuple[list[ChainInfo], bool]:
-    """The chains Postfix may present to a client of `name`, and whether an
-    unknown one (not deployed by danesync, not identified by the probe) is among them."""
+def _served_at(ctx: _Context, holdings: Sequence[Holding]) -> tuple[list[ChainInfo], bool]:
+    """The chains Postfix may present to clients of one owner name (`holdings`:
+    the lineages with that name), and whether an unknown one (not deployed by
+    danesync, not identified by the probe) is among them."""
     known: list[ChainInfo] = []
     unknown = False
     for holding in holdings:
-        if name not in holding.names:
-            continue
         lineage_state = ctx.state.lineages.get(holding.lineage)
         deployed = lineage_state.deployed if lineage_state else None
         inflight = lineage_state.inflight if lineage_state else None
@@ -320,7 +238,7 @@ def _served_at(
 
 
 def _plan_publish(
-    ctx: _Context, holdings: tuple[Holding, ...], name: str, needed: frozenset[TlsaRecord]
+    ctx: _Context, holdings: Sequence[Holding], name: str, needed: frozenset[TlsaRecord]
 ) -> Publish | None:
     if name not in ctx.obs.fresh:
         return None
@@ -329,7 +247,7 @@ def _plan_publish(
     if not add:
         return None
     result = current.records | add
-    known, unknown = _served_at(ctx, holdings, name)
+    known, unknown = _served_at(ctx, holdings)
     # An unknown chain (snakeoil, a bootstrap chain) matches whatever it matched:
     # adding to a non-empty RRset keeps that, turning an empty one non-empty may not.
     if unknown and not current.records:
@@ -342,11 +260,11 @@ def _plan_publish(
 
 
 def _plan_retire(
-    ctx: _Context, holdings: tuple[Holding, ...], name: str, needed: frozenset[TlsaRecord]
+    ctx: _Context, holdings: Sequence[Holding], name: str, needed: frozenset[TlsaRecord]
 ) -> Retire | None:
     history = ctx.state.names[name]
     current = ctx.current(name)
-    known, unknown = _served_at(ctx, holdings, name)
+    known, unknown = _served_at(ctx, holdings)
     if unknown:
         return None
     delete: list[TlsaRecord] = []

@@ -47,12 +47,19 @@ class Answers:
     rrsets: Mapping[str, Mapping[str, RRset]]
     problems: tuple[str, ...] = ()  # one line per server and name that could not be asked
     fresh: frozenset[str] = frozenset()  # names every server answered for
+    # Per server asked: the first reason it could not be asked, or None (answered
+    # everything): what `status` shows per DNS server, with since when.
+    servers: Mapping[str, str | None] = field(default_factory=dict)
 
 
 class Clock(Protocol):
     def wall(self) -> dt.datetime: ...
 
     def monotonic(self) -> float: ...
+
+    def boot(self) -> str:
+        """Identifies the monotonic clock's epoch (this boot)."""
+        ...
 
 
 class PostfixPort(Protocol):

@@ -3,6 +3,7 @@ the two things every step does (save the state, report a failure)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from danesync.config import Config
+from danesync.errors import StateError
 from danesync.ports import Clock, DnsPort, LineagePort, PostfixPort, StatePort
 from danesync.state import Failure, State
 from danesync.tlsa import TlsaRecord
@@ -48,7 +50,10 @@ class Runtime:
     visible: dict[str, frozenset[TlsaRecord]] = field(default_factory=dict)
 
     def save(self) -> None:
+        self.crash("save")
         self.state.last_wall = self.clock.wall()
+        self.state.last_monotonic = self.clock.monotonic()
+        self.state.boot = self.clock.boot()
         self.store.save(self.state)
 
     def fail(
@@ -66,6 +71,10 @@ class Runtime:
         attempts = previous.attempts + 1 if previous else 1
         since = previous.since if previous else self.clock.wall()
         self.state.failures[key] = Failure(step, target, reason, since, attempts, lineage)
+        # `status` must show it even if nothing else is saved in this pass; a
+        # state that cannot be written is itself the failure being reported.
+        with contextlib.suppress(StateError):
+            self.save()
         log.error(
             "pass.failed",
             step=step,

@@ -8,7 +8,7 @@ steps one at a time, saving the state after each (steps.py, deploy.py).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -19,10 +19,18 @@ from danesync.errors import DanesyncError
 from danesync.history import restart_waits
 from danesync.monitoring import Monitor
 from danesync.observe import observe_dns, observe_on_disk, observe_served, read_on_disk
-from danesync.plan import Candidate, Observations, build_query_names, plan_pass, plan_recovery
+from danesync.plan import (
+    Candidate,
+    Observations,
+    Plan,
+    Problem,
+    build_query_names,
+    plan_pass,
+    plan_recovery,
+)
 from danesync.ports import Clock, DnsPort, LineagePort, Offer, PostfixPort, StatePort
 from danesync.runtime import PassResult, Runtime, crash_point
-from danesync.state import StateStore
+from danesync.state import State, StateStore
 from danesync.steps import DecisionLog, execute_plan, record_decisions
 from danesync.tlsa import TlsaRecord
 
@@ -46,7 +54,7 @@ class Service:
         lineages: LineagePort | None = None,
         store: StatePort | None = None,
         clock: Clock | None = None,
-        crash: Any = crash_point,
+        crash: Callable[[str], None] = crash_point,
     ) -> None:
         from danesync import adapters
 
@@ -66,14 +74,14 @@ class Service:
         self.logs = DecisionLog()
         self.monitor = Monitor(config)
         self._full_pass_candidates: dict[str, object] = {}
-        self._clock_mark: tuple[dt.datetime, float] | None = None
         if loaded.note is not None:
-            log.warning("state.rebuilt", reason=loaded.note)
+            event = "state.migrated" if loaded.legacy is not None else "state.rebuilt"
+            log.warning(event, reason=loaded.note)
         if loaded.legacy is not None:
             self._migrate_v1(loaded.legacy)
 
     @property
-    def state(self) -> Any:
+    def state(self) -> State:
         return self.rt.state
 
     # --- one pass -----------------------------------------------------------
@@ -101,7 +109,7 @@ class Service:
             self._recover(result)
         now = rt.clock.wall()
         certificates = self._select(selected)
-        offers: dict[str, Offer | Candidate] = {
+        offers: dict[str, Offer | Problem] = {
             c.lineage: rt.lineages.read_candidate(c, now) for c in certificates
         }
         pems = {o.info.fingerprint: o.pem for o in offers.values() if isinstance(o, Offer)}
@@ -154,24 +162,26 @@ class Service:
                 reason="a deploy was interrupted by a restart; reloading Postfix",
                 lineages=resumed,
             )
-        from danesync.plan import Plan
-
         execute_plan(rt, Plan((), steps), pems, result)
 
     def _check_clock(self) -> None:
-        """Waits survive clock steps: on a wall-clock jump the waits restart."""
+        """Waits survive clock steps: on a wall-clock jump the waits restart.
+
+        The monotonic clock at the last save (same boot) says how much wall
+        time should have passed; after a reboot only a step back shows.
+        """
         rt = self.rt
-        wall, mono = rt.clock.wall(), rt.clock.monotonic()
-        mark = self._clock_mark
-        self._clock_mark = (wall, mono)
-        if mark is None:
-            # Across a restart only a step back can be told from downtime.
-            before = rt.state.last_wall
-            if before is None or wall >= before - CLOCK_TOLERANCE:
+        wall, mono, boot = rt.clock.wall(), rt.clock.monotonic(), rt.clock.boot()
+        state = rt.state
+        if state.last_wall is None:
+            return
+        if state.last_monotonic is not None and state.boot == boot and boot:
+            before = state.last_wall + dt.timedelta(seconds=mono - state.last_monotonic)
+            if abs(wall - before) <= CLOCK_TOLERANCE:
                 return
         else:
-            before = mark[0] + dt.timedelta(seconds=mono - mark[1])
-            if abs(wall - before) <= CLOCK_TOLERANCE:
+            before = state.last_wall
+            if wall >= before - CLOCK_TOLERANCE:
                 return
         log.warning(
             "clock.jumped",
@@ -209,18 +219,28 @@ class Service:
             return False
         primary = rt.dns.primary
         gone: set[TlsaRecord] = set()
+        unmatched = False  # a served chain that no record at one of its names matches
         for name in fresh:
             history = rt.state.name(name)
             current = history.current(primary) if primary else None
             if current is not None:
                 gone |= before[name] - current.records
-        return bool(gone)
+                served = {r.rdata for r in current.records}
+                unmatched |= any(
+                    not (deployed.matches & served)
+                    for c in self.config.certificates
+                    if name in c.tlsa
+                    and (s := rt.state.lineages.get(c.lineage)) is not None
+                    and (deployed := s.deployed) is not None
+                )
+        return bool(gone) or unmatched
 
     # --- monitoring -------------------------------------------------------------
 
     def run_monitoring(self) -> None:
         """Expiry warnings and ARI for the lineages the last full pass read."""
         now = self.rt.clock.wall()
+        self.monitor.warn_service_certificates()
         self.monitor.warn_expiring(self.rt.state, now)
         self.monitor.check_renewal_info(self.rt.state, self._full_pass_candidates, now)
 
@@ -254,7 +274,10 @@ class Service:
             record = TlsaRecord.from_key(key)
             history = rt.state.name(record.name)
             rt.state.names[record.name] = replace(history, owned=history.owned | {record})
-        rt.save()
+        try:
+            rt.save()
+        except DanesyncError as error:  # the next pass saves it, or says why it cannot
+            rt.fail(PassResult(), "migrate", str(self.config.state.dir), str(error))
 
 
 def run_sync(config: Config) -> int:
@@ -262,8 +285,8 @@ def run_sync(config: Config) -> int:
     from danesync.lock import acquire_lock
     from danesync.log import configure_logging
 
+    lock = acquire_lock(config.state.dir)  # before anything else: exit 75 says it all
     configure_logging("auto")
-    lock = acquire_lock(config.state.dir)
     try:
         result = Service(config).reconcile()
     finally:

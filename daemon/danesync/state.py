@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,12 +203,11 @@ class State:
     lineages: dict[str, LineageState] = field(default_factory=dict)
     names: dict[str, NameHistory] = field(default_factory=dict)
     failures: dict[str, Failure] = field(default_factory=dict)
-    last_wall: dt.datetime | None = None  # the wall clock at the last save
-    # name -> (what a document was made from, the document): a save at 10,000
-    # lineages serialized every lineage twice per renewal (seconds under load).
-    _dumped: dict[str, tuple[object, bytes]] = field(
-        default_factory=dict, repr=False, compare=False
-    )
+    # The clocks at the last save: within one boot, monotonic time tells a
+    # wall-clock jump from downtime, even across a restart.
+    last_wall: dt.datetime | None = None
+    last_monotonic: float | None = None
+    boot: str | None = None
 
     def lineage(self, name: str) -> LineageState:
         return self.lineages.setdefault(name, LineageState())
@@ -231,34 +229,36 @@ class State:
             "version": SCHEMA_VERSION,
             "reload_pending": self.reload_pending,
             "last_wall": _time_to_json(self.last_wall),
+            "last_monotonic": self.last_monotonic,
+            "boot": self.boot,
             "failures": {k: f.to_json() for k, f in sorted(self.failures.items())},
         }
 
-    def documents(self) -> dict[str, bytes]:
-        """Every file of the state, by path relative to the state directory."""
-        docs = {FILENAME: _dump(self.global_json())}
-        for name, lineage_state in self.lineages.items():
-            path = f"{LINEAGES}/{name}.json"
-            docs[path] = self._document(path, lineage_state.key(), lineage_state.to_json)
-        for owner, history in self.names.items():
-            path = f"{NAMES}/{owner}json"  # owner ends with "."
-            docs[path] = self._document(path, history, history.to_json)
-        for path in set(self._dumped) - docs.keys():
-            del self._dumped[path]
-        return docs
+    def documents(
+        self, cache: dict[str, tuple[tuple[Any, ...], bytes]] | None = None
+    ) -> dict[str, bytes]:
+        """Every file of the state, by path relative to the state directory.
 
-    def _document(self, path: str, source: object, to_json: Callable[[], Any]) -> bytes:
-        """`_dump(to_json())`, made again only when `source` changed.
-
-        `source` is immutable (a frozen NameHistory, a tuple of a lineage's
-        fields), so an equal one gives the same document.
+        With `cache`, a file whose values are the very same objects as at the
+        last call is not serialised again (10,000 lineages, one changed).
         """
-        cached = self._dumped.get(path)
-        if cached is not None and (cached[0] is source or cached[0] == source):
-            return cached[1]
-        data = _dump(to_json())
-        self._dumped[path] = (source, data)
-        return data
+        cache = {} if cache is None else cache
+
+        def dump(path: str, key: tuple[Any, ...], make: Any) -> bytes:
+            cached = cache.get(path)
+            if cached is not None and all(a is b for a, b in zip(cached[0], key, strict=True)):
+                return cached[1]
+            data = _dump(make())
+            cache[path] = (key, data)
+            return data
+
+        docs = {FILENAME: _dump(self.global_json())}
+        for name, ls in self.lineages.items():
+            docs[f"{LINEAGES}/{name}.json"] = dump(f"{LINEAGES}/{name}", ls.key(), ls.to_json)
+        for owner, history in self.names.items():
+            # owner ends with "."
+            docs[f"{NAMES}/{owner}json"] = dump(owner, (history,), history.to_json)
+        return docs
 
 
 def _dump(data: Any) -> bytes:
@@ -286,7 +286,7 @@ class Loaded:
     legacy: dict[str, Any] | None = None  # a v1 document, for the service to migrate
 
 
-def build_state(directory: Path) -> Loaded:
+def read_state(directory: Path) -> Loaded:
     """Read the state directory. Never raises for content: a file that is not
     understood is moved aside and the state rebuilt from what is observed."""
     path = directory / FILENAME
@@ -309,15 +309,29 @@ def build_state(directory: Path) -> Loaded:
 
 
 def _parse(directory: Path, data: dict[str, Any]) -> State:
-    state = State(last_wall=_optional_time_from_json(data.get("last_wall")))
+    documents = {FILENAME: data}
+    for sub in (LINEAGES, NAMES):
+        for file in sorted((directory / sub).glob("*.json")):
+            documents[f"{sub}/{file.name}"] = json.loads(file.read_text())
+    return build_state_from_documents(documents)
+
+
+def build_state_from_documents(documents: dict[str, Any]) -> State:
+    """The state from its parsed files (relative path -> JSON value)."""
+    data = documents[FILENAME]
+    state = State(
+        last_wall=_optional_time_from_json(data.get("last_wall")),
+        last_monotonic=data.get("last_monotonic"),
+        boot=data.get("boot"),
+    )
     state.failures = {k: Failure.from_json(v) for k, v in data.get("failures", {}).items()}
-    for file in sorted((directory / LINEAGES).glob("*.json")):
-        state.lineages[file.name.removesuffix(".json")] = LineageState.from_json(
-            json.loads(file.read_text())
-        )
-    for file in sorted((directory / NAMES).glob("*.json")):
-        owner = file.name.removesuffix("json")
-        state.names[owner] = NameHistory.from_json(owner, json.loads(file.read_text()))
+    for path, value in sorted(documents.items()):
+        if path.startswith(f"{LINEAGES}/"):
+            name = path.removeprefix(f"{LINEAGES}/").removesuffix(".json")
+            state.lineages[name] = LineageState.from_json(value)
+        elif path.startswith(f"{NAMES}/"):
+            owner = path.removeprefix(f"{NAMES}/").removesuffix("json")
+            state.names[owner] = NameHistory.from_json(owner, value)
     return state
 
 
@@ -355,17 +369,18 @@ class StateStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._written: dict[str, bytes] = {}
+        self._cache: dict[str, tuple[tuple[Any, ...], bytes]] = {}
 
     def load(self) -> Loaded:
-        loaded = build_state(self.directory)
+        loaded = read_state(self.directory)
         if loaded.note is None:
-            self._written = loaded.state.documents()
+            self._written = loaded.state.documents(self._cache)
         return loaded
 
     def save(self, state: State) -> None:
         from danesync.actions.files import write_atomic, write_atomic_many
 
-        documents = state.documents()
+        documents = state.documents(self._cache)
         try:
             for sub in (LINEAGES, NAMES):
                 (self.directory / sub).mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -405,6 +405,13 @@ class TestFetch:
         with pytest.raises(AriError, match=reason):
             fetch_renewal_window(server.directory_url, leaf.cert, leaf.chain[0])
 
+    def test_retry_after_on_an_error(self, server: AriServer, hierarchy: Hierarchy) -> None:
+        leaf = _leaf(hierarchy)
+        server.answer(leaf, Answer(503, b"busy", "text/plain", headers={"Retry-After": "7200"}))
+        with pytest.raises(AriError, match="HTTP 503") as caught:
+            fetch_renewal_window(server.directory_url, leaf.cert, leaf.chain[0])
+        assert caught.value.retry_after == "7200"
+
     def test_timeout(self, server: AriServer, hierarchy: Hierarchy) -> None:
         leaf = _leaf(hierarchy)
         server.answer(leaf, Answer(200, b"{}", delay=3))

@@ -27,6 +27,7 @@ from danesync.config import (
     DnsConfig,
     DnsMode,
     Endpoint,
+    MonitorConfig,
     PostfixConfig,
     StateConfig,
     build_config,
@@ -191,6 +192,10 @@ BAD_VALUES = [
     ("daemon", "settle", "60.5", "must be between 0 and 60 seconds, not 60.5"),
     ("daemon", "settle", "false", "must be a number of seconds, not a boolean"),
     ("daemon", "settle", "1979-05-27", "must be a number of seconds, not date"),
+    ("families", "file", '"families.toml"', "must be an absolute path, not 'families.toml'"),
+    ("monitor", "textfile", '"danesync.prom"', "must be an absolute path, not 'danesync.prom'"),
+    ("monitor", "check_interval", "0", "must be between 1 and 86400 seconds, not 0"),
+    ("monitor", "resolver", '"[::1"', "'[::1' has '[' without ']'"),
 ]
 
 # What danesync says about a name certbot accepts but Postfix's lists cannot hold.
@@ -249,6 +254,7 @@ BAD_CERTIFICATE_VALUES = [
     ("usages", '["2 1 1", " 2  1 1 "]', "has duplicate entries"),
     ("usages", '"2 1 1"', "must be a list, not a string"),
     ("sni", '"no"', "must be true or false, not a string"),
+    ("issuers", "true", "must be a string, not a boolean"),
 ]
 
 
@@ -448,6 +454,7 @@ class TestDefaults:
             "dns": DnsConfig(),
             "state": StateConfig(),
             "daemon": DaemonConfig(),
+            "monitor": MonitorConfig(),
         }
         for section, keys in SCHEMA.items():
             for key, (_check, default) in keys.items():
@@ -618,9 +625,12 @@ EXAMPLE_KEYS = {
     "dns.zone",
     "dns.tsig_key_file",
     "dns.verify_servers",
+    "monitor.textfile",
     "certificate.lineage",
     "certificate.hostnames",
     "certificate.tlsa",
+    "families.file",
+    "certificate.issuers",
 }
 
 
@@ -729,8 +739,12 @@ class TestSample:
         server = next(d.line for d in documented_keys() if d.name == "dns.server")
         config = build_config(tomllib.loads(uncomment(server, *block)), SAMPLE)
         (cert,) = config.certificates
-        # The example spells out the defaults for its lineage (hostnames written out).
-        assert cert == replace(CertificateConfig.default_for(cert.lineage), hostnames_set=True)
+        # The example spells out the defaults for its lineage (hostnames written out;
+        # issuers: an example value).
+        assert cert.issuers == "letsencrypt"
+        assert replace(cert, issuers=None) == replace(
+            CertificateConfig.default_for(cert.lineage), hostnames_set=True
+        )
         with pytest.raises(ConfigError) as caught:
             build_config(tomllib.loads(uncomment(*block)), SAMPLE)
         assert caught.value.problems[0].startswith('dns.server: required when dns.mode is "check"')

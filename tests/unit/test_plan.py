@@ -396,3 +396,21 @@ class TestFinding10LastSafeMoment:
             config, state, observe({MX: candidate}), decision.forced_at
         ).decisions
         assert decision.verb is Verb.FORCE
+
+
+class TestExtraRecords:
+    """Records a lineage pre-publishes (issue 12) are needed like its own."""
+
+    def test_extra_records_are_published_and_kept(self, old: Hierarchy) -> None:
+        chain = make_chain(old.issue())
+        state = deployed_state(chain, *chain.tlsa)
+        extra = TlsaRecord(NAME, 2, 1, 1, "ee" * 32)
+        obs = Observations({MX: chain}, frozenset({NAME}), extra_records={MX: (extra,)})
+        (publish,) = steps_of(plan_pass(make_config(), state, obs, NOW), Publish)
+        assert publish.add == (extra,)
+        served(state, NOW, *chain.tlsa, extra)
+        history = state.names[NAME]
+        state.names[NAME] = NameHistory(
+            NAME, history.seen, history.servers, history.owned | {extra}
+        )
+        assert not plan_pass(make_config(), state, obs, NOW).steps

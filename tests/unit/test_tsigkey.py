@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from danesync import tsigkey, tsigkeyfile
 from danesync.errors import TsigKeyError
 from danesync.tsigkey import SUPPORTED_ALGORITHMS, TsigKey, build_tsig_keys, read_tsig_key
 from tests.conftest import require_program
@@ -381,3 +382,66 @@ class TestOtherServersFormats:
         (key,) = build_tsig_keys(output, "k")
         assert (key.name, key.algorithm) == ("from-knot", "hmac-sha384")
         assert base64.b64encode(key.secret).decode() in output
+
+
+class TestCurrentTsigKey:
+    """current_tsig_key re-reads the file when it changes, and only then."""
+
+    def _write(self, path: Path, secret: bytes, mode: int = 0o600) -> None:
+        path.write_text(_key_text("danesync", "hmac-sha256", secret))
+        path.chmod(mode)
+
+    def test_unchanged_file_is_not_read_again(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        path = tmp_path / "k.key"
+        self._write(path, SECRET)
+        reads: list[Path] = []
+        real = tsigkey.read_tsig_key
+
+        def counting(p: Path, name: str | None = None) -> TsigKey:
+            reads.append(p)
+            return real(p, name)
+
+        monkeypatch.setattr(tsigkeyfile, "read_tsig_key", counting)
+        assert tsigkeyfile.current_tsig_key(path).secret == SECRET
+        assert tsigkeyfile.current_tsig_key(path).secret == SECRET
+        assert len(reads) == 1
+
+    def test_secret_fixed_in_place(self, tmp_path: Path) -> None:
+        path = tmp_path / "k.key"
+        self._write(path, b"old secret, 32 bytes long......")
+        assert tsigkeyfile.current_tsig_key(path).secret.startswith(b"old")
+        before = path.stat().st_mtime_ns
+        with path.open("w") as file:  # same inode, same size
+            file.write(_key_text("danesync", "hmac-sha256", b"new secret, 32 bytes long......"))
+        # An editor saves later than the first write; within one clock tick the
+        # mtime could be equal, so make "later" explicit.
+        os.utime(path, ns=(before + 10**9, before + 10**9))
+        assert tsigkeyfile.current_tsig_key(path).secret.startswith(b"new")
+
+    def test_renamed_over(self, tmp_path: Path) -> None:
+        path, fresh = tmp_path / "k.key", tmp_path / "k.key.new"
+        self._write(path, SECRET)
+        tsigkeyfile.current_tsig_key(path)
+        self._write(fresh, b"rotated secret.................")
+        fresh.rename(path)
+        assert tsigkeyfile.current_tsig_key(path).secret.startswith(b"rotated")
+
+    def test_loosened_mode_is_refused_at_once(self, tmp_path: Path) -> None:
+        path = tmp_path / "k.key"
+        self._write(path, SECRET)
+        tsigkeyfile.current_tsig_key(path)
+        path.chmod(0o644)
+        with pytest.raises(TsigKeyError, match="mode 0644"):
+            tsigkeyfile.current_tsig_key(path)
+        path.chmod(0o600)
+        assert tsigkeyfile.current_tsig_key(path).secret == SECRET
+
+    def test_deleted_file_is_an_error(self, tmp_path: Path) -> None:
+        path = tmp_path / "k.key"
+        self._write(path, SECRET)
+        tsigkeyfile.current_tsig_key(path)
+        path.unlink()
+        with pytest.raises(TsigKeyError, match="no such file"):
+            tsigkeyfile.current_tsig_key(path)

@@ -491,6 +491,27 @@ def find_verify_servers(zone: str, primary: Server, timeout: float = 3.0) -> lis
     return list(servers)
 
 
+def find_zone(primary: Server, name: str, timeout: float = 3.0) -> str:
+    """The zone `primary` holds `name` in: the owner of the SOA record in its
+    answer or authority section (an SOA query, no recursion). Raises DnsError."""
+    owner = dns.name.from_text(absolute_name(name))
+    query = dns.message.make_query(owner, dns.rdatatype.SOA)
+    query.flags &= ~dns.flags.RD
+    try:
+        response = _exchange(primary, query, timeout, tcp=False)
+    except _Unreachable as error:
+        raise DnsError(f"cannot ask {primary} for the zone of {owner}: {error.detail}") from error
+    if response.flags & dns.flags.AA:
+        for section in (response.answer, response.authority):
+            for rrset in section:
+                if rrset.rdtype == dns.rdatatype.SOA and owner.is_subdomain(rrset.name):
+                    return str(rrset.name.to_text())
+    raise DnsError(
+        f"{primary} is not authoritative for {owner} (no SOA in its answer): "
+        "set dns.zone or dns.verify_servers"
+    )
+
+
 # The RFC 2136 half lives in dnsupdate.py; its names stay importable from here.
 # (Import them from this module: dnsupdate imports this one first.)
 from danesync.actions.dnsupdate import TRANSIENT_FAILURES as TRANSIENT_FAILURES  # noqa: E402, PLC0414

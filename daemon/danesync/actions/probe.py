@@ -55,6 +55,48 @@ def probe_starttls(
 
     Raises ProbeError saying which step failed.
     """
+    return _starttls(host, port, servername, timeout, key_algorithm)[0]
+
+
+def probe_served_chain(
+    host: str,
+    port: int,
+    servername: str | None = None,
+    timeout: float = 5,
+    *,
+    key_algorithm: str | None = None,
+) -> tuple[bytes, ...]:
+    """As `probe_starttls`, but every certificate the server sent, leaf first, DER.
+
+    A DANE-TA check needs the whole chain as served, in the server's order.
+    Where this Python cannot give it (no `get_unverified_chain`), the tuple
+    holds the leaf only.
+    """
+    return _starttls(host, port, servername, timeout, key_algorithm)
+
+
+def _served_chain(tls: ssl.SSLSocket) -> tuple[bytes, ...]:
+    """The certificates the peer sent: public API from Python 3.13, private before."""
+    public = getattr(tls, "get_unverified_chain", None)
+    if public is not None:
+        return tuple(_der(cert) for cert in public() or ())
+    private = getattr(getattr(tls, "_sslobj", None), "get_unverified_chain", None)
+    if private is not None:
+        return tuple(_der(cert) for cert in private() or ())
+    leaf = tls.getpeercert(binary_form=True)
+    return (leaf,) if leaf else ()
+
+
+def _der(cert: object) -> bytes:
+    if isinstance(cert, bytes):
+        return cert
+    return bytes(cert.public_bytes(ssl._ssl.ENCODING_DER))  # type: ignore[attr-defined]
+
+
+def _starttls(
+    host: str, port: int, servername: str | None, timeout: float, key_algorithm: str | None
+) -> tuple[bytes, ...]:
+    """The chain the server sent after STARTTLS (at least the leaf), leaf first."""
     where = format_host_port(host, port)
     try:
         smtp = smtplib.SMTP(host, port, local_hostname=socket.gethostname(), timeout=timeout)
@@ -84,9 +126,12 @@ def probe_starttls(
         der = tls.getpeercert(binary_form=True)
         if not der:
             raise ProbeError(f"{where}: no certificate served")
+        chain = _served_chain(tls)
+        if not chain or chain[0] != der:
+            chain = (der, *chain)
         with contextlib.suppress(OSError, smtplib.SMTPException):
             smtp.quit()  # a courtesy: we have what we came for
-        return der
+        return chain
     except ProbeError:
         raise
     except (OSError, smtplib.SMTPException) as error:

@@ -1,0 +1,75 @@
+"""Shrunk counterexamples of the simulation, kept as plain tests.
+
+Each was found by breaking the code on purpose (the commit message or the
+docstring says how) and must pass on the real code.
+"""
+
+from __future__ import annotations
+
+from tests.sim.machine import MX, DanesyncWorld
+
+
+def checked(world: DanesyncWorld) -> DanesyncWorld:
+    world.every_presented_chain_matches_every_possible_rrset()
+    return world
+
+
+class TestCounterexamples:
+    """Event sequences that broke a planner without the waits."""
+
+    def test_old_rrset_cached_from_the_primary(self) -> None:
+        """Found with the gate ignoring versions no server serves any more (no wait):
+        a cache fetched the old RRset, the new record was published, and the
+        next pass deployed the new issuer while the cache still held the old RRset."""
+        world = checked(DanesyncWorld())
+        checked(world).full_pass()
+        world.fetch(cache=0, server=0)
+        checked(world).renew(kind="issuer", lineage="rsa")
+        checked(world).full_pass()
+        checked(world).full_pass()
+        checked(world)
+        deployed = world.service.state.lineages["rsa"].deployed
+        assert deployed is not None and deployed.serial == "0001"  # still the old one
+
+    def test_rollover_completes_after_the_wait(self) -> None:
+        world = checked(DanesyncWorld())
+        world.full_pass()
+        world.full_pass()  # publishes what the first deploys need
+        world.transfer(0)
+        world.renew(kind="issuer", lineage="rsa")
+        world.full_pass()
+        for cache in range(3):
+            world.fetch(cache=cache, server=1)
+        world.transfer(0)
+        world.advance(10)
+        checked(world).full_pass()
+        assert world.service.state.lineages["rsa"].deployed.serial == "0001"
+        world.advance(120)
+        checked(world).full_pass()
+        checked(world)
+        assert world.service.state.lineages["rsa"].deployed.serial == "0005"
+        records = {r.rdata for r in world.dns.rrset(world.dns.servers[0], MX).records}
+        assert len(records) == 2  # the old issuer's record retired, ecdsa's kept
+
+    def test_old_record_outlives_the_old_chain(self) -> None:
+        """Found with records retired in the round that deploys (and without the
+        served-chain gate): the old issuer's record went before the old chain."""
+        world = checked(DanesyncWorld())
+        checked(world).full_pass()
+        checked(world).renew(kind="issuer", lineage="rsa")
+        checked(world).full_pass()
+        checked(world)
+
+    def test_name_rejoining_a_lineage_over_foreign_records(self) -> None:
+        """Found by `make soak`: a TLSA name left the config, danesync retired its
+        record there, the operator's record stayed; the name came back. The
+        simulation now refuses config changes that break DANE by themselves."""
+        world = checked(DanesyncWorld())
+        world.change_config(extra=True, ttl=15, usages=("2 1 1",), wait=None)
+        checked(world).full_pass()
+        world.operator_adds_a_record(name="_25._tcp.extra.example.test.", ttl=15)
+        world.change_config(extra=False, ttl=15, usages=("2 1 1",), wait=None)
+        checked(world).full_pass()
+        world.change_config(extra=True, ttl=15, usages=("2 1 1",), wait=None)
+        checked(world).full_pass()
+        checked(world)
