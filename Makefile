@@ -84,4 +84,4 @@ soak: venv
 	DANESYNC_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -p no:cacheprovider -s tests/sim/test_soak.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage build dist *.egg-info daemon/*.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* build dist *.egg-info daemon/*.egg-info

@@ -22,7 +22,8 @@ from danesync.plan import Problem
 from danesync.ports import Answers, Offer, ProbeRequest
 from danesync.state import ChainInfo
 from danesync.tlsa import TlsaRecord
-from danesync.tsigkey import TsigKey, current_tsig_key
+from danesync.tsigkey import TsigKey
+from danesync.tsigkeyfile import current_tsig_key
 
 PROBE_WORKERS = 16  # concurrent STARTTLS probes after a deploy
 
@@ -98,6 +99,7 @@ class RealPostfix:
         self.deploy_dir = config.postfix.deploy_dir
         self.config_dir = config.postfix.config_dir
         self._holds: dict[str, tuple[tuple[int, int, int, int, int], bytes]] = {}
+        self._paths: dict[str, Path] = {}
         # One SNI table up to 256 SNI certificates, then 2, 4, ... (snitables.py):
         # fixed by the configuration, so a renewal never changes main.cf.
         self._sni_shards = snitables.plan_sni_shard_count(
@@ -105,7 +107,11 @@ class RealPostfix:
         )
 
     def chain_path(self, lineage: str) -> Path:
-        return files.chain_file_path(self.deploy_dir, lineage)
+        # Memoized: a renewal at 10,000 lineages asked 20,000 times (1 s of Path()).
+        path = self._paths.get(lineage)
+        if path is None:
+            path = self._paths[lineage] = files.chain_file_path(self.deploy_dir, lineage)
+        return path
 
     def read_chain_file(self, lineage: str) -> bytes | None:
         try:

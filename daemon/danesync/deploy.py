@@ -151,6 +151,7 @@ def run_deploy(
     )
     lineages = [i.lineage for i in written]
     try:
+        # A lineage dropped from the config leaves the table with this deploy.
         dropped = any(rt.config.certificate(n) is None for n in rt.state.lineages)
         if _sni_touched(rt, lineages) or dropped or not rt.postfix.sni_table_exists():
             chains = _deployed(rt, written)
@@ -160,7 +161,7 @@ def run_deploy(
                 log.warning("sni.conflict", reason=problem)
             entries = build_sni_entries(rt.config, chains, rt.postfix)
             if entries:  # main.cf must never name a table that is not there
-                rt.postfix.write_sni_table(entries, set(lineages))
+                rt.postfix.write_sni_table(entries, None if dropped else set(lineages))
         wanted = build_wanted_parameters(rt.config, _deployed(rt, written), rt.postfix)
         checkpoint.parameters = rt.postfix.write_parameter_changes(wanted)
         _log_removed_parameters(checkpoint.parameters)

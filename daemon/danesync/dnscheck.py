@@ -22,7 +22,6 @@ The judging functions are pure (`judge_*`); the queries are thin.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,9 +44,6 @@ from danesync.tlsa import TlsaRecord, absolute_name
 from danesync.tsigkey import TsigKey, read_tsig_key
 
 TIMEOUT = 3.0
-# Where to find a validating resolver: "host[:port], ..." (tests, odd set-ups);
-# by default the nameservers of /etc/resolv.conf on port 53. Empty: none.
-RESOLVER_ENV = "DANESYNC_RESOLVER"
 
 
 # -- pure judges -------------------------------------------------------------
@@ -140,12 +136,17 @@ def judge_policy(
             f"{server} refuses {who} to change {at}: its update-policy "
             "(or allow-update) does not grant it",
         )
-    if answer == "BADKEY" and key_verified:
+    if key_verified and (answer == "BADKEY" or answer.startswith("UNSIGNED-")):
+        how = (
+            "NOTAUTH with TSIG error BADKEY"
+            if answer == "BADKEY"
+            else f"{answer.removeprefix('UNSIGNED-')} without a TSIG signature"
+        )
         return Finding(
             "error",
-            f"{server} refuses {who} to change {at}: NOTAUTH with TSIG error BADKEY for a key "
-            "it knows, which is how Knot answers an ACL denial (acl: action: update, "
-            "update-type: [TLSA], update-owner-name)",
+            f"{server} refuses {who} to change {at}: {how} for a key it knows, which is how "
+            "Knot answers an ACL denial (acl: action: update, update-type: [TLSA], "
+            "update-owner-name)",
         )
     if answer.startswith("UNSIGNED-") or answer in ("BADKEY", "BADSIG", "BADTIME"):
         return Finding("error", f"{server} did not accept {who} for updates ({answer})")
@@ -234,12 +235,13 @@ def query_validated(resolver: Server, zone: str) -> tuple[bool | None, str]:
     return bool(response.flags & dns.flags.AD), ""
 
 
-def find_resolver() -> Server | None:
-    """The first configured validating-resolver candidate."""
-    configured = os.environ.get(RESOLVER_ENV)
-    if configured is not None:
-        first = configured.split(",")[0].strip()
-        return Server.parse(first) if first else None
+def find_resolver(setting: str) -> Server | None:
+    """The validating resolver `monitor.resolver` names: "off" (none),
+    "system" (the first nameserver of /etc/resolv.conf), or "host:port"."""
+    if setting == "off":
+        return None
+    if setting != "system":
+        return Server.parse(setting)
     try:
         lines = Path("/etc/resolv.conf").read_text().splitlines()
     except OSError:
@@ -386,7 +388,7 @@ def _dnssec_findings(
                 unsigned.append(server)
         if present:
             findings.append(judge_signed(f"{name} {rdtype}", unsigned, asked))
-    resolver = find_resolver()
+    resolver = find_resolver(context.config.monitor.resolver)
     ad, error = (None, "") if resolver is None else query_validated(resolver, context.zone)
     findings.append(judge_validation(context.zone, resolver, ad, error))
     return findings

@@ -227,6 +227,10 @@ class Daemon:
             if signal.SIGHUP in signals:
                 self._reload_config()
                 next_full = now  # a new config gets a full pass
+                light_every = min(
+                    self.monitor.check_interval, self.config.daemon.reconcile_interval
+                )
+                next_light = min(next_light, now + light_every)
             live_dir = self.config.certbot.live_dir
             for lineage in changed:  # certbot done: read at once; otherwise after settle
                 self.debouncer.touch(lineage, now, done=read_certbot_done(live_dir, lineage))

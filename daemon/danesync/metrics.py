@@ -10,7 +10,7 @@ Names follow Prometheus' conventions: the `danesync_` prefix, base units
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from danesync.health import Health
@@ -64,8 +64,17 @@ def _rollover_state(facts: LineageFacts, health: Health | None) -> str:
     return "none"
 
 
-def build_metrics(lineages: Sequence[LineageFacts], health: Health | None, verdict: Verdict) -> str:
-    """The textfile's content, in the Prometheus text exposition format 0.0.4."""
+def build_metrics(
+    lineages: Sequence[LineageFacts],
+    health: Health | None,
+    verdict: Verdict,
+    published: Mapping[str, int] | None = None,
+) -> str:
+    """The textfile's content, in the Prometheus text exposition format 0.0.4.
+
+    `published`: records per owner name as the daemon's own passes last saw
+    them; the self-check's fresher count wins where it judged the name.
+    """
     status = _Family(
         "danesync_status",
         "gauge",
@@ -104,13 +113,12 @@ def build_metrics(lineages: Sequence[LineageFacts], health: Health | None, verdi
             proceed_at.add(_timestamp(facts.proceed_at), lineage=facts.lineage)
 
     families = [status, not_after, rollover, waiting_since, proceed_at]
-    if health is not None:
-        families += _health_families(health)
+    families += _health_families(health or Health(), published or {})
     lines = [line for family in families for line in family.render()]
     return "\n".join(lines) + "\n"
 
 
-def _health_families(health: Health) -> list[_Family]:
+def _health_families(health: Health, published: Mapping[str, int]) -> list[_Family]:
     last_pass = _Family(
         "danesync_last_pass_timestamp_seconds",
         "gauge",
@@ -145,10 +153,11 @@ def _health_families(health: Health) -> list[_Family]:
         "gauge",
         "TLSA records published at the owner name, as the verify servers answered.",
     )
-    counts: dict[str, int] = {}
+    checked: dict[str, int] = {}
     for check in health.dane:
         if check.outcome != "error" and check.source.startswith("verify server"):
-            counts[check.name] = max(counts.get(check.name, 0), len(check.published))
+            checked[check.name] = max(checked.get(check.name, 0), len(check.published))
+    counts = {**published, **checked}
     for name, count in sorted(counts.items()):
         records.add(str(count), name=name)
     dane = _Family(

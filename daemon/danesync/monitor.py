@@ -30,6 +30,7 @@ from danesync.verdict import (
     build_verdict,
     facts_from_state,
     failures_from_state,
+    published_from_state,
 )
 
 log = structlog.get_logger("danesync")
@@ -87,7 +88,8 @@ class Monitor:
             textfile = self.config.monitor.textfile
             if textfile is not None:
                 facts = facts_from_state(self.config, state)
-                write_metrics(textfile, build_metrics(facts, health, verdict))
+                published = published_from_state(state)
+                write_metrics(textfile, build_metrics(facts, health, verdict, published))
             self._write_failed = False
         except (OSError, DanesyncError) as error:
             if not self._write_failed:  # once per streak, not at every pass

@@ -140,10 +140,10 @@ def plan_pass(config: Config, state: State, obs: Observations, now: dt.datetime)
     for holding in holdings:
         for owner in holding.names:
             by_name.setdefault(owner, []).append(holding)
-    # Issuer families (danesync.families): every member's 2 1 1 stays published;
-    # `obs.extra_records` adds what a caller pre-publishes beside them.
-    extra = dict(build_holding_family_records(config, holdings, now))
-    for lineage, records in (obs.extra_records or {}).items():
+    # Records a lineage pre-publishes: the observations' and its issuer
+    # family's (danesync.families: every member's 2 1 1 stays published).
+    extra: dict[str, tuple[TlsaRecord, ...]] = dict(obs.extra_records or {})
+    for lineage, records in build_holding_family_records(config, holdings, now).items():
         extra[lineage] = (*extra.get(lineage, ()), *records)
     needed = build_needed_records(holdings, extra)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from danesync.config import Config
-from danesync.errors import DanesyncError
+from danesync.errors import StateError
 from danesync.ports import Clock, DnsPort, LineagePort, PostfixPort, StatePort
 from danesync.state import Failure, State
 from danesync.tlsa import TlsaRecord
@@ -71,6 +71,10 @@ class Runtime:
         attempts = previous.attempts + 1 if previous else 1
         since = previous.since if previous else self.clock.wall()
         self.state.failures[key] = Failure(step, target, reason, since, attempts, lineage)
+        # `status` must show it even if nothing else is saved in this pass; a
+        # state that cannot be written is itself the failure being reported.
+        with contextlib.suppress(StateError):
+            self.save()
         log.error(
             "pass.failed",
             step=step,
@@ -79,10 +83,6 @@ class Runtime:
             attempts=attempts,
             **({"lineage": lineage} if lineage else {}),
         )
-        # `status` must show it even if nothing else is saved in this pass; when
-        # the state directory itself is what fails, the log line says it.
-        with contextlib.suppress(DanesyncError, OSError):
-            self.save()
 
     def succeeded(self, step: str, target: str, lineage: str | None = None) -> None:
         self.state.failures.pop(f"{step} {target} {lineage or ''}", None)

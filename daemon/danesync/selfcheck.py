@@ -180,8 +180,8 @@ def read_published(
 def read_validated(
     name: str, resolver: str | None = None, timeout: float = 3.0
 ) -> Published | None:
-    """The RRset from a resolver (`host:port`, else the system's) if it validated
-    the answer (AD bit), else None.
+    """The RRset from a resolver (`host:port`, else the system's on loopback) if it
+    validated the answer (AD bit), else None.
 
     A resolver that does not validate, or none at all, is no source: senders
     behind a validating cache are the ones DANE protects.
@@ -203,7 +203,9 @@ def read_validated(
             system = dns.resolver.Resolver(configure=True)
         except (dns.resolver.NoResolverConfiguration, OSError):
             return None
-        nameservers = [(str(address), 53) for address in system.nameservers]
+        # Only a resolver on this host: an AD bit that crossed the network
+        # unauthenticated proves nothing (what Postfix's DANE support assumes too).
+        nameservers = [(str(a), 53) for a in system.nameservers if _is_loopback(str(a))]
     query = dns.message.make_query(name, dns.rdatatype.TLSA, want_dnssec=True)
     query.flags |= dns.flags.AD
     for nameserver, port in nameservers:
@@ -223,6 +225,15 @@ def read_validated(
         )
         return Published(f"validating resolver {nameserver}", records)
     return None
+
+
+def _is_loopback(address: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def verify_servers(config: Config) -> list[dns_actions.Server]:

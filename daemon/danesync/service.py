@@ -219,12 +219,21 @@ class Service:
             return False
         primary = rt.dns.primary
         gone: set[TlsaRecord] = set()
+        unmatched = False  # a served chain that no record at one of its names matches
         for name in fresh:
             history = rt.state.name(name)
             current = history.current(primary) if primary else None
             if current is not None:
                 gone |= before[name] - current.records
-        return bool(gone)
+                served = {r.rdata for r in current.records}
+                unmatched |= any(
+                    not (deployed.matches & served)
+                    for c in self.config.certificates
+                    if name in c.tlsa
+                    and (s := rt.state.lineages.get(c.lineage)) is not None
+                    and (deployed := s.deployed) is not None
+                )
+        return bool(gone) or unmatched
 
     # --- monitoring -------------------------------------------------------------
 

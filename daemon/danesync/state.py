@@ -126,6 +126,18 @@ class LineageState:
     failed_fingerprint: str | None = None
     failed_reason: str | None = None
 
+    def key(self) -> tuple[object, ...]:
+        """Every field, as an immutable value: equal keys, equal documents."""
+        return (
+            self.deployed,
+            self.pending,
+            self.pending_since,
+            self.proceed_at,
+            self.inflight,
+            self.failed_fingerprint,
+            self.failed_reason,
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "deployed": self.deployed.to_json() if self.deployed else None,
@@ -242,16 +254,7 @@ class State:
 
         docs = {FILENAME: _dump(self.global_json())}
         for name, ls in self.lineages.items():
-            key = (
-                ls.deployed,
-                ls.pending,
-                ls.pending_since,
-                ls.proceed_at,
-                ls.inflight,
-                ls.failed_fingerprint,
-                ls.failed_reason,
-            )
-            docs[f"{LINEAGES}/{name}.json"] = dump(f"{LINEAGES}/{name}", key, ls.to_json)
+            docs[f"{LINEAGES}/{name}.json"] = dump(f"{LINEAGES}/{name}", ls.key(), ls.to_json)
         for owner, history in self.names.items():
             # owner ends with "."
             docs[f"{NAMES}/{owner}json"] = dump(owner, (history,), history.to_json)
@@ -375,18 +378,25 @@ class StateStore:
         return loaded
 
     def save(self, state: State) -> None:
-        from danesync.actions.files import write_atomic
+        from danesync.actions.files import write_atomic, write_atomic_many
 
         documents = state.documents(self._cache)
         try:
             for sub in (LINEAGES, NAMES):
                 (self.directory / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-            # Per-lineage and per-name files first, the global file last.
-            for relative in sorted(documents, key=lambda p: p == FILENAME):
-                data = documents[relative]
-                if self._written.get(relative) != data:
-                    write_atomic(self.directory / relative, data, mode=0o600)
-                    self._written[relative] = data
+            # Per-lineage and per-name files first (in one batch: one flush for
+            # all, not two fsyncs each), the global file last.
+            changed = {
+                relative: data
+                for relative, data in documents.items()
+                if relative != FILENAME and self._written.get(relative) != data
+            }
+            write_atomic_many({self.directory / r: d for r, d in changed.items()}, mode=0o600)
+            self._written.update(changed)
+            data = documents.get(FILENAME)
+            if data is not None and self._written.get(FILENAME) != data:
+                write_atomic(self.directory / FILENAME, data, mode=0o600)
+                self._written[FILENAME] = data
             for relative in set(self._written) - set(documents):
                 (self.directory / relative).unlink(missing_ok=True)
                 del self._written[relative]

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import binascii
 import os
-import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +57,11 @@ _REFUSED_ALGORITHMS = {
     "hmac-md5": "hmac-md5 is not accepted (RFC 8945 does not recommend it)",
 }
 SUPPORTED_ALGORITHMS = tuple(_ALGORITHMS)
+_FORMATS_HINT = (
+    "a key file is BIND's key statement (tsig-keygen -a hmac-sha256 NAME), Knot's "
+    "keymgr -t NAME hmac-sha256 output, PowerDNS's pdnsutil generate-tsig-key or "
+    "list-tsig-keys output, or one line ALGORITHM:NAME:SECRET"
+)
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,7 @@ class _Parser:
         assert start is not None
         if start.quoted or start.text.lower() != "key":
             raise self.fail(
-                start.line, f"expected a 'key' statement, found {_show(start)}; {FORMATS_HINT}"
+                start.line, f"expected a 'key' statement, found {_show(start)}; {_FORMATS_HINT}"
             )
         name_token = self.value("a key name after 'key'")
         name = name_token.text.strip()
@@ -257,109 +261,13 @@ class _Parser:
         return secret
 
 
-FORMATS_HINT = (
-    "a key file is BIND's key statement (tsig-keygen -a hmac-sha256 NAME), Knot's "
-    "keymgr -t NAME hmac-sha256 output, PowerDNS's pdnsutil generate-tsig-key or "
-    "list-tsig-keys output, or one line ALGORITHM:NAME:SECRET"
-)
-
-_KNOT_ENTRY = re.compile(r"^\s*(?:-\s+)?(id|algorithm|secret)\s*:\s*(\S+)\s*$")
-_PDNS_CREATED = re.compile(r"^Create new TSIG key (\S+) (\S+) (\S+)$")
-_PDNS_LISTED = re.compile(r"^(\S+?)\.? (hmac-[a-z0-9-]+?)\.? (\S+)$", re.IGNORECASE)
-_COLON_FORM = re.compile(r"^(hmac-[a-z0-9-]+):([^:\s]+):(\S+)$", re.IGNORECASE)
-
-
-def _meaningful_lines(text: str) -> list[tuple[int, str]]:
-    """(line number, text) of lines that are neither empty nor ``#`` comments."""
-    lines = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#"):
-            lines.append((number, line.rstrip()))
-    return lines
-
-
-def _make_key(path: str, line: int, name: str, algorithm: str, secret_text: str) -> TsigKey:
-    """One key from another server's spelling, checked like a BIND key."""
-    token = _Token(secret_text, line, quoted=True)
-    parser = _Parser([], path)
-    name = name.strip().rstrip(".") or name
-    try:
-        dns.name.from_text(name)
-    except dns.exception.DNSException as error:
-        raise parser.fail(line, f"key name '{name}' is not a domain name") from error
-    checked = parser.algorithm(name, _Token(algorithm, line, quoted=False))
-    return TsigKey(name, checked, parser.secret(name, token))
-
-
-def _build_knot_keys(lines: list[tuple[int, str]], path: str) -> list[TsigKey]:
-    """knot.conf's ``key:`` section, as ``keymgr -t`` prints it."""
-    keys: list[TsigKey] = []
-    entry: dict[str, tuple[int, str]] = {}
-
-    def finish() -> None:
-        if not entry:
-            return
-        line = min(n for n, _ in entry.values())
-        missing = [k for k in ("id", "algorithm", "secret") if k not in entry]
-        if missing:
-            raise TsigKeyError(path, f"line {line}: Knot key entry without '{missing[0]}:'")
-        keys.append(
-            _make_key(path, line, entry["id"][1], entry["algorithm"][1], entry["secret"][1])
-        )
-        entry.clear()
-
-    for number, line in lines[1:]:
-        match = _KNOT_ENTRY.match(line)
-        if match is None:
-            raise TsigKeyError(
-                path, f"line {number}: expected 'id:', 'algorithm:' or 'secret:' in Knot's key list"
-            )
-        word, value = match.group(1), match.group(2).strip("\"'")
-        if line.lstrip().startswith("-"):
-            finish()
-        if word in entry:
-            finish()
-        entry[word] = (number, value)
-    finish()
-    return keys
-
-
-def _build_other_keys(text: str, path: str) -> list[TsigKey] | None:
-    """Keys in Knot's or PowerDNS's spelling; None if the text is not one of them."""
-    lines = _meaningful_lines(text)
-    if not lines:
-        # keymgr's output is YAML whose first line is a comment: "# alg:name:secret".
-        for number, line in enumerate(text.splitlines(), start=1):
-            match = _COLON_FORM.match(line.strip().lstrip("#").strip())
-            if match:
-                return [_make_key(path, number, match.group(2), match.group(1), match.group(3))]
-        return None
-    first = lines[0][1].strip()
-    if first == "key:":
-        return _build_knot_keys(lines, path)
-    keys: list[TsigKey] = []
-    for number, raw in lines:
-        line = raw.strip()
-        match = _PDNS_CREATED.match(line) or _PDNS_LISTED.match(line)
-        if match:
-            keys.append(_make_key(path, number, match.group(1), match.group(2), match.group(3)))
-            continue
-        match = _COLON_FORM.match(line)
-        if match:
-            keys.append(_make_key(path, number, match.group(2), match.group(1), match.group(3)))
-            continue
-        if keys:
-            raise TsigKeyError(path, f"line {number}: not a key line; {FORMATS_HINT}")
-        return None
-    return keys
-
-
 def build_tsig_keys(text: str, path: str) -> list[TsigKey]:
     """Every key in a key file (BIND's, or Knot's or PowerDNS's spelling), in
     file order. `path` only names errors."""
-    other = _build_other_keys(text, path)
-    if other is not None:
+    from danesync.tsigformats import build_other_keys  # it builds on this module
+
+    other = build_other_keys(text, path)
+    if other:
         return _unique(other, path)
     parser = _Parser(_tokenize(text, path), path)
     keys: list[TsigKey] = []
@@ -424,47 +332,3 @@ def read_tsig_key(path: Path, name: str | None = None) -> TsigKey:
             return key
     available = ", ".join(f"'{k.name}'" for k in keys)
     raise TsigKeyError(shown, f"no key named '{name}' (the file has {available})")
-
-
-@dataclass(frozen=True)
-class _Seen:
-    signature: tuple[int, ...]
-    key: TsigKey
-
-
-# Keys by (path, name), with the file's identity when they were read.
-_CURRENT: dict[tuple[str, str | None], _Seen] = {}
-
-
-def _signature(path: Path) -> tuple[int, ...] | None:
-    """What changes when the file is replaced, edited or chmod-ed."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return (
-        info.st_dev,
-        info.st_ino,
-        info.st_size,
-        info.st_mtime_ns,
-        info.st_ctime_ns,
-        info.st_mode,
-    )
-
-
-def current_tsig_key(path: Path, name: str | None = None) -> TsigKey:
-    """`read_tsig_key`, re-read only when the file changed since the last call.
-
-    The daemon calls this before every update, so a key rotated or fixed in
-    place (new secret, rename over it, chmod 600) is used from the next
-    update on, without SIGHUP. A file that became unreadable or unsafe raises
-    at once: the old key is never used in its place.
-    """
-    signature = _signature(path)
-    seen = _CURRENT.get((str(path), name))
-    if signature is not None and seen is not None and seen.signature == signature:
-        return seen.key
-    key = read_tsig_key(path, name)
-    if signature is not None:
-        _CURRENT[(str(path), name)] = _Seen(signature, key)
-    return key

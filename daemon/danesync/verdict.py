@@ -283,6 +283,16 @@ def build_unit_status(verdict: Verdict, summary: str | None = None) -> str:
     return f"{text}; {summary}" if summary else text
 
 
+def published_from_state(state: object) -> dict[str, int]:
+    """TLSA owner name -> records the verify servers last served there (the most any had)."""
+    published: dict[str, int] = {}
+    for name, history in (getattr(state, "names", {}) or {}).items():
+        servers = getattr(history, "servers", {}) or {}
+        if servers:
+            published[name] = max(len(rrset.records) for rrset in servers.values())
+    return published
+
+
 def failures_from_state(state: object) -> list[StepFailure]:
     """The state's kept step failures, as the verdict takes them."""
     failures = getattr(state, "failures", {}) or {}

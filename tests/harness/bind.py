@@ -138,6 +138,9 @@ class BindServer:
         grant_names: Sequence[str] | None = None,
         records: Sequence[str] = (),
         ttl: int = 2,
+        dnssec: bool = False,
+        mx_address: str = HOST,
+        mx_ttl: int | None = None,
     ) -> None:
         self.zone = zone.rstrip(".").lower()
         self.key_name = key_name
@@ -149,6 +152,14 @@ class BindServer:
         )
         self.records = tuple(records)
         self.ttl = ttl
+        # dnssec: the zone is signed with `dnssec-policy` (updates are signed as
+        # they arrive); `trust_anchor()` gives its DNSKEY for a validating cache.
+        self.dnssec = dnssec
+        self.mx_address = mx_address  # where mx/mx2 point (a DANE client connects there)
+        # The MX and its addresses with a TTL of their own, as on real hosts (long):
+        # BIND adds the MX host's TLSA RRset to the additional section of an MX
+        # answer, so a cache refetching a short-lived MX also refreshes its TLSA.
+        self.mx_ttl = mx_ttl
         self.host = HOST
         self.port = 0
         self.directory: Path | None = None
@@ -296,10 +307,10 @@ class BindServer:
             f"$TTL {self.ttl}",
             f"@ IN SOA ns1 hostmaster 1 60 60 3600 {self.ttl}",
             "@ IN NS ns1",
-            "@ IN MX 10 mx",
+            f"@ {self.mx_ttl or ''} IN MX 10 mx",
             f"ns1 IN A {HOST}",
-            f"mx IN A {HOST}",
-            f"mx2 IN A {HOST}",
+            f"mx {self.mx_ttl or ''} IN A {self.mx_address}",
+            f"mx2 {self.mx_ttl or ''} IN A {self.mx_address}",
             *self.records,
         ]
         return "\n".join(lines) + "\n"
@@ -339,6 +350,11 @@ zone "{self.zone}" {{
 \t}};
 }};
 """
+        if self.dnssec:
+            config = config.replace(
+                f'\tfile "{self.zone}.zone";\n', f'\tfile "{self.zone}.zone";\n{_DNSSEC_ZONE}', 1
+            )
+            config = _DNSSEC_POLICY.format(ttl=self.ttl) + config
         (d / "named.conf").write_text(config)
 
     def _check_config(self) -> None:
@@ -389,7 +405,7 @@ zone "{self.zone}" {{
                     ready[transport] = response.rcode() == dns.rcode.NOERROR and bool(
                         response.flags & dns.flags.AA
                     )
-            if all(ready.values()):
+            if all(ready.values()) and (not self.dnssec or self._signed()):
                 return
             time.sleep(0.05)
         raise RuntimeError(
@@ -448,6 +464,47 @@ zone "{self.zone}" {{
         """The TLSA RRset at `name` as dig sees it: ``{"2 1 1 <hex>", ...}``."""
         output = self.dig(name, "TLSA", "+short", *options)
         return {normalize_tlsa(line) for line in output.splitlines() if line.strip()}
+
+    # -- DNSSEC (dnssec=True) ---------------------------------------------
+
+    def _signed(self) -> bool:
+        """The zone is served signed: SOA with an RRSIG, and a DNSKEY."""
+        try:
+            soa = self.dig(self.zone, "SOA", "+dnssec")
+        except RuntimeError:
+            return False
+        return "RRSIG" in soa and bool(self.trust_anchor(quiet=True))
+
+    def trust_anchor(self, quiet: bool = False) -> str:
+        """The zone's DNSKEY RRset in zone-file syntax, for Unbound's trust-anchor-file."""
+        try:
+            output = self.dig(self.zone, "DNSKEY", "+noall", "+answer", "+nosplit")
+        except RuntimeError:
+            if quiet:
+                return ""
+            raise
+        lines = [line for line in output.splitlines() if "\tDNSKEY\t" in line or " DNSKEY " in line]
+        if not lines and not quiet:
+            raise RuntimeError(f"{self.zone} has no DNSKEY:\n{output}")
+        return "\n".join(lines) + ("\n" if lines else "")
+
+
+# A policy for tests: one CSK, short TTLs, no key rollovers during a test.
+# max-zone-ttl leaves room for records published by hand with a long TTL.
+_DNSSEC_POLICY = """\
+dnssec-policy "danesync-test" {{
+\tkeys {{ csk key-directory lifetime unlimited algorithm ecdsap256sha256; }};
+\tdnskey-ttl {ttl};
+\tmax-zone-ttl 600;
+\tzone-propagation-delay 0;
+\tpublish-safety 0;
+\tretire-safety 0;
+\tsignatures-refresh 5d;
+\tsignatures-validity 14d;
+\tsignatures-validity-dnskey 14d;
+}};
+"""
+_DNSSEC_ZONE = '\tdnssec-policy "danesync-test";\n\tkey-directory ".";\n'
 
 
 class _PortTaken(RuntimeError):

@@ -15,6 +15,7 @@ in the answer (not REFUSED): danesync must name the ACL, not the key.
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 from tests.harness.bind import HOST, BindServer
@@ -30,6 +31,14 @@ class KnotServer(BindServer):
     kind = "knot"
     port_taken_markers = ("Address already in use", "failed to bind")
     programs = (KNOTD, KNOTC, KEYMGR, "/usr/sbin/tsig-keygen", "nsupdate", "dig")
+
+    @property
+    def version(self) -> tuple[int, ...]:
+        """knotd's version: 3.2 on Debian 12, 3.4 on Debian 13 (they answer some faults
+        differently)."""
+        output = subprocess.run([KNOTD, "-V"], capture_output=True, text=True, check=True).stdout
+        match = re.search(r"(\d+)\.(\d+)", output)
+        return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
     @property
     def config_path(self) -> str:

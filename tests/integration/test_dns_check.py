@@ -58,7 +58,7 @@ def check(
     tlsa: str = NAME,
     mode: str = "rfc2136",
     verify_servers: list[str] | None = None,
-    resolver: str = "",
+    resolver: str = "off",
 ) -> tuple[int, list[str]]:
     letsencrypt = tmp_path / "letsencrypt"
     if not (letsencrypt / "live" / MX).exists():
@@ -75,10 +75,11 @@ def check(
             "postfix": {"config_dir": tmp_path},
             "dns": dns,
             "state": {"dir": tmp_path / "state"},
+            "monitor": {"resolver": resolver},
         },
         [{"lineage": MX, "tlsa": [tlsa]}],
     )
-    result = run_danesync("check", "-c", str(config), env={"DANESYNC_RESOLVER": resolver})
+    result = run_danesync("check", "-c", str(config))
     assert "Traceback" not in result.stderr, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("dns: ")]
     return result.returncode, lines
@@ -102,7 +103,10 @@ class TestCheckAsksDns:
         else:
             assert f'allows TSIG key "danesync" to change {NAME} TLSA' in text
         assert f"{NAME} carries 0 TLSA record(s)" in text
-        assert "dns: unknown: DNSSEC validation of example.test.: unknown" in text
+        assert (
+            "dns: unknown: DNSSEC validation of example.test.: unknown (no resolver configured)"
+            in text
+        )
         # Nothing changed: no record, same SOA serial.
         assert dns_server.dig_tlsa(NAME) == set()
         assert dns_server.dig("example.test", "SOA", "+short") == before

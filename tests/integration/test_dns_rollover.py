@@ -150,3 +150,30 @@ def test_key_fixed_in_place_is_used_without_sighup(
     events = names(json_events(log.read_text()))
     assert "config.reloaded" not in events
     assert events.index("dns.failed") < events.index("tlsa.published")
+
+
+@pytest.mark.parametrize("published_by", ["danesync", "hand"])
+def test_record_deleted_by_hand_comes_back_between_full_passes(
+    tmp_path: Path, postfix: PostfixInstance, bind: BindServer, old: Hierarchy, published_by: str
+) -> None:
+    """Finding 5: the light check (monitor.check_interval) sees the served
+    chain's record gone and runs a full pass, long before reconcile_interval."""
+    host = Host(tmp_path, postfix, bind)
+    text = host.config.read_text().replace(
+        "settle = 0.1", "settle = 0.1\nreconcile_interval = 3600"
+    )
+    host.config.write_text(text + '\n[monitor]\ncheck_interval = 1\nresolver = "off"\n')
+    make_lineage(host.letsencrypt, MX, old.issue([MX]))
+    if published_by == "hand":  # danesync never owns it, yet the served chain needs it
+        bind.add_record(NAME, "TLSA", ta(old))
+    host.sync_until("chain.deployed")
+    log = tmp_path / "daemon.log"
+    daemon = start_danesync("run", "-c", str(host.config), "--log-format", "json", log=log)
+    try:
+        wait_for(lambda: "daemon.ready" in names(json_events(log.read_text())), 30, log)
+        bind.delete_record(NAME, "TLSA", ta(old))
+        wait_for(lambda: bind.dig_tlsa(NAME) == {ta(old)}, 30, log)
+    finally:
+        daemon.terminate()
+        assert daemon.wait(15) == 0
+    assert "tlsa.published" in names(json_events(log.read_text()))

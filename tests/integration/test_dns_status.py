@@ -14,7 +14,7 @@ import pytest
 
 from tests.harness.bind import BindServer, bind_fixture, free_port
 from tests.harness.certs import Hierarchy
-from tests.harness.danesync import write_config
+from tests.harness.danesync import run_danesync, write_config
 from tests.harness.lineage import make_lineage
 from tests.harness.postfix import PostfixInstance, postfix_fixture
 from tests.integration.test_rollover import MX, NAME, Host, names, ta
@@ -51,6 +51,9 @@ def test_update_failure_per_server_with_since(
     assert host.sync()[0] == 1
     (second,) = failures(host)
     assert second["since"] == first["since"] and second["attempts"] == 2
+    text = run_danesync("status", "-c", str(host.config)).stdout
+    assert f"failed    publish {bind.address}: update of zone example.test failed: BADSIG" in text
+    assert f"(since {first['since']}, 2 attempt(s))" in text
     bad.write_text(good)  # fixed in place
     code, events = host.sync()
     assert code == 0 and "tlsa.published" in names(events), events

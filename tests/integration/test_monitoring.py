@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -90,9 +91,9 @@ class Host:
             certificates or [{"lineage": MX, "tlsa": [NAME]}],
         )
 
-    def start(self) -> None:
+    def start(self, env: dict[str, str] | None = None) -> None:
         self.daemon = start_danesync(
-            "run", "-c", str(self.config), "--log-format", "json", log=self.log
+            "run", "-c", str(self.config), "--log-format", "json", log=self.log, env=env
         )
 
     def stop(self) -> None:
@@ -264,6 +265,58 @@ class TestStatusCodes:
             postfix.set_parameters({"smtpd_tls_chain_files": before})
             postfix.reload()
         host.wait_status(0, contains="DANESYNC OK")
+
+    def test_postfix_serving_nothing_is_critical(
+        self, host: Host, bind: BindServer, ca: Hierarchy, postfix: PostfixInstance
+    ) -> None:
+        """The case that started it: state says deployed, Postfix serves nothing.
+
+        `danesync status` and the unit's STATUS= (what `systemctl status` shows)
+        both say so.
+        """
+        name = f"danesync-monitor-{uuid.uuid4().hex}"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        listener.bind(b"\0" + name.encode())
+        listener.settimeout(0.2)
+        try:
+            make_lineage(host.letsencrypt, MX, ca.issue([MX]))
+            bind.add_record(NAME, "TLSA", ta(ca))
+            host.start(env={"NOTIFY_SOCKET": "@" + name})
+            host.wait_status(0, contains="DANESYNC OK")
+            with postfix.stopped():
+                text = host.wait_status(2, contains="serves no chain")
+                assert text.startswith(f"DANESYNC CRITICAL - {MX}: Postfix serves no chain")
+                assert "1/1 deployed" in text.splitlines()[0]  # what the state says, beside it
+                statuses: list[str] = []
+                end = time.monotonic() + 10
+                while time.monotonic() < end and not any("CRITICAL" in s for s in statuses):
+                    try:
+                        data = listener.recv(65536).decode()
+                    except TimeoutError:
+                        continue
+                    statuses += [
+                        line[7:] for line in data.splitlines() if line.startswith("STATUS=")
+                    ]
+                assert any(
+                    s.startswith(f"CRITICAL: {MX}: Postfix serves no chain") and "1/1 deployed" in s
+                    for s in statuses
+                ), statuses
+            host.wait_status(0, contains="DANESYNC OK")
+        finally:
+            listener.close()
+
+    def test_a_renewal_that_fails_to_deploy_is_critical(
+        self, host: Host, bind: BindServer, ca: Hierarchy, postfix: PostfixInstance
+    ) -> None:
+        deployed_and_published(host, bind, ca)
+        with postfix.stopped():  # the reload after the new chain is written fails
+            renew(host.letsencrypt, MX, ca.issue([MX]))  # same issuer: no wait needed
+            host.wait_for(lambda: bool(host.events("chain.rolled_back")), limit=60)
+            text = host.wait_status(2, contains="deploy")
+            critical = [line for line in text.splitlines() if line.startswith("  CRITICAL")]
+            assert any("deploy" in line and MX in line for line in critical), text
+            document = host.status()[2]
+            assert document["daemon"]["failures"].get("chain.rolled_back", 0) >= 1
 
     def test_daemon_killed_is_critical(self, host: Host, bind: BindServer, ca: Hierarchy) -> None:
         deployed_and_published(host, bind, ca)

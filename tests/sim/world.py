@@ -232,8 +232,7 @@ class SimPostfix:
     def write_sni_table(
         self, entries: Mapping[str, Sequence[Path]], changed: Set[str] | None = None
     ) -> None:
-        """postmap -F; smtpd processes that had the old table open restart by
-        themselves ("table has changed"), taken here as at once."""
+        del changed  # the simulated table is rebuilt whole
         if self.fail_postmap:
             raise PostfixError(["postmap"], 1, "postmap: fatal: simulated")
         table = {}

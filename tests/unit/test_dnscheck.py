@@ -85,9 +85,17 @@ class TestPolicy:
     def test_denied(self, answer: str) -> None:
         assert judge_policy(S, KEY, NAME, answer, True, None).level == "error"
 
-    def test_knot_acl_denial_is_named(self) -> None:
-        finding = judge_policy(S, KEY, NAME, "BADKEY", True, "Knot DNS 3.2.6")
-        assert "Knot answers an ACL denial" in finding.text
+    @pytest.mark.parametrize(
+        ("answer", "how"),
+        [
+            ("BADKEY", "NOTAUTH with TSIG error BADKEY"),  # Knot 3.2
+            ("UNSIGNED-NOTAUTH", "NOTAUTH without a TSIG signature"),  # Knot 3.4
+        ],
+    )
+    def test_knot_acl_denial_is_named(self, answer: str, how: str) -> None:
+        finding = judge_policy(S, KEY, NAME, answer, True, "Knot DNS")
+        assert finding.level == "error"
+        assert how in finding.text and "Knot answers an ACL denial" in finding.text
 
 
 class TestDnssec:

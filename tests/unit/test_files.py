@@ -201,3 +201,34 @@ class TestInstallChainFile:
             install_chain_file(tmp_path, lineage, b"x")
         with pytest.raises(ValueError, match="file name"):
             chain_file_path(tmp_path, lineage)
+
+
+class TestWriteAtomicMany:
+    """Many files in one batch: each replaced whole, with its mode, nothing left over."""
+
+    def test_writes_and_replaces(self, tmp_path: Path) -> None:
+        from danesync.actions.files import write_atomic_many
+
+        (tmp_path / "sub").mkdir()
+        old = tmp_path / "a.json"
+        old.write_bytes(b"old")
+        batch = {old: b"new a", tmp_path / "sub" / "b.json": b"b", tmp_path / "c.json": b""}
+        write_atomic_many(batch, mode=0o600)
+        for path, data in batch.items():
+            assert path.read_bytes() == data
+            assert path.stat().st_mode & 0o777 == 0o600
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "c.json", "sub"]
+        write_atomic_many({})
+        many = {tmp_path / f"{i}.json": str(i).encode() for i in range(files.SYNCFS_BATCH + 1)}
+        write_atomic_many(many)  # one syncfs for the batch
+        assert all(path.read_bytes() == data for path, data in many.items())
+
+    def test_failure_leaves_no_temporary_and_the_old_file(self, tmp_path: Path) -> None:
+        from danesync.actions.files import write_atomic_many
+
+        old = tmp_path / "a.json"
+        old.write_bytes(b"old")
+        with pytest.raises(OSError):
+            write_atomic_many({old: b"new", tmp_path / "missing" / "b.json": b"b"})
+        assert old.read_bytes() == b"old"
+        assert [p.name for p in tmp_path.iterdir()] == ["a.json"]

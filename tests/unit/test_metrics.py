@@ -91,6 +91,15 @@ class TestBuildMetrics:
     def test_without_a_daemon(self) -> None:
         out = build_metrics(facts(), None, Verdict(Level.CRITICAL, (), 2, 3))
         assert "danesync_status 2" in out and "danesync_failures_total" not in out
+        assert "danesync_last_pass_timestamp_seconds" not in out
+
+    def test_records_from_the_state_where_the_selfcheck_did_not_look(self) -> None:
+        other = "_25._tcp.mx2.example.test."
+        out = build_metrics(
+            facts(), health(), Verdict(Level.OK, (), 2, 3), {NAME: 5, other: 1}
+        ).splitlines()
+        assert f'danesync_tlsa_records{{name="{NAME}"}} 2' in out  # the self-check's count
+        assert f'danesync_tlsa_records{{name="{other}"}} 1' in out
 
     def test_promtool_accepts_it(self, tmp_path: Path) -> None:
         require_program("promtool")

@@ -435,3 +435,72 @@ class TestRoundRobin:
         assert all(c.outcome == "valid" for c in last)
         checker.run(budget=0, log_changes=False)
         assert asked[3 * w :] == (hosts + hosts)[3 * w - len(hosts) :][:w]
+
+
+class TestValidatingResolver:
+    """Only an answer with the AD bit counts; a tiny name server on loopback plays the resolver."""
+
+    @staticmethod
+    def serve(ad: bool, records: Sequence[TlsaRecord]) -> tuple[socket.socket, threading.Thread]:
+        import dns.flags
+        import dns.message
+        import dns.rrset
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(5)
+
+        def answer() -> None:
+            try:
+                data, peer = sock.recvfrom(4096)
+            except OSError:
+                return
+            query = dns.message.from_wire(data)
+            response = dns.message.make_response(query)
+            if ad:
+                response.flags |= dns.flags.AD
+            if records:
+                response.answer.append(
+                    dns.rrset.from_text(NAME, 60, "IN", "TLSA", *[r.rdata for r in records])
+                )
+            sock.sendto(response.to_wire(), peer)
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        return sock, thread
+
+    @pytest.mark.parametrize("ad", [True, False])
+    def test_ad_bit(self, ad: bool) -> None:
+        from danesync.selfcheck import read_validated
+
+        records = list(CASES[2].records)
+        sock, thread = self.serve(ad, records)
+        try:
+            port = sock.getsockname()[1]
+            found = read_validated(NAME, f"127.0.0.1:{port}", timeout=5)
+        finally:
+            thread.join(5)
+            sock.close()
+        if ad:
+            assert found is not None and found.records == frozenset(records)
+            assert found.source == "validating resolver 127.0.0.1"
+        else:
+            assert found is None  # not validated: no source
+
+    def test_system_resolver_only_on_loopback(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import dns.query
+        import dns.resolver
+
+        from danesync import selfcheck
+
+        class Remote:
+            nameservers = ("192.0.2.53",)
+
+            def __init__(self, configure: bool = True) -> None:
+                del configure
+
+        asked: list[object] = []
+        monkeypatch.setattr(dns.resolver, "Resolver", Remote)
+        monkeypatch.setattr(dns.query, "udp", lambda *a, **k: asked.append(a))
+        assert selfcheck.read_validated(NAME) is None
+        assert asked == []  # a remote resolver's AD bit is not asked for

@@ -26,6 +26,7 @@ from danesync.verdict import (
     build_verdict,
     facts_from_state,
     failures_from_state,
+    published_from_state,
 )
 
 NOW = dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)
@@ -333,6 +334,7 @@ class TestFactsFromState:
             NAME, servers={"127.0.0.1:53": RRset.of([other, RECORD], 300)}
         )
         assert facts_from_state(config(), state)[0].missing_records == ()
+        assert published_from_state(state) == {NAME: 2}
 
     def test_empty_state(self) -> None:
         (facts,) = facts_from_state(config(), State())

@@ -23,6 +23,7 @@ import dns.update
 
 from danesync.actions.dns import (
     Server,
+    SoaAnswer,
     _exchange,
     _query_tlsa,
     _rdata,
@@ -120,63 +121,67 @@ def _update_failure(
             "with the key: is something between this host and the server rewriting it?"
         ),
         "NOSIGNATURE": f"the answer from {primary} is not signed although the update was",
-        "ACL-BADKEY": (
-            f"{primary} knows {who} (a query signed with it verifies) but answered the update "
-            f"NOTAUTH with TSIG error BADKEY, which is how Knot refuses an update its ACL "
-            f"denies: the ACL does not allow this key to change {at} TLSA (acl: action: "
-            "update, update-type: [TLSA], update-owner: name, update-owner-name: the names)"
-        ),
         "IGNORED": (
             f"{primary} answered NOERROR but did not change {at} TLSA: its update policy "
             f"dropped the records (a PowerDNS lua-dnsupdate-policy-script does so silently); "
             f"allow {who} to change {at} TLSA"
         ),
     }
+    if rcode.startswith("ACL-"):
+        answered = {
+            "BADKEY": "NOTAUTH with TSIG error BADKEY",
+            "NOTAUTH": "NOTAUTH without a TSIG signature",
+        }.get(rcode.removeprefix("ACL-"), rcode.removeprefix("ACL-") + " without a TSIG signature")
+        detail = (
+            f"{primary} knows {who} (a query signed with it verifies) but answered the update "
+            f"{answered}: its update ACL or policy does not allow this key to change {at} TLSA "
+            "(that is how Knot refuses an update its ACL denies; its acl needs action: update, "
+            "update-type: [TLSA], update-owner: name, update-owner-name: the names)"
+        )
+        return DnsUpdateError(zone, "REFUSED", detail)
     if rcode.startswith("UNSIGNED-"):
         answered = rcode.removeprefix("UNSIGNED-")
         detail = (
             f"{primary} serves zone {zone} but answered the update {answered} without a TSIG "
             f'signature: it did not accept TSIG key "{key_name}" ({algorithm}): the secret, '
             "name or algorithm in the key file differs from the server's copy (PowerDNS answers "
-            "a wrong secret and an unknown key alike; its log says which)"
+            "a wrong secret and an unknown key so, Knot 3.4 an unknown key; the log says which)"
         )
         return DnsUpdateError(zone, "BADSIG", detail)
     detail = details.get(rcode, f"{primary} answered {rcode} to the update of {at} TLSA")
-    if rcode == "ACL-BADKEY":
-        return DnsUpdateError(zone, "REFUSED", detail)
     if rcode == "IGNORED":
         return DnsUpdateError(zone, "REFUSED", detail)
     return DnsUpdateError(zone, rcode, detail)
 
 
-def _key_verifies(primary: Server, zone: str, key: TsigKey, timeout: float) -> bool:
-    """A query signed with `key` gets a verified, signed answer: the server knows the key."""
-    try:
-        return query_soa(primary, zone, key, timeout).signed
-    except DnsError:
-        return False
-
-
-def _unsigned_failure(
+def _diagnose_refusal(
     zone: str,
-    rcode: dns.rcode.Rcode,
+    answered: str,
     primary: Server,
     key: TsigKey,
     names: Sequence[str],
     timeout: float,
 ) -> DnsUpdateError:
-    """A signed update answered without a signature: the server rejected the
-    key (PowerDNS, wrong secret or unknown key), or does not serve the zone
-    (Knot). An unsigned SOA query tells which."""
+    """A signed update refused with TSIG error BADKEY, or answered without a
+    signature. The servers mean different things by it: an unknown key (BIND,
+    Knot), a wrong secret or unknown key (PowerDNS, unsigned), an ACL denial
+    (Knot 3.2: NOTAUTH + BADKEY; Knot 3.4: NOTAUTH unsigned), a zone it does not
+    serve (Knot, unsigned NOTAUTH). Two SOA queries tell which: unsigned (does
+    it serve the zone?), then signed (does it know the key?)."""
     try:
-        soa = query_soa(primary, zone, None, timeout)
-        serves_zone = soa.rcode == "NOERROR" and soa.authoritative and soa.has_soa
+        plain = query_soa(primary, zone, None, timeout)
+        if not (plain.rcode == "NOERROR" and plain.authoritative and plain.has_soa):
+            return _update_failure(zone, "NOTAUTH", primary, key, names)
+        signed: SoaAnswer | None = query_soa(primary, zone, key, timeout)
     except DnsError:
-        serves_zone = True  # cannot tell: the key is the likelier cause
-    if not serves_zone:
-        return _update_failure(zone, "NOTAUTH", primary, key, names)
-    text = dns.rcode.to_text(rcode)
-    return _update_failure(zone, "UNSIGNED-" + text, primary, key, names)
+        signed = None  # cannot tell: report what the update said
+    if signed is not None and signed.signed:
+        return _update_failure(zone, "ACL-" + answered, primary, key, names)
+    if signed is not None and signed.rcode in ("BADKEY", "BADSIG", "BADTIME"):
+        return _update_failure(zone, signed.rcode, primary, key, names)
+    if answered == "BADKEY":
+        return _update_failure(zone, "BADKEY", primary, key, names)
+    return _update_failure(zone, "UNSIGNED-" + answered, primary, key, names)
 
 
 def _applied(
@@ -318,9 +323,9 @@ def send_tlsa_update(
             continue
         except dns.exception.DNSException as error:
             tsig = _tsig_failure(error) or "BADRESPONSE"
-            if tsig == "BADKEY" and key is not None and _key_verifies(primary, zone, key, timeout):
-                # Knot answers an update its ACL denies with NOTAUTH + BADKEY.
-                raise _update_failure(zone, "ACL-BADKEY", primary, key, names) from error
+            if tsig == "BADKEY" and key is not None:
+                # An unknown key, or Knot 3.2's answer to an update its ACL denies.
+                raise _diagnose_refusal(zone, tsig, primary, key, names, timeout) from error
             raise _update_failure(zone, tsig, primary, key, names) from error
         except DnsError as error:
             # Reading the current RRsets failed, or the answer made no sense.
@@ -328,7 +333,8 @@ def send_tlsa_update(
 
         rcode = response.rcode()
         if key is not None and not response.had_tsig:
-            raise _unsigned_failure(zone, rcode, primary, key, names, timeout)
+            answered = dns.rcode.to_text(rcode)
+            raise _diagnose_refusal(zone, answered, primary, key, names, timeout)
         if rcode == dns.rcode.NOERROR:
             if not _applied(primary, to_add, to_delete, names, timeout):
                 # PowerDNS's Lua update policy drops refused records and says NOERROR.

@@ -9,11 +9,15 @@ survives a crash. Failures raise `OSError`.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 PREVIOUS_SUFFIX = ".prev"
+SYNCFS_BATCH = 16  # files in a batch above which one syncfs replaces their fsyncs
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -38,6 +42,73 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
         temporary.unlink(missing_ok=True)
         raise
     sync_directory(path.parent)
+
+
+def write_atomic_many(files: Mapping[Path, bytes], mode: int = 0o600) -> None:
+    """`write_atomic` for many files at once, with one flush instead of two per file.
+
+    Every temporary file is written, then the file system is flushed once
+    (syncfs; an fsync per file for small batches or where there is no
+    syncfs), then each is renamed
+    over its target and each directory is fsynced. The same guarantee as
+    `write_atomic` for each file; at 10,000 files the per-file fsyncs were
+    most of a cold start.
+    """
+    written: list[tuple[Path, Path]] = []
+    # syncfs flushes everything dirty on the file system, other programs' writes
+    # included: worth it for a batch, not for the one or two files of a renewal.
+    flush_once = len(files) > SYNCFS_BATCH and _syncfs_available()
+    try:
+        for target, data in files.items():
+            path = Path(target)
+            temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+            written.append((temporary, path))
+            try:
+                os.fchmod(fd, mode)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if not flush_once:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        if written and flush_once:
+            _syncfs(written[0][0].parent)
+        while written:
+            temporary, path = written[0]
+            os.replace(temporary, path)
+            written.pop(0)
+    except BaseException:
+        for temporary, _ in written:
+            temporary.unlink(missing_ok=True)
+        raise
+    for directory in sorted({Path(path).parent for path in files}):
+        sync_directory(directory)
+
+
+_libc: list[Any] = []
+
+
+def _syncfs_available() -> bool:
+    if not _libc:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            _libc.append(libc.syncfs if hasattr(libc, "syncfs") else None)
+        except OSError:
+            _libc.append(None)
+    return _libc[0] is not None
+
+
+def _syncfs(directory: Path) -> None:
+    """Flush the file system holding `directory` (Linux syncfs(2))."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _libc[0](fd) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error), str(directory))
+    finally:
+        os.close(fd)
 
 
 def sync_directory(directory: Path) -> None:

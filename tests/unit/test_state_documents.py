@@ -1,0 +1,42 @@
+"""State.documents() reuses a lineage's document only while the lineage is unchanged."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+from danesync.state import LineageState, State
+
+
+def test_key_covers_every_field() -> None:
+    # A field left out of key() would be saved stale: the cache would not see it change.
+    assert len(LineageState().key()) == len(dataclasses.fields(LineageState))
+
+
+def test_documents_follow_every_change() -> None:
+    state = State()
+    for i in range(50):
+        state.lineage(f"mx{i}.example.test")
+    first = state.documents()
+    assert state.documents() == first
+    lineage = state.lineage("mx7.example.test")
+    lineage.failed_fingerprint = "ab" * 32
+    lineage.failed_reason = "the probe did not see it"
+    second = state.documents()
+    changed = [path for path in first if first[path] != second[path]]
+    assert changed == ["lineages/mx7.example.test.json"]
+    assert b"the probe did not see it" in second["lineages/mx7.example.test.json"]
+    lineage.proceed_at = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
+    assert b"2026-11-28" in state.documents()["lineages/mx7.example.test.json"]
+    lineage.failed_reason = None
+    assert b"did not see" not in state.documents()["lineages/mx7.example.test.json"]
+    del state.lineages["mx7.example.test"]
+    assert "lineages/mx7.example.test.json" not in state.documents()
+
+
+def test_equal_states_compare_equal_whatever_was_cached() -> None:
+    a, b = State(), State()
+    a.lineage("x.example.test")
+    b.lineage("x.example.test")
+    a.documents()
+    assert a == b
