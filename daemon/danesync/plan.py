@@ -381,6 +381,10 @@ def _emergency(ctx: _Context, decision: Decision) -> Decision:
             f"the deployed chain (serial {deployed.serial}) expires at "
             f"{deployed.not_after:%Y-%m-%d %H:%M:%S}Z, before the rollover could finish",
         )
+    if decision.proceed_at is None and ctx.now + _least_wait(ctx, decision) <= forced_at:
+        # When it will be safe is not known yet (its record is not out, or not
+        # seen everywhere): nothing says it cannot be before the chain expires.
+        return decision
     return Decision(
         decision.lineage,
         decision.verb,
@@ -390,6 +394,19 @@ def _emergency(ctx: _Context, decision: Decision) -> Decision:
         decision.missing,
         forced_at,
     )
+
+
+def _least_wait(ctx: _Context, decision: Decision) -> dt.timedelta:
+    """The shortest a hold whose end is not known yet can still take: every
+    RRset a cache may hold at the chain's names must age out (the floor, the
+    configured TTL of what it publishes, and the TTL each version was served with)."""
+    certificate = ctx.config.certificate(decision.lineage)
+    ttls = [ctx.floor, ctx.config.dns.ttl]
+    for name in certificate.tlsa if certificate is not None else ():
+        history = ctx.state.names.get(name)
+        if history is not None:
+            ttls += [rrset.ttl for rrset, _ in possible_versions(history, ctx.now, ctx.floor)]
+    return dt.timedelta(seconds=max(ttls))
 
 
 def _refuse_duplicate_algorithms(
