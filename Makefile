@@ -39,8 +39,19 @@ test-pypi: deps venv
 # watchdog 2.2, structlog 22.3), as the .deb runs.
 # The simulation (tests/sim) runs its 2,000 examples in the PyPI lane; the
 # Debian lane runs a few hundred of the same (same machine, older Hypothesis).
+# It runs every unit test and the integration tests of the code that goes
+# through those libraries (DNS, the watcher and the daemon, chains, ARI); the
+# tests of Postfix's and BIND's behaviour run once, in the PyPI lane, on the
+# same programs. `make test-debian DEBIAN_TESTS=tests` runs everything.
+DEBIAN_TESTS ?= -m "not slow" tests/unit tests/sim \
+	tests/integration/test_address_fallback.py tests/integration/test_ari.py \
+	tests/integration/test_cli_check.py tests/integration/test_daemon.py \
+	tests/integration/test_dns_actions.py tests/integration/test_dns_check.py \
+	tests/integration/test_dns_rollover.py tests/integration/test_dns_servers.py \
+	tests/integration/test_dns_status.py tests/integration/test_find_zone.py \
+	tests/integration/test_postfix_actions.py tests/integration/test_watcher.py
 test-debian: deps
-	DANESYNC_SIM_EXAMPLES=$${DANESYNC_SIM_EXAMPLES:-300} $(DEBIAN_PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	DANESYNC_SIM_EXAMPLES=$${DANESYNC_SIM_EXAMPLES:-300} $(DEBIAN_PY) -m pytest -p no:cacheprovider $(DEBIAN_TESTS) $(PYTEST_ARGS)
 
 # Lane 3: Debian 13 (trixie) in a container on a cached debootstrapped root:
 # its python3-* packages, Postfix 3.10, BIND 9.20, OpenSSL 3.5; the demo; the
