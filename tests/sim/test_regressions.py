@@ -6,7 +6,7 @@ docstring says how) and must pass on the real code.
 
 from __future__ import annotations
 
-from tests.sim.machine import MX, DanesyncWorld
+from tests.sim.machine import MX, A, DanesyncWorld
 
 
 def checked(world: DanesyncWorld) -> DanesyncWorld:
@@ -106,3 +106,20 @@ class TestSimfix:
         checked(world)
         deployed = world.service.state.lineages["sni1"].deployed
         assert deployed is not None and deployed.serial == "0003"  # still the old one
+
+    def test_sni_only_rollover_without_a_reload(self) -> None:
+        """Postfix rereads a replaced SNI table without a reload (smtpd restarts
+        before its next connection), so the old SNI chain is gone once the
+        table is written; the fake kept presenting it until the next reload."""
+        world = checked(DanesyncWorld())
+        checked(world).full_pass()
+        checked(world).renew(kind="issuer", lineage="sni1")
+        checked(world).full_pass()
+        world.advance(600)
+        checked(world).full_pass()
+        checked(world).full_pass()
+        checked(world)
+        deployed = world.service.state.lineages["sni1"].deployed
+        assert deployed is not None and deployed.serial == "0005"
+        records = {r.rdata for r in world.dns.rrset(world.dns.servers[0], A).records}
+        assert len(records) == 2  # sni1's old issuer record retired, sni2's kept
