@@ -348,7 +348,7 @@ def run(
     if huge:  # the profiles that explain the figures: at the largest size
         sizes.append((HUGE, _measure(workdir, ca, HUGE - 1, renewals, profile_dir, pythons)))
     ari_small = ari_large = ari_delay = None
-    if ari_support() is None:  # acme >= 4.1: danesync asks the CA on full passes
+    if ari_support() is None:  # danesync asks the CA on full passes
         ari_small = _measure_ari(workdir, ca, 1)
         ari_large = _measure_ari(workdir, ca, LARGE - 1)
         if ari_delayed:
@@ -399,11 +399,10 @@ def run(
                 )
             )
         result.notes.append(
-            "With ARI (acme >= 4.1), a full pass asks the CA about every lineage whose"
-            " renewal configuration names a server: two HTTPS requests each (directory and"
-            " renewalInfo), one after the other on the main loop, after READY=1, at most"
-            " 10 s of them per pass. Debian 12's acme 2.1 has no ARI, so the .deb makes no"
-            " requests."
+            "With ARI (the standard library, every lane), a full pass asks the CA about"
+            " every lineage whose renewal configuration names a server (the directory"
+            " and renewalInfo), on the main loop after READY=1: a renewal that arrives"
+            " meanwhile waits for it."
         )
     result.data = {
         "sizes": {str(size): figures for size, figures in sizes},

@@ -20,7 +20,7 @@ log = structlog.get_logger("danesync")
 ARI_BUDGET = 10.0  # seconds of ARI requests per pass; the rest wait for the next
 
 
-class Monitor:
+class RenewalNotices:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._ari_notice_logged = False

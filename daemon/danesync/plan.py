@@ -38,6 +38,7 @@ from danesync.families import build_holding_family_records
 from danesync.history import RRset, is_never, possible_versions
 from danesync.matching import rrset_accepts
 from danesync.needs import Holding, build_holdings, build_needed_records
+from danesync.records import plan_publish, plan_retire
 from danesync.state import ChainInfo, State
 from danesync.tlsa import TlsaRecord
 
@@ -150,7 +151,12 @@ def plan_pass(config: Config, state: State, obs: Observations, now: dt.datetime)
     publishes: dict[str, RRset] = {}
     if mode is DnsMode.RFC2136:
         for name in sorted(needed):
-            step = _plan_publish(ctx, by_name.get(name, []), name, needed[name])
+            step = None
+            if name in obs.fresh:
+                known, unknown = _served_at(ctx, by_name.get(name, []))
+                step = plan_publish(
+                    name, ctx.current(name), needed[name], known, unknown, config.dns.ttl
+                )
             if step is not None:
                 steps.append(step)
                 publishes[name] = RRset.of(ctx.current(name).records | set(step.add), step.ttl)
@@ -176,7 +182,15 @@ def plan_pass(config: Config, state: State, obs: Observations, now: dt.datetime)
     elif mode is DnsMode.RFC2136:
         # Retire only in a round that deploys nothing: what is served is settled.
         for name in sorted({n for n, h in state.names.items() if h.owned} & obs.fresh):
-            retire = _plan_retire(ctx, by_name.get(name, []), name, needed.get(name, frozenset()))
+            known, unknown = _served_at(ctx, by_name.get(name, []))
+            retire = plan_retire(
+                name,
+                ctx.current(name),
+                state.names[name].owned,
+                needed.get(name, frozenset()),
+                known,
+                unknown,
+            )
             if retire is not None:
                 steps.append(retire)
     missing: tuple[TlsaRecord, ...] = ()
@@ -235,44 +249,6 @@ def _served_at(ctx: _Context, holdings: Sequence[Holding]) -> tuple[list[ChainIn
             else:
                 unknown = True
     return known, unknown
-
-
-def _plan_publish(
-    ctx: _Context, holdings: Sequence[Holding], name: str, needed: frozenset[TlsaRecord]
-) -> Publish | None:
-    if name not in ctx.obs.fresh:
-        return None
-    current = ctx.current(name)
-    add = needed - current.records
-    if not add:
-        return None
-    result = current.records | add
-    known, unknown = _served_at(ctx, holdings)
-    # An unknown chain (snakeoil, a bootstrap chain) matches whatever it matched:
-    # adding to a non-empty RRset keeps that, turning an empty one non-empty may not.
-    if unknown and not current.records:
-        return None
-    if not all(rrset_accepts(result, chain.matches) for chain in known):
-        return None
-    ttl = ctx.config.dns.ttl
-    previous = current.ttl if current.records and current.ttl != ttl else None
-    return Publish(name, tuple(sorted(add)), ttl, previous)
-
-
-def _plan_retire(
-    ctx: _Context, holdings: Sequence[Holding], name: str, needed: frozenset[TlsaRecord]
-) -> Retire | None:
-    history = ctx.state.names[name]
-    current = ctx.current(name)
-    known, unknown = _served_at(ctx, holdings)
-    if unknown:
-        return None
-    delete: list[TlsaRecord] = []
-    for record in sorted((history.owned & current.records) - needed):
-        remaining = current.records - {*delete, record}
-        if all(rrset_accepts(remaining, chain.matches) for chain in known):
-            delete.append(record)
-    return Retire(name, tuple(delete)) if delete else None
 
 
 def _decide_candidate(ctx: _Context, lineage: str, candidate: Candidate) -> Decision:
@@ -405,6 +381,10 @@ def _emergency(ctx: _Context, decision: Decision) -> Decision:
             f"the deployed chain (serial {deployed.serial}) expires at "
             f"{deployed.not_after:%Y-%m-%d %H:%M:%S}Z, before the rollover could finish",
         )
+    if decision.proceed_at is None and ctx.now + _least_wait(ctx, decision) <= forced_at:
+        # When it will be safe is not known yet (its record is not out, or not
+        # seen everywhere): nothing says it cannot be before the chain expires.
+        return decision
     return Decision(
         decision.lineage,
         decision.verb,
@@ -414,6 +394,19 @@ def _emergency(ctx: _Context, decision: Decision) -> Decision:
         decision.missing,
         forced_at,
     )
+
+
+def _least_wait(ctx: _Context, decision: Decision) -> dt.timedelta:
+    """The shortest a hold whose end is not known yet can still take: every
+    RRset a cache may hold at the chain's names must age out (the floor, the
+    configured TTL of what it publishes, and the TTL each version was served with)."""
+    certificate = ctx.config.certificate(decision.lineage)
+    ttls = [ctx.floor, ctx.config.dns.ttl]
+    for name in certificate.tlsa if certificate is not None else ():
+        history = ctx.state.names.get(name)
+        if history is not None:
+            ttls += [rrset.ttl for rrset, _ in possible_versions(history, ctx.now, ctx.floor)]
+    return dt.timedelta(seconds=max(ttls))
 
 
 def _refuse_duplicate_algorithms(

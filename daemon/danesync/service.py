@@ -17,7 +17,7 @@ import structlog
 from danesync.config import CertificateConfig, Config
 from danesync.errors import DanesyncError
 from danesync.history import restart_waits
-from danesync.monitoring import Monitor
+from danesync.monitoring import RenewalNotices
 from danesync.observe import observe_dns, observe_on_disk, observe_served, read_on_disk
 from danesync.plan import (
     Candidate,
@@ -72,7 +72,7 @@ class Service:
             crash,
         )
         self.logs = DecisionLog()
-        self.monitor = Monitor(config)
+        self.notices = RenewalNotices(config)
         self._full_pass_candidates: dict[str, object] = {}
         if loaded.note is not None:
             event = "state.migrated" if loaded.legacy is not None else "state.rebuilt"
@@ -243,9 +243,9 @@ class Service:
     def run_monitoring(self) -> None:
         """Expiry warnings and ARI for the lineages the last full pass read."""
         now = self.rt.clock.wall()
-        self.monitor.warn_service_certificates()
-        self.monitor.warn_expiring(self.rt.state, now)
-        self.monitor.check_renewal_info(self.rt.state, self._full_pass_candidates, now)
+        self.notices.warn_service_certificates()
+        self.notices.warn_expiring(self.rt.state, now)
+        self.notices.check_renewal_info(self.rt.state, self._full_pass_candidates, now)
 
     def clear_failures(self) -> None:
         for lineage_state in self.rt.state.lineages.values():

@@ -267,7 +267,7 @@ def build_tsig_keys(text: str, path: str) -> list[TsigKey]:
     from danesync.tsigformats import build_other_keys  # it builds on this module
 
     other = build_other_keys(text, path)
-    if other is not None:
+    if other:
         return _unique(other, path)
     parser = _Parser(_tokenize(text, path), path)
     keys: list[TsigKey] = []

@@ -172,6 +172,19 @@ class DanesyncWorld(RuleBasedStateMachine):
             action()
         except Crash:
             self.service = self._start()  # systemd restarts it; the state is what was saved
+        finally:
+            self._heal()
+
+    def _heal(self) -> None:
+        """Faults last one pass: the environment recovers, so rollovers make progress
+        (and reach the moments where a wrong wait would show)."""
+        self.dns.down.clear()
+        self.dns.fail_update = self.dns.lose_answer = self.dns.crash_after_update = False
+        self.postfix.fail_reload = self.postfix.fail_postmap = False
+        self.postfix.fail_probe.clear()
+        self.postfix.fail_write.clear()
+        self.store.fail = False
+        self.armed = None
 
     # --- time and DNS ------------------------------------------------------------
 

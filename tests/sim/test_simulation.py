@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings
 from tests.sim.machine import DanesyncWorld
 
 EXAMPLES = int(os.environ.get("DANESYNC_SIM_EXAMPLES", "2000"))
-STEPS = int(os.environ.get("DANESYNC_SIM_STEPS", "40"))
+STEPS = int(os.environ.get("DANESYNC_SIM_STEPS", "30"))
 
 TestSimulation = DanesyncWorld.TestCase
 TestSimulation.settings = settings(

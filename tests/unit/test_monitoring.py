@@ -8,7 +8,7 @@ from pathlib import Path
 from structlog.testing import capture_logs
 
 from danesync.config import build_config
-from danesync.monitoring import Monitor
+from danesync.monitoring import RenewalNotices as Monitor
 from danesync.state import ChainInfo, State
 from tests.harness.certs import NOW
 

@@ -397,6 +397,29 @@ class TestFinding10LastSafeMoment:
         ).decisions
         assert decision.verb is Verb.FORCE
 
+    def test_no_forced_rollover_while_its_record_is_being_published(
+        self, old: Hierarchy, new: Hierarchy
+    ) -> None:
+        """Found by the clock-step test: every hold whose end was not known yet was
+        announced as `rollover.forced` at the old chain's last safe moment, months away."""
+        current = make_chain(old.issue(not_after=NOW + dt.timedelta(days=80)))
+        candidate = make_chain(new.issue(not_after=NOW + dt.timedelta(days=90)))
+        state = deployed_state(current, *current.tlsa)
+        (decision,) = plan_pass(make_config(), state, observe({MX: candidate}), NOW).decisions
+        assert decision.verb.holds and decision.proceed_at is None
+        assert decision.forced_at is None
+
+    def test_forced_when_even_the_shortest_wait_ends_too_late(
+        self, old: Hierarchy, new: Hierarchy
+    ) -> None:
+        hour = dt.timedelta(hours=1)
+        config = make_config(ttl=86400)
+        current = make_chain(old.issue(not_after=NOW + 3 * hour))
+        candidate = make_chain(new.issue(not_after=NOW + 90 * 24 * hour))
+        state = deployed_state(current, *current.tlsa)
+        (decision,) = plan_pass(config, state, observe({MX: candidate}), NOW).decisions
+        assert decision.forced_at == current.not_after - FORCE_MARGIN
+
 
 class TestExtraRecords:
     """Records a lineage pre-publishes (issue 12) are needed like its own."""

@@ -13,6 +13,7 @@ changes `main.cf`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Mapping, Sequence, Set
@@ -38,6 +39,7 @@ def build_sni_table_names(count: int) -> list[str]:
     return [f"{postfix.SNI_TABLE_NAME}-{index:03d}" for index in range(count)]
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def build_sni_shard(hostname: str, count: int) -> int:
     """The shard of `hostname`: by its lookup key, so duplicates meet in one table."""
     key = build_sni_key(hostname).encode()
