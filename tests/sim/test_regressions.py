@@ -6,7 +6,7 @@ docstring says how) and must pass on the real code.
 
 from __future__ import annotations
 
-from tests.sim.machine import MX, DanesyncWorld
+from tests.sim.machine import MX, A, DanesyncWorld
 
 
 def checked(world: DanesyncWorld) -> DanesyncWorld:
@@ -73,3 +73,53 @@ class TestCounterexamples:
         world.change_config(extra=True, ttl=15, usages=("2 1 1",), wait=None)
         checked(world).full_pass()
         checked(world)
+
+
+class TestSimfix:
+    """Found by the simulation after the perf, mailhosts and families merges."""
+
+    def test_light_check_after_a_clock_step(self) -> None:
+        """The simulation's counterexample as found: the light check saw a
+        wall clock stepped forward, saved it, and the next full pass took
+        the step for elapsed time (no `clock.jumped`) and retired sni1's old
+        record at once."""
+        world = checked(DanesyncWorld())
+        checked(world).full_pass()
+        checked(world).renew(kind="issuer", lineage="sni1")
+        checked(world).full_pass()
+        checked(world).clock_step(seconds=120)
+        checked(world).light_check()
+        checked(world).full_pass()
+        checked(world)
+
+    def test_clock_step_seen_first_by_the_light_check_restarts_the_waits(self) -> None:
+        """Break it: drop `self._check_clock()` from Service.light_check. The
+        new chain was deployed while a cache still held the old RRset."""
+        world = checked(DanesyncWorld())
+        checked(world).full_pass()
+        checked(world).renew(kind="issuer", lineage="sni1")
+        world.fetch(cache=0, server=0)
+        checked(world).full_pass()  # publishes the new issuer's record
+        checked(world).clock_step(seconds=120)
+        checked(world).light_check()
+        checked(world).full_pass()
+        checked(world)
+        deployed = world.service.state.lineages["sni1"].deployed
+        assert deployed is not None and deployed.serial == "0003"  # still the old one
+
+    def test_sni_only_rollover_without_a_reload(self) -> None:
+        """Postfix rereads a replaced SNI table without a reload (smtpd restarts
+        before its next connection), so the old SNI chain is gone once the
+        table is written; the fake kept presenting it until the next reload."""
+        world = checked(DanesyncWorld())
+        checked(world).full_pass()
+        checked(world).renew(kind="issuer", lineage="sni1")
+        checked(world).full_pass()
+        world.advance(600)
+        checked(world).full_pass()
+        checked(world).full_pass()
+        checked(world)
+        deployed = world.service.state.lineages["sni1"].deployed
+        assert deployed is not None and deployed.serial == "0005"
+        records = {r.rdata for r in world.dns.rrset(world.dns.servers[0], A).records}
+        assert len(records) == 2  # sni1's old issuer record retired, sni2's kept

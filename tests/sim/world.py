@@ -232,11 +232,19 @@ class SimPostfix:
     def write_sni_table(
         self, entries: Mapping[str, Sequence[Path]], changed: Set[str] | None = None
     ) -> None:
-        del changed  # the simulated table is rebuilt whole
+        """postmap -F of the tables holding `changed` lineages' files (None: all).
+
+        Like the real shards, an entry none of whose files changed keeps what
+        it embedded. smtpd notices a replaced table before its next connection
+        and restarts (no reload needed): the old table is gone at once.
+        """
         if self.fail_postmap:
             raise PostfixError(["postmap"], 1, "postmap: fatal: simulated")
-        table = {}
+        table = {} if changed is None else dict(self.table)
         for hostname, paths in entries.items():
+            lineages = {self._lineage(str(path)) for path in paths}
+            if changed is not None and hostname in table and not lineages & changed:
+                continue
             contents = []
             for path in paths:
                 data = self.files.get(self._lineage(str(path)))
