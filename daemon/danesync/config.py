@@ -13,10 +13,17 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from danesync import config_values as checks
+
+# Re-exported: the rest of danesync imports these from here.
+from danesync.config_values import DnsMode as DnsMode  # noqa: PLC0414
+from danesync.config_values import Endpoint as Endpoint  # noqa: PLC0414
+from danesync.config_values import is_lineage_name as is_lineage_name  # noqa: PLC0414
+from danesync.config_values import lineage_name_problem as lineage_name_problem  # noqa: PLC0414
+from danesync.config_values import parse_endpoint as parse_endpoint  # noqa: PLC0414
 from danesync.errors import ConfigError
 from danesync.families import (
     AUTO,
@@ -28,23 +35,6 @@ from danesync.families import (
 from danesync.tlsa import Usage, absolute_name
 
 DEFAULT_PATH = Path("/etc/danesync/danesync.toml")
-
-
-class DnsMode(Enum):
-    RFC2136 = "rfc2136"
-    CHECK = "check"
-    OFF = "off"
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """A host and port, from "host:port" or "[v6]:port"."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -148,252 +138,45 @@ class Config:
 
 # --- the schema ------------------------------------------------------------
 
-# Used with fullmatch: `$` would also accept a trailing newline.
-_HOSTNAME = re.compile(
-    r"(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.?"
-)
-_LINEAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-class _Invalid(ValueError):
-    """A value failed its check; the message completes 'key: ...'."""
-
-
-def _string(value: Any) -> str:
-    if not isinstance(value, str):
-        raise _Invalid(f"must be a string, not {_type_name(value)}")
-    if not value:
-        raise _Invalid("must not be empty")
-    return value
-
-
-def _path(value: Any) -> Path:
-    text = _string(value)
-    if not text.startswith("/"):
-        raise _Invalid(f"must be an absolute path, not {text!r}")
-    if "\0" in text:
-        raise _Invalid("must not contain a NUL character")
-    return Path(text)
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Invalid(f"must be true or false, not {_type_name(value)}")
-    return value
-
-
-def _integer(low: int, high: int) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _Invalid(f"must be an integer, not {_type_name(value)}")
-        if not low <= value <= high:
-            raise _Invalid(f"must be between {low} and {high}, not {value}")
-        return value
-
-    return check
-
-
-def _seconds(low: float, high: float) -> Callable[[Any], float]:
-    def check(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _Invalid(f"must be a number of seconds, not {_type_name(value)}")
-        if not low <= value <= high:
-            raise _Invalid(f"must be between {low:g} and {high:g} seconds, not {value}")
-        return float(value)
-
-    return check
-
-
-def _endpoint(default_port: int) -> Callable[[Any], Endpoint]:
-    def check(value: Any) -> Endpoint:
-        return parse_endpoint(_string(value), default_port)
-
-    return check
-
-
-def parse_endpoint(text: str, default_port: int) -> Endpoint:
-    """ "192.0.2.1", "192.0.2.1:53", "[2001:db8::1]:53", "ns.example.com:53"."""
-    text = text.strip()
-    host, port = text, default_port
-    if text.startswith("["):
-        close = text.find("]")
-        if close < 0:
-            raise _Invalid(f"{text!r} has '[' without ']'")
-        host, rest = text[1:close], text[close + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise _Invalid(f"{text!r}: expected ':port' after ']'")
-            port = _port_number(rest[1:], text)
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-        port = _port_number(port_text, text)
-    if not host:
-        raise _Invalid(f"{text!r} has no host")
-    return Endpoint(host, port)
-
-
-def _port_number(text: str, whole: str) -> int:
-    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
-        raise _Invalid(f"{whole!r}: port must be a number from 1 to 65535")
-    return int(text)
-
-
-def _resolver(value: Any) -> str:
-    text = _string(value).strip()
-    if text in ("system", "off"):
-        return text
-    endpoint = parse_endpoint(text, 53)
-    return str(endpoint)
-
-
-def _choice(enum: type[DnsMode]) -> Callable[[Any], DnsMode]:
-    def check(value: Any) -> DnsMode:
-        text = _string(value)
-        try:
-            return enum(text)
-        except ValueError:
-            options = ", ".join(f'"{m.value}"' for m in enum)
-            raise _Invalid(f"must be one of {options}, not {text!r}") from None
-
-    return check
-
-
-def _domain(value: Any) -> str:
-    text = _string(value).lower()
-    if not _HOSTNAME.fullmatch(text) or text.startswith("*"):
-        raise _Invalid(f"{text!r} is not a valid DNS name")
-    return text.rstrip(".")
-
-
-def _list_of(
-    item: Callable[[Any], Any], allow_empty: bool = False
-) -> Callable[[Any], tuple[Any, ...]]:
-    def check(value: Any) -> tuple[Any, ...]:
-        if not isinstance(value, list):
-            raise _Invalid(f"must be a list, not {_type_name(value)}")
-        if not value and not allow_empty:
-            raise _Invalid("must not be empty")
-        items = []
-        for index, element in enumerate(value):
-            try:
-                items.append(item(element))
-            except _Invalid as error:
-                raise _Invalid(f"item {index + 1}: {error}") from None
-        if len(set(items)) != len(items):
-            raise _Invalid("has duplicate entries")
-        return tuple(items)
-
-    return check
-
-
-def _hostname(value: Any) -> str:
-    text = _string(value).lower()
-    if not _HOSTNAME.fullmatch(text):
-        raise _Invalid(f"{text!r} is not a valid host name")
-    return text.rstrip(".")
-
-
-def _tlsa_name(value: Any) -> str:
-    text = _string(value).lower()
-    if not re.match(r"_\d{1,5}\._(tcp|udp|sctp)\.", text) or not _HOSTNAME.fullmatch(
-        text.split(".", 2)[2]
-    ):
-        raise _Invalid(f"{text!r} is not a TLSA owner name like _25._tcp.mx.example.com")
-    return absolute_name(text)
-
-
-def _usage(value: Any) -> Usage:
-    text = " ".join(_string(value).split())
-    try:
-        return Usage(text)
-    except ValueError:
-        raise _Invalid(f'{text!r} is not supported; use "2 1 1" or "3 1 1"') from None
-
-
-def is_lineage_name(text: str) -> bool:
-    """A plain directory name under live/ that danesync supports (see `lineage_name_problem`)."""
-    return bool(_LINEAGE.fullmatch(text)) and ".." not in text
-
-
-def lineage_name_problem(text: str) -> str | None:
-    """Why danesync cannot take `text` as a lineage name; None when it can.
-
-    certbot accepts almost any directory name (spaces, commas, non-ASCII), but
-    the name becomes the chain file `<deploy_dir>/<lineage>.pem`, listed in
-    main.cf's smtpd_tls_chain_files and as a value in the SNI table: Postfix
-    splits both lists on spaces and commas and has no quoting.
-    """
-    if is_lineage_name(text):
-        return None
-    if "/" in text or ".." in text or text in (".", ""):
-        return f"{text!r} is not a lineage name (a directory under live/: no '/' or '..')"
-    return (
-        f"{text!r}: danesync supports lineage names of ASCII letters, digits, '.', '_' and"
-        " '-' (starting with a letter or digit), because the name goes into main.cf's"
-        " smtpd_tls_chain_files list and the SNI table as <deploy_dir>/<lineage>.pem, which"
-        " Postfix splits on spaces and commas; certbot accepts it, so issue the certificate"
-        " again under a supported name (certbot --cert-name NAME)"
-    )
-
-
-def _lineage(value: Any) -> str:
-    text = _string(value)
-    problem = lineage_name_problem(text)
-    if problem is not None:
-        raise _Invalid(problem)
-    return text
-
-
-def _type_name(value: Any) -> str:
-    return {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "a table",
-    }.get(type(value), type(value).__name__)
-
-
 # section -> key -> (check, default). A default of None means "optional, no value".
 _Schema = Mapping[str, Mapping[str, tuple[Callable[[Any], Any], Any]]]
 SCHEMA: _Schema = {
-    "certbot": {"config_dir": (_path, CertbotConfig.config_dir)},
+    "certbot": {"config_dir": (checks.check_path, CertbotConfig.config_dir)},
     "postfix": {
-        "config_dir": (_path, PostfixConfig.config_dir),
-        "deploy_dir": (_path, PostfixConfig.deploy_dir),
-        "reload": (_bool, True),
-        "probe": (_endpoint(25), None),
+        "config_dir": (checks.check_path, PostfixConfig.config_dir),
+        "deploy_dir": (checks.check_path, PostfixConfig.deploy_dir),
+        "reload": (checks.check_bool, True),
+        "probe": (checks.check_endpoint(25), None),
     },
     "dns": {
-        "mode": (_choice(DnsMode), DnsMode.CHECK),
-        "server": (_string, None),
-        "port": (_integer(1, 65535), 53),
-        "zone": (_domain, None),
-        "tsig_key_file": (_path, None),
-        "ttl": (_integer(1, 86400 * 7), 3600),
-        "rollover_wait": (_integer(0, 86400 * 30), None),
-        "verify_servers": (_list_of(_endpoint(53)), ()),
+        "mode": (checks.check_choice(DnsMode), DnsMode.CHECK),
+        "server": (checks.check_string, None),
+        "port": (checks.check_integer(1, 65535), 53),
+        "zone": (checks.check_domain, None),
+        "tsig_key_file": (checks.check_path, None),
+        "ttl": (checks.check_integer(1, 86400 * 7), 3600),
+        "rollover_wait": (checks.check_integer(0, 86400 * 30), None),
+        "verify_servers": (checks.check_list_of(checks.check_endpoint(53)), ()),
     },
-    "state": {"dir": (_path, StateConfig.dir)},
+    "state": {"dir": (checks.check_path, StateConfig.dir)},
     "daemon": {
-        "reconcile_interval": (_seconds(1, 86400), 3600.0),
-        "settle": (_seconds(0, 60), 0.25),
+        "reconcile_interval": (checks.check_seconds(1, 86400), 3600.0),
+        "settle": (checks.check_seconds(0, 60), 0.25),
     },
-    "families": {"file": (_path, None)},
+    "families": {"file": (checks.check_path, None)},
     "monitor": {
-        "textfile": (_path, None),
-        "check_interval": (_seconds(1, 86400), 300.0),
-        "resolver": (_resolver, "system"),
+        "textfile": (checks.check_path, None),
+        "check_interval": (checks.check_seconds(1, 86400), 300.0),
+        "resolver": (checks.check_resolver, "system"),
     },
 }
 CERTIFICATE_SCHEMA: Mapping[str, tuple[Callable[[Any], Any], Any]] = {
-    "lineage": (_lineage, None),
-    "hostnames": (_list_of(_hostname), None),
-    "tlsa": (_list_of(_tlsa_name), None),
-    "usages": (_list_of(_usage), ("2 1 1",)),
-    "sni": (_bool, False),
-    "issuers": (_string, None),
+    "lineage": (checks.check_lineage, None),
+    "hostnames": (checks.check_list_of(checks.check_hostname), None),
+    "tlsa": (checks.check_list_of(checks.check_tlsa_name), None),
+    "usages": (checks.check_list_of(checks.check_usage), ("2 1 1",)),
+    "sni": (checks.check_bool, False),
+    "issuers": (checks.check_string, None),
 }
 
 
@@ -411,7 +194,7 @@ def _check_table(
         if key in table:
             try:
                 values[key] = check(table[key])
-            except _Invalid as error:
+            except checks.Invalid as error:
                 problems.append(f"{prefix}{key}: {error}")
     return values
 
@@ -451,7 +234,7 @@ def build_config(
     if "server" in dns_values:
         try:
             server = parse_endpoint(dns_values["server"], port)
-        except _Invalid as error:
+        except checks.Invalid as error:
             problems.append(f"dns.server: {error}")
     zone: str | None = dns_values.get("zone")
     if mode is DnsMode.RFC2136:
@@ -535,8 +318,8 @@ def _build_certificates(raw: Any, problems: list[str]) -> list[CertificateConfig
         seen.add(lineage)
         hostnames: tuple[str, ...] = values.get("hostnames", (lineage.lower(),))
         try:
-            _hostname(hostnames[0])
-        except _Invalid as error:
+            checks.check_hostname(hostnames[0])
+        except checks.Invalid as error:
             problems.append(f"{prefix}hostnames: default from lineage: {error}")
             continue
         tlsa: tuple[str, ...] = values.get(
