@@ -34,6 +34,7 @@ import dns.rcode
 import dns.rdatatype
 
 from danesync.actions import dns as dns_actions
+from danesync.actions import dnswire
 from danesync.actions.dns import Server, SoaAnswer
 from danesync.certbot import read_chain
 from danesync.chain import Chain
@@ -196,7 +197,7 @@ def query_signed_rrset(server: Server, name: str, rdtype: str) -> tuple[bool, bo
     kind = dns.rdatatype.from_text(rdtype)
     query = dns.message.make_query(owner, kind, want_dnssec=True)
     query.flags &= ~dns.flags.RD
-    response = dns_actions._exchange(server, query, TIMEOUT, tcp=False)
+    response = dnswire.exchange(server, query, TIMEOUT, tcp=False)
     present = signed = False
     for rrset in response.answer:
         if rrset.name != owner:
@@ -213,7 +214,7 @@ def query_software(server: Server) -> str | None:
     query = dns.message.make_query("version.bind.", dns.rdatatype.TXT, "CH")
     query.flags &= ~dns.flags.RD
     try:
-        response = dns_actions._exchange(server, query, TIMEOUT, tcp=False)
+        response = dnswire.exchange(server, query, TIMEOUT, tcp=False)
     except DnsError:
         return None
     for rrset in response.answer:
@@ -227,7 +228,7 @@ def query_validated(resolver: Server, zone: str) -> tuple[bool | None, str]:
     query = dns.message.make_query(absolute_name(zone), dns.rdatatype.SOA, want_dnssec=True)
     query.flags |= dns.flags.AD | dns.flags.RD
     try:
-        response = dns_actions._exchange(resolver, query, TIMEOUT, tcp=False)
+        response = dnswire.exchange(resolver, query, TIMEOUT, tcp=False)
     except DnsError as error:
         return None, str(error).removeprefix(f"{resolver}: ")
     if response.rcode() != dns.rcode.NOERROR:

@@ -12,9 +12,8 @@ and retries.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -30,189 +29,12 @@ import dns.rdatatype
 import dns.tsig
 import dns.update
 
-from danesync.config import parse_endpoint
+from danesync.actions.dnswire import DEFAULT_PORT as DEFAULT_PORT  # noqa: PLC0414
+from danesync.actions.dnswire import Server as Server  # noqa: PLC0414
+from danesync.actions.dnswire import Unreachable, exchange, tsig_failure
 from danesync.errors import DnsError
 from danesync.tlsa import TlsaRecord, absolute_name
 from danesync.tsigkey import TsigKey
-
-DEFAULT_PORT = 53
-
-
-@dataclass(frozen=True, order=True)
-class Server:
-    """A DNS server to talk to directly: an address (or host name) and a port."""
-
-    host: str
-    port: int = DEFAULT_PORT
-
-    @classmethod
-    def parse(cls, text: str, default_port: int = DEFAULT_PORT) -> Server:
-        """``192.0.2.1``, ``192.0.2.1:53``, ``[2001:db8::1]:53``, ``2001:db8::1``,
-        ``ns.example.com:5353``. Raises ValueError with the reason."""
-        endpoint = parse_endpoint(text.strip(), default_port)  # the config's own parser
-        return cls(endpoint.host, endpoint.port)
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-# -- queries -------------------------------------------------------------
-
-
-class _Unreachable(DnsError):
-    """The server did not answer (timeout, refused connection): worth retrying."""
-
-    def __init__(self, server: Server, rcode: str, detail: str) -> None:
-        self.server = server
-        self.rcode = rcode
-        self.detail = detail
-        super().__init__(f"{server}: {detail}")
-
-
-def _addresses(server: Server) -> list[str]:
-    """The IP addresses to send to, in the resolver's order; a host name is
-    resolved by the system (Debian's /etc/hosts makes ``localhost`` ::1 first,
-    then 127.0.0.1: a server listening on one of them only is still reached)."""
-    try:
-        return [str(ipaddress.ip_address(server.host))]
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(server.host, server.port, proto=socket.IPPROTO_TCP)
-    except OSError as error:
-        raise _Unreachable(
-            server, "UNRESOLVED", f"cannot resolve host name {server.host}: {error}"
-        ) from error
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-def _tsig_failure(error: Exception) -> str | None:
-    """The TSIG error name for dnspython's TSIG exceptions, else None."""
-    kinds: tuple[tuple[type[Exception], str], ...] = (
-        (dns.tsig.PeerBadSignature, "BADSIG"),
-        (dns.tsig.PeerBadKey, "BADKEY"),
-        (dns.tsig.PeerBadTime, "BADTIME"),
-        (dns.tsig.PeerBadTruncation, "BADTRUNC"),
-        (dns.tsig.BadSignature, "BADRESPONSE"),
-        (dns.tsig.BadTime, "BADTIME"),
-        (dns.tsig.BadKey, "BADRESPONSE"),
-        (dns.message.UnknownTSIGKey, "BADRESPONSE"),
-    )
-    for kind, name in kinds:
-        if isinstance(error, kind):
-            return name
-    return None
-
-
-def _exchange(
-    server: Server,
-    message: dns.message.Message,
-    timeout: float,
-    *,
-    tcp: bool,
-    signed: bool = False,
-    maybe_delivered: Callable[[], None] = lambda: None,
-) -> dns.message.Message:
-    """Send one message to the first of the server's addresses that answers
-    (each gets `timeout`). `maybe_delivered` is called when an address that
-    is then given up on may have received the message (a timeout, a
-    connection closed without an answer): an update may have been applied
-    there. Every address failing -> _Unreachable naming each."""
-    addresses = _addresses(server)
-    failures: list[_Unreachable] = []
-    for address in addresses:
-        try:
-            if signed:
-                return _exchange_signed_at(server, address, message, timeout)
-            return _exchange_at(server, address, message, timeout, tcp=tcp)
-        except _Unreachable as error:
-            failures.append(error)
-            if address != addresses[-1] and not isinstance(error.__cause__, ConnectionRefusedError):
-                maybe_delivered()
-    if len(failures) == 1:
-        raise failures[0]
-    detail = "; ".join(f"{a}: {f.detail}" for a, f in zip(addresses, failures, strict=True))
-    raise _Unreachable(server, failures[-1].rcode, detail) from failures[-1]
-
-
-def _exchange_at(
-    server: Server, where: str, message: dns.message.Message, timeout: float, *, tcp: bool
-) -> dns.message.Message:
-    """Send one message to one address and return the answer; network failures -> _Unreachable."""
-    try:
-        if tcp:
-            return dns.query.tcp(message, where, timeout=timeout, port=server.port)
-        response, _ = dns.query.udp_with_fallback(message, where, timeout=timeout, port=server.port)
-        return response
-    except dns.exception.Timeout as error:
-        raise _Unreachable(server, "TIMEOUT", f"no answer within {timeout:g} s") from error
-    except ConnectionRefusedError as error:
-        raise _Unreachable(
-            server, "UNREACHABLE", "connection refused (is the name server running?)"
-        ) from error
-    except EOFError as error:
-        raise _Unreachable(
-            server, "UNREACHABLE", "the server closed the connection without answering"
-        ) from error
-    except OSError as error:
-        raise _Unreachable(server, "UNREACHABLE", error.strerror or str(error)) from error
-    except dns.exception.DNSException as error:
-        if _tsig_failure(error) is not None:
-            raise  # the update maps these to BADSIG, BADKEY, ...
-        raise DnsError(f"{server}: unusable answer: {error}") from error
-
-
-def _read_framed(sock: socket.socket) -> bytes:
-    """One DNS-over-TCP message, without its two-byte length prefix."""
-    data = b""
-    while len(data) < 2 or len(data) < 2 + int.from_bytes(data[:2], "big"):
-        chunk = sock.recv(65535)
-        if not chunk:
-            raise EOFError("connection closed")
-        data += chunk
-    return data[2 : 2 + int.from_bytes(data[:2], "big")]
-
-
-def _exchange_signed_at(
-    server: Server, where: str, message: dns.message.Message, timeout: float
-) -> dns.message.Message:
-    """Send a TSIG-signed message over TCP and return the answer.
-
-    Unlike dns.query.tcp, an answer *without* a TSIG record is returned (with
-    ``had_tsig`` false) instead of raising: PowerDNS answers a bad key that
-    way, Knot a zone it does not serve, and newer dnspython raises a bare
-    FormError for both where Debian's 2.3 returns the message. Doing the
-    exchange here gives the same answer, hence the same diagnosis, on every
-    dnspython. A signed answer is verified as usual (PeerBadKey, ...).
-    """
-    wire = message.to_wire()  # signs, and sets message.mac for the answer's check
-    try:
-        with socket.create_connection((where, server.port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            sock.sendall(len(wire).to_bytes(2, "big") + wire)
-            answer = _read_framed(sock)
-    except TimeoutError as error:
-        raise _Unreachable(server, "TIMEOUT", f"no answer within {timeout:g} s") from error
-    except ConnectionRefusedError as error:
-        raise _Unreachable(
-            server, "UNREACHABLE", "connection refused (is the name server running?)"
-        ) from error
-    except EOFError as error:
-        raise _Unreachable(
-            server, "UNREACHABLE", "the server closed the connection without answering"
-        ) from error
-    except OSError as error:
-        raise _Unreachable(server, "UNREACHABLE", error.strerror or str(error)) from error
-    try:
-        response = dns.message.from_wire(answer, keyring=message.keyring, request_mac=message.mac)
-    except dns.exception.FormError:
-        # Newer dnspython: "response requires a TSIG but does not have one".
-        response = dns.message.from_wire(answer)
-        if response.had_tsig:
-            raise
-    if not message.is_response(response):
-        raise DnsError(f"{server}: the answer does not match the question")
-    return response
 
 
 @dataclass(frozen=True)
@@ -240,14 +62,14 @@ def query_soa(
     query.flags &= ~dns.flags.RD
     try:
         if key is None:
-            response = _exchange(server, query, timeout, tcp=True)
+            response = exchange(server, query, timeout, tcp=True)
         else:
             query.use_tsig(key.to_dnspython())
-            response = _exchange(server, query, timeout, tcp=True, signed=True)
-    except _Unreachable as error:
+            response = exchange(server, query, timeout, tcp=True, signed=True)
+    except Unreachable as error:
         raise DnsError(f"{server}: {error.detail}") from error
     except dns.exception.DNSException as error:
-        tsig = _tsig_failure(error) or "BADRESPONSE"
+        tsig = tsig_failure(error) or "BADRESPONSE"
         return SoaAnswer(server, apex.to_text(), tsig, False, False, False)
     soa = response.get_rrset(response.answer, apex, dns.rdataclass.IN, dns.rdatatype.SOA)
     enclosing = None
@@ -290,7 +112,7 @@ def _query_tlsa_rrset(
     owner = dns.name.from_text(absolute_name(name))
     query = dns.message.make_query(owner, dns.rdatatype.TLSA)
     query.flags &= ~dns.flags.RD  # ask the server itself, never a cache behind it
-    response = _exchange(server, query, timeout, tcp=tcp)
+    response = exchange(server, query, timeout, tcp=tcp)
     rcode = response.rcode()
     if rcode == dns.rcode.NXDOMAIN:
         return frozenset(), 0
@@ -392,7 +214,7 @@ def query_visibility(
                 continue
             try:
                 found[name] = _query_tlsa_rrset(server, name, timeout, tcp=False)
-            except _Unreachable as error:
+            except Unreachable as error:
                 down = failed[name] = error.detail
             except DnsError as error:
                 failed[name] = str(error)
@@ -428,7 +250,7 @@ def _authoritative_addresses(primary: Server, host: str, timeout: float) -> list
     for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
         query = dns.message.make_query(owner, rdtype)
         query.flags &= ~dns.flags.RD
-        response = _exchange(primary, query, timeout, tcp=False)
+        response = exchange(primary, query, timeout, tcp=False)
         if response.rcode() != dns.rcode.NOERROR or not response.flags & dns.flags.AA:
             return []  # not the primary's name: ask the system resolver
         rrset = response.get_rrset(response.answer, owner, dns.rdataclass.IN, rdtype)
@@ -461,8 +283,8 @@ def find_verify_servers(zone: str, primary: Server, timeout: float = 3.0) -> lis
     query = dns.message.make_query(apex, dns.rdatatype.NS)
     query.flags &= ~dns.flags.RD
     try:
-        response = _exchange(primary, query, timeout, tcp=False)
-    except _Unreachable as error:
+        response = exchange(primary, query, timeout, tcp=False)
+    except Unreachable as error:
         raise DnsError(f"cannot ask {primary} for the NS set of {apex}: {error.detail}") from error
     if response.rcode() != dns.rcode.NOERROR or not response.flags & dns.flags.AA:
         raise DnsError(
@@ -476,7 +298,7 @@ def find_verify_servers(zone: str, primary: Server, timeout: float = 3.0) -> lis
     for target in sorted(str(rdata.target) for rdata in rrset):
         try:
             addresses = _authoritative_addresses(primary, target, timeout)
-        except _Unreachable as error:
+        except Unreachable as error:
             raise DnsError(
                 f"cannot ask {primary} for the address of {target}: {error.detail}"
             ) from error
@@ -498,8 +320,8 @@ def find_zone(primary: Server, name: str, timeout: float = 3.0) -> str:
     query = dns.message.make_query(owner, dns.rdatatype.SOA)
     query.flags &= ~dns.flags.RD
     try:
-        response = _exchange(primary, query, timeout, tcp=False)
-    except _Unreachable as error:
+        response = exchange(primary, query, timeout, tcp=False)
+    except Unreachable as error:
         raise DnsError(f"cannot ask {primary} for the zone of {owner}: {error.detail}") from error
     if response.flags & dns.flags.AA:
         for section in (response.answer, response.authority):

@@ -24,13 +24,11 @@ import dns.update
 from danesync.actions.dns import (
     Server,
     SoaAnswer,
-    _exchange,
     _query_tlsa,
     _rdata,
-    _tsig_failure,
-    _Unreachable,
     query_soa,
 )
+from danesync.actions.dnswire import Unreachable, exchange, tsig_failure
 from danesync.errors import DnsError, DnsUpdateError
 from danesync.tlsa import TlsaRecord, absolute_name
 from danesync.tsigkey import TsigKey
@@ -307,10 +305,10 @@ def send_tlsa_update(
                 unsure_adds.update(adds)
                 unsure_deletes.update(deletes)
 
-            response = _exchange(
+            response = exchange(
                 primary, message, timeout, tcp=True, signed=key is not None, maybe_delivered=unsure
             )
-        except _Unreachable as error:
+        except Unreachable as error:
             unsure_adds.update(to_add)
             unsure_deletes.update(to_delete)
             failures += 1
@@ -322,7 +320,7 @@ def send_tlsa_update(
             current = None  # the update may have been applied: read again
             continue
         except dns.exception.DNSException as error:
-            tsig = _tsig_failure(error) or "BADRESPONSE"
+            tsig = tsig_failure(error) or "BADRESPONSE"
             if tsig == "BADKEY" and key is not None:
                 # An unknown key, or Knot 3.2's answer to an update its ACL denies.
                 raise _diagnose_refusal(zone, tsig, primary, key, names, timeout) from error
@@ -387,10 +385,10 @@ def probe_update_policy(
     nothing = TlsaRecord(absolute_name(name), 3, 1, 1, secrets.token_hex(32))
     message.delete(dns.name.from_text(nothing.name), _rdata(nothing))
     try:
-        response = _exchange(primary, message, timeout, tcp=True, signed=True)
-    except _Unreachable as error:
+        response = exchange(primary, message, timeout, tcp=True, signed=True)
+    except Unreachable as error:
         raise DnsError(f"{primary}: {error.detail}") from error
     except dns.exception.DNSException as error:
-        return _tsig_failure(error) or "BADRESPONSE"
+        return tsig_failure(error) or "BADRESPONSE"
     rcode = dns.rcode.to_text(response.rcode())
     return rcode if response.had_tsig else f"UNSIGNED-{rcode}"
