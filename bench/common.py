@@ -514,7 +514,7 @@ def library_versions(python: str) -> str:
     """The versions of danesync's libraries that `python` imports."""
     code = (
         "import importlib.metadata as m\n"
-        "names = ['cryptography', 'dnspython', 'watchdog', 'structlog', 'acme']\n"
+        "names = ['cryptography', 'dnspython', 'watchdog', 'structlog']\n"
         "out = []\n"
         "for n in names:\n"
         "    try: out.append(f'{n} {m.version(n)}')\n"
