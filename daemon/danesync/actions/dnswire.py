@@ -130,22 +130,28 @@ def _exchange_at(
             return dns.query.tcp(message, where, timeout=timeout, port=server.port)
         response, _ = dns.query.udp_with_fallback(message, where, timeout=timeout, port=server.port)
         return response
-    except dns.exception.Timeout as error:
-        raise Unreachable(server, "TIMEOUT", f"no answer within {timeout:g} s") from error
-    except ConnectionRefusedError as error:
-        raise Unreachable(
-            server, "UNREACHABLE", "connection refused (is the name server running?)"
-        ) from error
-    except EOFError as error:
-        raise Unreachable(
-            server, "UNREACHABLE", "the server closed the connection without answering"
-        ) from error
-    except OSError as error:
-        raise Unreachable(server, "UNREACHABLE", error.strerror or str(error)) from error
+    except (dns.exception.Timeout, EOFError, OSError) as error:
+        raise _network_failure(server, error, timeout) from error
     except dns.exception.DNSException as error:
         if tsig_failure(error) is not None:
             raise  # the update maps these to BADSIG, BADKEY, ...
         raise DnsError(f"{server}: unusable answer: {error}") from error
+
+
+def _network_failure(server: Server, error: Exception, timeout: float) -> Unreachable:
+    """What a send or receive that failed on the network means for the operator."""
+    if isinstance(error, dns.exception.Timeout | TimeoutError):
+        return Unreachable(server, "TIMEOUT", f"no answer within {timeout:g} s")
+    if isinstance(error, ConnectionRefusedError):
+        return Unreachable(
+            server, "UNREACHABLE", "connection refused (is the name server running?)"
+        )
+    if isinstance(error, EOFError):
+        return Unreachable(
+            server, "UNREACHABLE", "the server closed the connection without answering"
+        )
+    detail = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return Unreachable(server, "UNREACHABLE", detail)
 
 
 def _read_framed(sock: socket.socket) -> bytes:
@@ -177,18 +183,8 @@ def _exchange_signed_at(
             sock.settimeout(timeout)
             sock.sendall(len(wire).to_bytes(2, "big") + wire)
             answer = _read_framed(sock)
-    except TimeoutError as error:
-        raise Unreachable(server, "TIMEOUT", f"no answer within {timeout:g} s") from error
-    except ConnectionRefusedError as error:
-        raise Unreachable(
-            server, "UNREACHABLE", "connection refused (is the name server running?)"
-        ) from error
-    except EOFError as error:
-        raise Unreachable(
-            server, "UNREACHABLE", "the server closed the connection without answering"
-        ) from error
-    except OSError as error:
-        raise Unreachable(server, "UNREACHABLE", error.strerror or str(error)) from error
+    except (EOFError, OSError) as error:
+        raise _network_failure(server, error, timeout) from error
     try:
         response = dns.message.from_wire(answer, keyring=message.keyring, request_mac=message.mac)
     except dns.exception.FormError:
