@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from danesync.families import (
     read_shipped_families,
 )
 from danesync.tlsa import Usage, absolute_name
+from danesync.tomlfile import read_toml_file
 
 DEFAULT_PATH = Path("/etc/danesync/danesync.toml")
 
@@ -378,18 +378,7 @@ def config_path(cli_value: str | None, environ: Mapping[str, str] = os.environ) 
 
 def load_config(path: Path) -> Config:
     """Read and validate the file; ConfigError names the file and each key."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(str(path), ["file not found"]) from None
-    except OSError as error:
-        raise ConfigError(str(path), [f"cannot read: {error.strerror}"]) from None
-    try:
-        document = tomllib.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(str(path), ["not UTF-8 text"]) from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(str(path), [f"not valid TOML: {error}"]) from None
+    document = read_toml_file(path)
     return build_config(document, path, _read_operator_families(document))
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from danesync.errors import ConfigError
 from danesync.tlsa import TlsaRecord, Usage
+from danesync.tomlfile import read_toml_file
 
 if TYPE_CHECKING:
     from danesync.config import CertificateConfig, Config
@@ -195,18 +196,7 @@ def _build_member(raw: Any, prefix: str, problems: list[str]) -> Member | None:
 
 def read_families(path: Path) -> dict[str, Family]:
     """Read and validate one families file."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(str(path), ["file not found"]) from None
-    except OSError as error:
-        raise ConfigError(str(path), [f"cannot read: {error.strerror}"]) from None
-    try:
-        document = tomllib.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(str(path), ["not UTF-8 text"]) from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(str(path), [f"not valid TOML: {error}"]) from None
+    document = read_toml_file(path)
     return build_families(document, str(path))
 
 
