@@ -22,6 +22,12 @@ from danesync.tlsa import TlsaRecord
 # Versions kept per name once they can no longer be held anywhere: none.
 _NEVER = dt.datetime.max.replace(tzinfo=dt.UTC)
 
+# A version's TTL is not the whole story of how long it can matter: a sender
+# looks the TLSA RRset up before it connects, and its TLS handshake comes
+# after the connect, the banner (postscreen may hold it back for 6 s) and
+# EHLO. A version therefore stays possible this long after its TTL ran out.
+SENDER_SLACK = dt.timedelta(seconds=10)
+
 
 @dataclass(frozen=True, order=True)
 class RRset:
@@ -154,7 +160,7 @@ def settle_intent(history: NameHistory, primary: str) -> NameHistory:
 
 
 def _hold(seen: Seen, floor: int) -> dt.timedelta:
-    return dt.timedelta(seconds=max(seen.rrset.ttl, floor))
+    return max(dt.timedelta(seconds=seen.rrset.ttl) + SENDER_SLACK, dt.timedelta(seconds=floor))
 
 
 def possible_until(history: NameHistory, seen: Seen, floor: int) -> dt.datetime:

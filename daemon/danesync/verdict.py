@@ -22,6 +22,7 @@ from enum import IntEnum
 from danesync.chain import format_time
 from danesync.config import Config, DnsMode
 from danesync.health import Health
+from danesync.history import SENDER_SLACK
 
 # A heartbeat older than this many expected intervals, plus one more (at least
 # GRACE_MIN, at most GRACE_MAX, for a slow pass), is stale.
@@ -194,7 +195,7 @@ def _lineage_problems(
         add(Level.CRITICAL, "nothing deployed")
         return found
     left = facts.deployed_not_after - now
-    roll_in = dt.timedelta(seconds=config.dns.rollover_wait + config.dns.ttl)
+    roll_in = dt.timedelta(seconds=config.dns.rollover_wait + config.dns.ttl) + SENDER_SLACK
     if config.dns.mode is DnsMode.OFF:
         roll_in = dt.timedelta(0)
     if left <= dt.timedelta(0):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import math
 import os
 import shutil
 import subprocess
@@ -243,6 +244,19 @@ class DanePostfix(PostfixInstance):
         os.utime(master_cf, (past, past))
 
 
+def held_until(looked: float, remaining: int | None) -> float | None:
+    """The moment before which a cache that answered with `remaining` TTL at
+    `looked` still holds that answer.
+
+    Unbound counts in whole seconds (`time(NULL)`): it answers with
+    `expiry - now` and serves the RRset while `now <= expiry`, so the answer
+    stays until the end of second `floor(looked) + remaining`.
+    """
+    if remaining is None:
+        return None
+    return float(math.floor(looked) + remaining + 1)
+
+
 @dataclass(frozen=True)
 class DaneCheck:
     started: float  # time.time()
@@ -250,6 +264,7 @@ class DaneCheck:
     verified: bool  # "Verified TLS connection established"
     tlsa: frozenset[str]  # what the cache answered for the TLSA name just before
     output: str
+    held_until: float | None = None  # the cache keeps `tlsa` at least until then
 
     @property
     def failed(self) -> bool:
@@ -277,10 +292,11 @@ def resolv_conf(resolver: str) -> Iterator[Path]:
 def dane_check(resolver: UnboundResolver, resolv: Path, domain: str = "example.test") -> DaneCheck:
     """One ``posttls-finger -c -l dane DOMAIN`` through `resolver`."""
     tlsa_name = f"_25._tcp.mx.{resolver.bind.zone}."
+    looked = time.time()
     try:
-        records, _ = resolver.tlsa(tlsa_name)
+        records, ttl = resolver.tlsa(tlsa_name)
     except (dns.exception.DNSException, OSError):
-        records = set()
+        records, ttl = set(), None
     started = time.time()
     # The mount namespace sees our resolv.conf only; the host's stays untouched.
     script = 'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"'
@@ -313,10 +329,30 @@ def dane_check(resolver: UnboundResolver, resolv: Path, domain: str = "example.t
         verified="Verified TLS connection established" in output,
         tlsa=frozenset(records),
         output=output,
+        held_until=held_until(looked, ttl),
     )
 
 
-class DaneSampler:
+class DaneChecks:
+    """Handshakes judged by a DANE client, for assertions."""
+
+    checks: list[DaneCheck]
+
+    @property
+    def failures(self) -> list[DaneCheck]:
+        return [check for check in self.checks if check.failed]
+
+    def report(self) -> str:
+        """Every failed check, for an assertion message."""
+        lines = [f"{len(self.failures)} of {len(self.checks)} DANE handshakes failed"]
+        for check in self.failures[:5]:
+            until = f" until {check.held_until:.0f}" if check.held_until else ""
+            lines.append(f"--- at {check.started:.1f}, cache held {sorted(check.tlsa)}{until}")
+            lines.append(check.output[-1500:])
+        return "\n".join(lines)
+
+
+class DaneSampler(DaneChecks):
     """A thread running `dane_check` back to back until stopped."""
 
     def __init__(self, resolver: UnboundResolver, interval: float = 0.2) -> None:
@@ -340,10 +376,6 @@ class DaneSampler:
         self._stop.set()
         self._thread.join()
 
-    @property
-    def failures(self) -> list[DaneCheck]:
-        return [check for check in self.checks if check.failed]
-
     def wait_for(self, condition: Any, what: str, timeout: float = 60) -> DaneCheck:
         """The first check (from now on) for which `condition(check)` holds."""
         start = len(self.checks)
@@ -355,14 +387,6 @@ class DaneSampler:
             time.sleep(0.1)
         last = self.checks[-1].output if self.checks else "no check ran"
         raise AssertionError(f"no DANE check {what} within {timeout} s; last:\n{last}")
-
-    def report(self) -> str:
-        """Every failed check, for an assertion message."""
-        lines = [f"{len(self.failures)} of {len(self.checks)} DANE handshakes failed"]
-        for check in self.failures[:5]:
-            lines.append(f"--- at {check.started:.1f}, cache held {sorted(check.tlsa)}")
-            lines.append(check.output[-1500:])
-        return "\n".join(lines)
 
 
 @contextlib.contextmanager

@@ -363,8 +363,8 @@ class TestRolloverWaiting:
             code, text, document = host.status()
             assert code == 0, text  # waiting, but not for long yet
             assert document["lineages"][MX]["pending"] is not None
-            # 2 * (rollover_wait + ttl) + 2 intervals + 10 s grace: about 22 s.
-            text = host.wait_status(1, limit=60, contains="waiting since")
+            # 2 * (rollover_wait + ttl + 10 s slack) + 2 intervals + 10 s grace: about 42 s.
+            text = host.wait_status(1, limit=90, contains="waiting since")
             assert text.startswith("DANESYNC WARNING - ")
         finally:
             host.stop()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from danesync.history import SENDER_SLACK
 from danesync.plan import Plan, Publish, Retire
 from danesync.runtime import PassResult
 from danesync.steps import execute_plan
@@ -71,6 +72,9 @@ class TestFinding1TtlAsServed:
         world.full_pass()
         assert world.service.state.lineages["rsa"].deployed.serial == "0001"
         world.advance(3000)
+        world.full_pass()
+        assert world.service.state.lineages["rsa"].deployed.serial == "0001"  # the slack
+        world.advance(SENDER_SLACK.total_seconds())
         world.full_pass()
         new = world.lineages.current["rsa"]
         assert world.service.state.lineages["rsa"].deployed == new.info  # type: ignore[union-attr]
