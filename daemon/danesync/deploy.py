@@ -215,7 +215,10 @@ def _confirm(rt: Runtime, items: list[DeployItem]) -> dict[str, bool]:
     # (never "*.example.net"); the key algorithm picks its chain where an RSA
     # and an ECDSA lineage share the name.
     chains = _deployed(rt, items)
-    probe_names = build_probe_names(build_sni_certificates(rt.config, chains, rt.postfix))
+    probe_names = build_probe_names(
+        build_sni_certificates(rt.config, chains, rt.postfix),
+        lineages={i.lineage for i in items},
+    )
     requests = []
     for item in items:
         certificate = rt.config.certificate(item.lineage)

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from danesync.config import CertificateConfig, Config
+from danesync.memo import SlotMemo
 from danesync.state import ChainInfo, State
 from danesync.tlsa import TlsaRecord, Usage, absolute_name
 
@@ -83,6 +84,12 @@ def build_holdings(
     return tuple(holdings)
 
 
+# Lineage -> its records by owner name, with the inputs they were built from:
+# a pass over 10,000 lineages rebuilds only the lineages whose chains or
+# config changed (docs/benchmarks.md, "One SNI renewal pass").
+_HOLDING_RECORDS: SlotMemo[str, tuple[tuple[str, frozenset[TlsaRecord]], ...]] = SlotMemo()
+
+
 def build_needed_records(
     holdings: Iterable[Holding],
     extra_records: Mapping[str, Iterable[TlsaRecord]] | None = None,
@@ -91,14 +98,44 @@ def build_needed_records(
 
     `extra_records` maps a lineage to records to pre-publish for it.
     """
-    needed: dict[str, set[TlsaRecord]] = {}
+    needed: dict[str, frozenset[TlsaRecord]] = {}
     for holding in holdings:
         extra = tuple((extra_records or {}).get(holding.lineage, ()))
-        for chain in holding.chains:
-            if holding.certificate is None:
-                records = frozenset(chain.tlsa)
-            else:
-                records = build_chain_records(holding.certificate, chain, extra)
-            for record in records:
-                needed.setdefault(record.name, set()).add(record)
-    return {name: frozenset(records) for name, records in needed.items()}
+        for name, records in build_holding_records(holding, extra):
+            present = needed.get(name)
+            needed[name] = records if present is None else present | records
+    return needed
+
+
+def build_holding_records(
+    holding: Holding, extra: tuple[TlsaRecord, ...] = ()
+) -> tuple[tuple[str, frozenset[TlsaRecord]], ...]:
+    """One lineage's needed records, grouped by owner name; remembered while
+    everything they are built from is unchanged."""
+    certificate = holding.certificate
+    # Everything the records are built from (build_chain_records reads no more).
+    inputs: tuple[object, ...]
+    if certificate is None:
+        inputs = (None, tuple(chain.tlsa for chain in holding.chains))
+    else:
+        inputs = (
+            certificate.usages,
+            certificate.tlsa,
+            tuple((chain.leaf_spki, chain.issuer_spki) for chain in holding.chains),
+            extra,
+        )
+    return _HOLDING_RECORDS.get(holding.lineage, inputs, lambda: _group(holding, extra))
+
+
+def _group(
+    holding: Holding, extra: tuple[TlsaRecord, ...]
+) -> tuple[tuple[str, frozenset[TlsaRecord]], ...]:
+    by_name: dict[str, set[TlsaRecord]] = {}
+    for chain in holding.chains:
+        if holding.certificate is None:
+            records = frozenset(chain.tlsa)
+        else:
+            records = build_chain_records(holding.certificate, chain, extra)
+        for record in records:
+            by_name.setdefault(record.name, set()).add(record)
+    return tuple((name, frozenset(records)) for name, records in sorted(by_name.items()))

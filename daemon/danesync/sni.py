@@ -21,11 +21,14 @@ invalid SNI name): a wildcard is probed as `danesync-probe.example.net`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+
+from danesync.memo import SlotMemo
 
 PROBE_LABEL = "danesync-probe"
 
@@ -58,10 +61,12 @@ class SniTable:
         return {entry.key: entry.files for entry in self.entries}
 
     def entry(self, key: str) -> SniEntry | None:
-        for entry in self.entries:
-            if entry.key == key:
-                return entry
-        return None
+        return self.by_key.get(key)
+
+    @functools.cached_property
+    def by_key(self) -> dict[str, SniEntry]:
+        # A lookup per probed lineage: a linear search was quadratic at 10,000.
+        return {entry.key: entry for entry in self.entries}
 
 
 def leaf_dns_names(leaf: x509.Certificate) -> tuple[str, ...]:
@@ -112,8 +117,19 @@ def _covers(wildcard_key: str, key: str) -> bool:
     return bool(head) and not key.startswith(".") and f".{rest}" == wildcard_key
 
 
+# The last table built, with the certificates it was built from: a deploy asks
+# for it several times, and a renewal that keeps its names, key algorithm and
+# file (the usual one) leaves the table as it was.
+_TABLE: SlotMemo[None, SniTable] = SlotMemo()
+
+
 def build_sni_table(certificates: Iterable[SniCertificate]) -> SniTable:
     """The table for these SNI lineages, in configuration order (the first wins a conflict)."""
+    inputs = tuple(certificates)
+    return _TABLE.get(None, inputs, lambda: _build_sni_table(inputs))
+
+
+def _build_sni_table(certificates: Sequence[SniCertificate]) -> SniTable:
     # key -> algorithm -> the lineage serving it
     chosen: dict[str, dict[str, SniCertificate]] = {}
     problems: list[str] = []
@@ -138,10 +154,11 @@ def build_sni_table(certificates: Iterable[SniCertificate]) -> SniTable:
     entries = []
     for key in sorted(chosen):
         by_algorithm = dict(chosen[key])
-        for wildcard_key, wildcard_algorithms in wildcards.items():
-            if _covers(wildcard_key, key):
-                for algorithm, certificate in wildcard_algorithms.items():
-                    by_algorithm.setdefault(algorithm, certificate)
+        # At most one wildcard covers a name (one label): look it up, not through them all.
+        wildcard_key = f".{key.partition('.')[2]}"
+        if wildcard_key in wildcards and _covers(wildcard_key, key):
+            for algorithm, certificate in wildcards[wildcard_key].items():
+                by_algorithm.setdefault(algorithm, certificate)
         served = [by_algorithm[algorithm] for algorithm in sorted(by_algorithm)]
         entries.append(
             SniEntry(
@@ -169,18 +186,23 @@ def build_concrete_name(name: str) -> str:
 
 
 def build_probe_names(
-    certificates: Sequence[SniCertificate], table: SniTable | None = None
+    certificates: Sequence[SniCertificate],
+    table: SniTable | None = None,
+    lineages: Collection[str] | None = None,
 ) -> dict[str, str]:
     """{lineage: a concrete SNI name under which the table serves that lineage's chain}.
 
     A lineage that serves no name (all taken by others) is left out. A
     concrete name is preferred to a wildcard's made-up one; a made-up name
-    that happens to be a key of its own is not used.
+    that happens to be a key of its own is not used. `lineages`: only those
+    (None: all).
     """
     table = table or build_sni_table(certificates)
-    keys = {entry.key for entry in table.entries}
+    keys = table.by_key
     names: dict[str, str] = {}
     for certificate in certificates:
+        if lineages is not None and certificate.lineage not in lineages:
+            continue
         candidates = []
         for name in certificate.names:
             try:

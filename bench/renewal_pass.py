@@ -1,0 +1,182 @@
+"""One SNI renewal pass, in this process, at 100, 1,000 and 10,000 lineages.
+
+What the daemon runs when the watcher reports one renewed lineage:
+`Service.reconcile({lineage})`, after a settled full pass (everything
+deployed). Timed around that call, probe included (the pass ends when the
+STARTTLS probe sees the new leaf), DNS off, the bench's private Postfix
+(bench.common.make_host: one default chain, the rest SNI). Then one more
+renewal under cProfile, for the functions that make the cost: their
+cumulative seconds, so that what grows with the number of lineages shows.
+
+`python -m bench.renewal_pass [--sizes 100 1000 10000] [--renewals 3]`
+(root; run 1,000 and above under `flock /tmp/danesync-bench.lock`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import hashlib
+import logging
+import pstats
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+from cryptography.hazmat.primitives import serialization
+from tests.harness.certs import Hierarchy
+from tests.harness.lineage import renew
+from tests.harness.postfix import PostfixInstance
+
+from bench.common import Result, Row, issue, make_host, progress, seconds
+
+SIZES = (100, 1000, 10_000)
+TARGET = 0.5
+COOL_DOWN = 2.5  # main.cf settles (postfix.py: programs wait for a fresh main.cf)
+# Where one renewal pass spends its time (cumulative seconds under cProfile).
+PARTS = (
+    ("plan_pass", "plan.py"),
+    ("build_needed_records", "needs.py"),
+    ("build_sni_entries", "deploy.py"),
+    ("build_wanted_parameters", "deploy.py"),
+    ("write_sni_table", "adapters.py"),
+    ("build_sni_shards", "snitables.py"),
+    ("save", "runtime.py"),
+    ("confirm_served", "adapters.py"),
+)
+
+
+def measure(workdir: Path, ca: Hierarchy, count: int, renewals: int) -> dict[str, Any]:
+    """Figures for one host of `count` lineages (the default chain + count - 1 SNI)."""
+    from danesync.config import load_config
+    from danesync.service import Service
+
+    figures: dict[str, Any] = {"lineages": count}
+    with PostfixInstance() as postfix:
+        started = time.monotonic()
+        host = make_host(workdir / f"host{count}", postfix, ca, count - 1)
+        progress(f"renewal_pass: {count} lineages written in {time.monotonic() - started:.1f} s")
+        service = Service(load_config(host.config))
+        started = time.perf_counter()
+        service.reconcile(monitor=False)
+        figures["cold_pass"] = time.perf_counter() - started
+        time.sleep(COOL_DOWN)
+        started = time.perf_counter()
+        service.reconcile(monitor=False)
+        figures["full_pass"] = time.perf_counter() - started
+        lineage = host.lineages[-1]
+        times = []
+        for _ in range(renewals):
+            times.append(_renew_once(service, host.letsencrypt, ca, lineage))
+        figures["renewal"] = times
+        figures["renewal_median"] = statistics.median(times)
+        profiler = cProfile.Profile()
+        figures["renewal_profiled"] = _renew_once(service, host.letsencrypt, ca, lineage, profiler)
+        figures["parts"] = build_parts(pstats.Stats(profiler))
+        deployed = sum(1 for s in service.state.lineages.values() if s.deployed is not None)
+        if deployed != count:
+            raise RuntimeError(f"{deployed} of {count} lineages deployed")
+    shutil.rmtree(workdir / f"host{count}", ignore_errors=True)
+    return figures
+
+
+def _renew_once(
+    service: Any, letsencrypt: Path, ca: Hierarchy, lineage: str, profiler: Any = None
+) -> float:
+    leaf = issue(ca, lineage)
+    renew(letsencrypt, lineage, leaf)
+    started = time.perf_counter()
+    if profiler is None:
+        result = service.reconcile({lineage})
+    else:
+        result = profiler.runcall(service.reconcile, {lineage})
+    elapsed = time.perf_counter() - started
+    deployed = service.state.lineages[lineage].deployed
+    wanted = hashlib.sha256(leaf.cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    if deployed is None or deployed.fingerprint != wanted:
+        raise RuntimeError(f"{lineage}: the renewal was not deployed ({result})")
+    return elapsed
+
+
+def build_parts(stats: pstats.Stats) -> dict[str, float]:
+    """Cumulative seconds of each of PARTS in one profile."""
+    found = dict.fromkeys((name for name, _ in PARTS), 0.0)
+    table: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    for (filename, _, function), (_, _, _, cumulative, _) in table.items():
+        for name, module in PARTS:
+            if function == name and filename.endswith(module):
+                found[name] += cumulative
+    return found
+
+
+def run(workdir: Path, sizes: tuple[int, ...] = SIZES, renewals: int = 3) -> Result:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    ca = Hierarchy("Bench Renewal Pass")
+    figures = {size: measure(workdir, ca, size, renewals) for size in sizes}
+    base = figures[sizes[0]]
+    result = Result(
+        name="renewal",
+        title="One SNI renewal pass, in process",
+        setup=(
+            "`Service.reconcile({lineage})` after a settled full pass, DNS off, the bench's"
+            f" private Postfix, the default chain + SNI lineages (EC P-256); median of {renewals}"
+            " renewals, probe included; then one renewal under cProfile"
+        ),
+        baseline=f"the same at {sizes[0]:,} lineages, same run",
+        data={str(size): f for size, f in figures.items()},
+    )
+    for size in sizes[1:]:
+        ours = figures[size]
+        result.rows += [
+            Row(
+                f"{size:,}: one SNI renewal pass, median",
+                seconds(ours["renewal_median"]),
+                seconds(base["renewal_median"]),
+                f"< {seconds(TARGET)}",
+                ours["renewal_median"] < TARGET,
+            ),
+            Row(
+                f"{size:,}: a settled full pass",
+                seconds(ours["full_pass"]),
+                seconds(base["full_pass"]),
+            ),
+        ]
+        for name, _ in PARTS:
+            result.rows.append(
+                Row(
+                    f"{size:,}: profiled renewal, `{name}` cumulative",
+                    seconds(ours["parts"][name]),
+                    seconds(base["parts"][name]),
+                )
+            )
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.renewal_pass", description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--renewals", type=int, default=3)
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="danesync-bench-renewal-"))
+    workdir.chmod(0o755)
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    try:
+        result = run(workdir, tuple(args.sizes), args.renewals)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"load average at the start: {' '.join(load)}; at the end:", end=" ")
+    print(" ".join(Path("/proc/loadavg").read_text().split()[:3]))
+    print("| measure | danesync | baseline | target | met |")
+    for row in result.rows:
+        met = "" if row.met is None else ("yes" if row.met else "**no**")
+        print(f"| {row.measure} | {row.danesync} | {row.baseline} | {row.target} | {met} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
