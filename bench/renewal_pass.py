@@ -51,7 +51,9 @@ PARTS = (
 )
 
 
-def measure(workdir: Path, ca: Hierarchy, count: int, renewals: int) -> dict[str, Any]:
+def measure(
+    workdir: Path, ca: Hierarchy, count: int, renewals: int, profile_dir: Path | None = None
+) -> dict[str, Any]:
     """Figures for one host of `count` lineages (the default chain + count - 1 SNI)."""
     from danesync.config import load_config
     from danesync.service import Service
@@ -78,6 +80,8 @@ def measure(workdir: Path, ca: Hierarchy, count: int, renewals: int) -> dict[str
         profiler = cProfile.Profile()
         figures["renewal_profiled"] = _renew_once(service, host.letsencrypt, ca, lineage, profiler)
         figures["parts"] = build_parts(pstats.Stats(profiler))
+        if profile_dir is not None:
+            profiler.dump_stats(profile_dir / f"renewal-pass-{count}.prof")
         deployed = sum(1 for s in service.state.lineages.values() if s.deployed is not None)
         if deployed != count:
             raise RuntimeError(f"{deployed} of {count} lineages deployed")
@@ -114,10 +118,15 @@ def build_parts(stats: pstats.Stats) -> dict[str, float]:
     return found
 
 
-def run(workdir: Path, sizes: tuple[int, ...] = SIZES, renewals: int = 3) -> Result:
+def run(
+    workdir: Path,
+    sizes: tuple[int, ...] = SIZES,
+    renewals: int = 3,
+    profile_dir: Path | None = None,
+) -> Result:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
     ca = Hierarchy("Bench Renewal Pass")
-    figures = {size: measure(workdir, ca, size, renewals) for size in sizes}
+    figures = {size: measure(workdir, ca, size, renewals, profile_dir) for size in sizes}
     base = figures[sizes[0]]
     result = Result(
         name="renewal",
@@ -141,6 +150,11 @@ def run(workdir: Path, sizes: tuple[int, ...] = SIZES, renewals: int = 3) -> Res
                 ours["renewal_median"] < TARGET,
             ),
             Row(
+                f"{size:,}: the renewal pass under cProfile",
+                seconds(ours["renewal_profiled"]),
+                seconds(base["renewal_profiled"]),
+            ),
+            Row(
                 f"{size:,}: a settled full pass",
                 seconds(ours["full_pass"]),
                 seconds(base["full_pass"]),
@@ -161,12 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.renewal_pass", description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--renewals", type=int, default=3)
+    parser.add_argument("--profile-dir", type=Path, help="write each size's cProfile output here")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="danesync-bench-renewal-"))
     workdir.chmod(0o755)
     load = Path("/proc/loadavg").read_text().split()[:3]
     try:
-        result = run(workdir, tuple(args.sizes), args.renewals)
+        result = run(workdir, tuple(args.sizes), args.renewals, args.profile_dir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"load average at the start: {' '.join(load)}; at the end:", end=" ")

@@ -17,6 +17,7 @@ import structlog
 from danesync.chain import format_time
 from danesync.config import Config
 from danesync.errors import DanesyncError
+from danesync.memo import SlotMemo
 from danesync.plan import DeployItem, DeployKind
 from danesync.ports import PostfixPort, ProbeRequest
 from danesync.runtime import PassResult, Runtime
@@ -26,10 +27,29 @@ from danesync.state import ChainInfo
 log = structlog.get_logger("danesync")
 
 
+# The last answer with its inputs: one deploy asks four times with equal
+# inputs (the table, its problems, the parameters, the probe names), and each
+# answer walks every configured certificate (10,000 on a hosting server).
+_SNI_CERTIFICATES: SlotMemo[None, tuple[SniCertificate, ...]] = SlotMemo()
+
+
 def build_sni_certificates(
     config: Config, chains: Mapping[str, ChainInfo], path_of: PostfixPort
 ) -> list[SniCertificate]:
     """The SNI lineages among `chains`, each with the names it serves (sni.py)."""
+    # Everything read: the configured certificates, the chains, the chain paths
+    # (`path_of` answers the same path for a lineage for as long as it lives).
+    inputs = (config.certificates, dict(chains), path_of)
+    return list(
+        _SNI_CERTIFICATES.get(
+            None, inputs, lambda: _build_sni_certificates(config, chains, path_of)
+        )
+    )
+
+
+def _build_sni_certificates(
+    config: Config, chains: Mapping[str, ChainInfo], path_of: PostfixPort
+) -> tuple[SniCertificate, ...]:
     certificates = []
     for certificate in config.certificates:
         info = chains.get(certificate.lineage)
@@ -39,7 +59,7 @@ def build_sni_certificates(
             certificates.append(
                 SniCertificate(certificate.lineage, info.key_algorithm, names, path)
             )
-    return certificates
+    return tuple(certificates)
 
 
 def build_sni_entries(

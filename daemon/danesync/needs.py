@@ -75,10 +75,12 @@ def build_holdings(
         holdings.append(Holding(certificate.lineage, certificate.tlsa, tuple(chains), certificate))
     # A lineage dropped from the config is served until the next deploy rewrites
     # Postfix's parameters: its records, as captured, stay needed until then.
-    for lineage, lineage_state in sorted(state.lineages.items()):
-        if lineage in configured or lineage_state.deployed is None:
-            continue
-        info = lineage_state.deployed
+    dropped = [
+        (lineage, lineage_state.deployed)
+        for lineage, lineage_state in state.lineages.items()
+        if lineage not in configured and lineage_state.deployed is not None
+    ]
+    for lineage, info in sorted(dropped, key=lambda item: item[0]):
         names = tuple(sorted({r.name for r in info.tlsa}))
         holdings.append(Holding(lineage, names, (info,), None))
     return tuple(holdings)

@@ -35,6 +35,9 @@ class _Paths:
         return f"hash:{DEPLOY}/sni"
 
 
+PATHS = _Paths()  # one adapter for the daemon's life, as in the daemon
+
+
 def config_of(a: dict[str, Any], b: dict[str, Any] | None = None, mode: str = "off") -> Config:
     dns: dict[str, Any] = {"mode": mode}
     if mode == "rfc2136":
@@ -70,6 +73,7 @@ def chains() -> dict[str, ChainInfo]:
         A: make_chain(ca.issue([A, f"www.{A}"]), lineage=A),
         B: make_chain(ca.issue([B]), lineage=B),
         "renewed": make_chain(ca.issue([A, f"www.{A}"]), lineage=A),
+        "renamed": make_chain(ca.issue([A, f"mail.{A}"]), lineage=A),
     }
 
 
@@ -128,21 +132,28 @@ class TestSniEntries:
     def test_a_hostnames_change_of_one_certificate(self, chains: dict[str, ChainInfo]) -> None:
         deployed_chains = {A: chains[A], B: chains[B]}
         before = config_of({"sni": True}, {"sni": True})
-        entries = build_sni_entries(before, deployed_chains, _Paths())  # type: ignore[arg-type]
+        entries = build_sni_entries(before, deployed_chains, PATHS)  # type: ignore[arg-type]
         assert sorted(entries) == [A, B, f"www.{A}"]
         after = config_of({"sni": True, "hostnames": [f"www.{A}"]}, {"sni": True})
-        entries = build_sni_entries(after, deployed_chains, _Paths())  # type: ignore[arg-type]
+        entries = build_sni_entries(after, deployed_chains, PATHS)  # type: ignore[arg-type]
         assert sorted(entries) == [B, f"www.{A}"]
+
+    def test_a_renewed_chain_with_other_names(self, chains: dict[str, ChainInfo]) -> None:
+        config = config_of({"sni": True}, {"sni": True})
+        build_sni_entries(config, {A: chains[A], B: chains[B]}, PATHS)  # type: ignore[arg-type]
+        renewed = {A: chains["renamed"], B: chains[B]}
+        entries = build_sni_entries(config, renewed, PATHS)  # type: ignore[arg-type]
+        assert sorted(entries) == [A, B, f"mail.{A}"]
 
     def test_the_sni_parameter_follows_the_last_sni_certificate(
         self, chains: dict[str, ChainInfo]
     ) -> None:
         deployed_chains = {A: chains[A], B: chains[B]}
         both = config_of({"sni": True}, {"sni": True})
-        wanted = build_wanted_parameters(both, deployed_chains, _Paths())  # type: ignore[arg-type]
+        wanted = build_wanted_parameters(both, deployed_chains, PATHS)  # type: ignore[arg-type]
         assert "tls_server_sni_maps" in wanted
         none = config_of({}, {"sni": False, "hostnames": [B]})
         # Two default chains of one algorithm are refused by the planner; here only
         # the parameters are asked: no SNI certificate left, no SNI table named.
-        wanted = build_wanted_parameters(none, deployed_chains, _Paths())  # type: ignore[arg-type]
+        wanted = build_wanted_parameters(none, deployed_chains, PATHS)  # type: ignore[arg-type]
         assert "tls_server_sni_maps" not in wanted
