@@ -15,7 +15,7 @@ from pathlib import Path
 import structlog
 
 from danesync.chain import format_time
-from danesync.config import Config
+from danesync.config import CertificateConfig, Config
 from danesync.errors import DanesyncError
 from danesync.memo import SlotMemo
 from danesync.plan import DeployItem, DeployKind
@@ -40,18 +40,15 @@ def build_sni_certificates(
     # Everything read: the configured certificates, the chains, the chain paths
     # (`path_of` answers the same path for a lineage for as long as it lives).
     inputs = (config.certificates, dict(chains), path_of)
-    return list(
-        _SNI_CERTIFICATES.get(
-            None, inputs, lambda: _build_sni_certificates(config, chains, path_of)
-        )
-    )
+    return list(_SNI_CERTIFICATES.get(None, inputs, _build_sni_certificates))
 
 
 def _build_sni_certificates(
-    config: Config, chains: Mapping[str, ChainInfo], path_of: PostfixPort
+    inputs: tuple[tuple[CertificateConfig, ...], dict[str, ChainInfo], PostfixPort],
 ) -> tuple[SniCertificate, ...]:
+    configured, chains, path_of = inputs  # reads nothing else: the memo's key is complete
     certificates = []
-    for certificate in config.certificates:
+    for certificate in configured:
         info = chains.get(certificate.lineage)
         if certificate.sni and info is not None:
             names = build_served_names(certificate.hostnames, certificate.hostnames_set, info.names)

@@ -18,6 +18,7 @@ from typing import Generic, TypeVar
 
 S = TypeVar("S", bound=Hashable)
 V = TypeVar("V")
+In = TypeVar("In")
 
 
 class SlotMemo(Generic[S, V]):
@@ -26,11 +27,12 @@ class SlotMemo(Generic[S, V]):
     def __init__(self) -> None:
         self._slots: dict[S, tuple[object, V]] = {}
 
-    def get(self, slot: S, inputs: object, build: Callable[[], V]) -> V:
+    def get(self, slot: S, inputs: In, build: Callable[[In], V]) -> V:
+        """The result for `inputs`: remembered, or `build(inputs)`."""
         found = self._slots.get(slot)
         if found is not None and found[0] == inputs:
             return found[1]
-        value = build()
+        value = build(inputs)
         self._slots[slot] = (inputs, value)
         return value
 

@@ -60,19 +60,21 @@ def build_holdings(
     """
     holdings = []
     configured = set()
+    lineages = state.lineages
     for certificate in config.certificates:
-        configured.add(certificate.lineage)
-        lineage_state = state.lineages.get(certificate.lineage)
-        chains: list[ChainInfo] = []
-        if lineage_state is not None:
-            for info in (lineage_state.deployed, lineage_state.inflight):
-                if info is not None:
-                    chains.append(info)
-        pending = lineage_state.pending if lineage_state is not None else None
-        candidate = held.get(certificate.lineage, pending)
-        if candidate is not None:
-            chains.append(candidate)
-        holdings.append(Holding(certificate.lineage, certificate.tlsa, tuple(chains), certificate))
+        lineage = certificate.lineage
+        configured.add(lineage)
+        lineage_state = lineages.get(lineage)
+        if lineage_state is None:
+            deployed = inflight = None
+            candidate = held.get(lineage)
+        else:
+            deployed, inflight = lineage_state.deployed, lineage_state.inflight
+            candidate = held.get(lineage, lineage_state.pending)
+        # The same Holding object while nothing of it changed: what is built
+        # from it (build_holding_records) is then found by identity.
+        inputs = (certificate, deployed, inflight, candidate)
+        holdings.append(_HOLDINGS.get(lineage, inputs, _holding))
     # A lineage dropped from the config is served until the next deploy rewrites
     # Postfix's parameters: its records, as captured, stay needed until then.
     dropped = [
@@ -86,9 +88,18 @@ def build_holdings(
     return tuple(holdings)
 
 
-# Lineage -> its records by owner name, with the inputs they were built from:
+def _holding(
+    inputs: tuple[CertificateConfig, ChainInfo | None, ChainInfo | None, ChainInfo | None],
+) -> Holding:
+    certificate, deployed, inflight, candidate = inputs
+    chains = tuple(info for info in (deployed, inflight, candidate) if info is not None)
+    return Holding(certificate.lineage, certificate.tlsa, chains, certificate)
+
+
+# Lineage -> its Holding and its records by owner name, with the inputs they were built from:
 # a pass over 10,000 lineages rebuilds only the lineages whose chains or
 # config changed (docs/benchmarks.md, "One SNI renewal pass").
+_HOLDINGS: SlotMemo[str, Holding] = SlotMemo()
 _HOLDING_RECORDS: SlotMemo[str, tuple[tuple[str, frozenset[TlsaRecord]], ...]] = SlotMemo()
 
 
@@ -114,24 +125,16 @@ def build_holding_records(
 ) -> tuple[tuple[str, frozenset[TlsaRecord]], ...]:
     """One lineage's needed records, grouped by owner name; remembered while
     everything they are built from is unchanged."""
-    certificate = holding.certificate
-    # Everything the records are built from (build_chain_records reads no more).
-    inputs: tuple[object, ...]
-    if certificate is None:
-        inputs = (None, tuple(chain.tlsa for chain in holding.chains))
-    else:
-        inputs = (
-            certificate.usages,
-            certificate.tlsa,
-            tuple((chain.leaf_spki, chain.issuer_spki) for chain in holding.chains),
-            extra,
-        )
-    return _HOLDING_RECORDS.get(holding.lineage, inputs, lambda: _group(holding, extra))
+    # Everything the records are built from, compared by value (the Holding's
+    # chains and config, which build_chain_records reads, and the extra records).
+    inputs = (holding, extra)
+    return _HOLDING_RECORDS.get(holding.lineage, inputs, _group)
 
 
 def _group(
-    holding: Holding, extra: tuple[TlsaRecord, ...]
+    inputs: tuple[Holding, tuple[TlsaRecord, ...]],
 ) -> tuple[tuple[str, frozenset[TlsaRecord]], ...]:
+    holding, extra = inputs
     by_name: dict[str, set[TlsaRecord]] = {}
     for chain in holding.chains:
         if holding.certificate is None:

@@ -139,7 +139,8 @@ def plan_pass(config: Config, state: State, obs: Observations, now: dt.datetime)
     by_name: dict[str, list[Holding]] = {}
     for holding in holdings:
         for owner in holding.names:
-            by_name.setdefault(owner, []).append(holding)
+            if owner in obs.fresh:  # only names just observed are looked up
+                by_name.setdefault(owner, []).append(holding)
     # Records a lineage pre-publishes: the observations' and its issuer
     # family's (danesync.families: every member's 2 1 1 stays published).
     extra: dict[str, tuple[TlsaRecord, ...]] = dict(obs.extra_records or {})
@@ -150,13 +151,12 @@ def plan_pass(config: Config, state: State, obs: Observations, now: dt.datetime)
     steps: list[Step] = []
     publishes: dict[str, RRset] = {}
     if mode is DnsMode.RFC2136:
-        for name in sorted(needed):
-            step = None
-            if name in obs.fresh:
-                known, unknown = _served_at(ctx, by_name.get(name, []))
-                step = plan_publish(
-                    name, ctx.current(name), needed[name], known, unknown, config.dns.ttl
-                )
+        # Only names just observed (a renewal's: a few among 10,000).
+        for name in sorted(needed.keys() & obs.fresh):
+            known, unknown = _served_at(ctx, by_name.get(name, []))
+            step = plan_publish(
+                name, ctx.current(name), needed[name], known, unknown, config.dns.ttl
+            )
             if step is not None:
                 steps.append(step)
                 publishes[name] = RRset.of(ctx.current(name).records | set(step.add), step.ttl)
@@ -181,7 +181,7 @@ def plan_pass(config: Config, state: State, obs: Observations, now: dt.datetime)
         steps.append(Deploy(tuple(items)))
     elif mode is DnsMode.RFC2136:
         # Retire only in a round that deploys nothing: what is served is settled.
-        for name in sorted({n for n, h in state.names.items() if h.owned} & obs.fresh):
+        for name in sorted(n for n in obs.fresh if n in state.names and state.names[n].owned):
             known, unknown = _served_at(ctx, by_name.get(name, []))
             retire = plan_retire(
                 name,
@@ -198,9 +198,8 @@ def plan_pass(config: Config, state: State, obs: Observations, now: dt.datetime)
         missing = tuple(
             sorted(
                 r
-                for name, records in needed.items()
-                if name in obs.fresh
-                for r in records
+                for name in needed.keys() & obs.fresh
+                for r in needed[name]
                 if r not in ctx.everywhere(name)
             )
         )

@@ -126,7 +126,7 @@ _TABLE: SlotMemo[None, SniTable] = SlotMemo()
 def build_sni_table(certificates: Iterable[SniCertificate]) -> SniTable:
     """The table for these SNI lineages, in configuration order (the first wins a conflict)."""
     inputs = tuple(certificates)
-    return _TABLE.get(None, inputs, lambda: _build_sni_table(inputs))
+    return _TABLE.get(None, inputs, _build_sni_table)
 
 
 def _build_sni_table(certificates: Sequence[SniCertificate]) -> SniTable:
