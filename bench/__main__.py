@@ -18,12 +18,12 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import idle, latency, reload, scale
+from bench import idle, latency, reload, renewal_pass, scale
 from bench.common import REPO, RESULTS, Result, dump, machine
 
 DOCS = REPO / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
-NAMES = ("latency", "reload", "idle", "scale")
+NAMES = ("latency", "reload", "idle", "scale", "renewal")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
             profile_dir=profile_dir,
             ari_delayed=not quick,
             huge=not quick,
+        ),
+        # One renewal pass in process, at 100, 1,000 and (not --quick) 10,000 lineages.
+        "renewal": lambda w: renewal_pass.run(
+            w,
+            renewal_pass.SIZES[:2] if quick else renewal_pass.SIZES,
+            renewals=3 if quick else 5,
+            profile_dir=profile_dir,
         ),
     }
     host = machine()
