@@ -85,7 +85,7 @@ def build_wanted_parameters(
     if defaults:
         wanted["smtpd_tls_chain_files"] = build_chain_files_value(defaults)
         wanted |= build_legacy_removals(wanted)
-    if build_sni_entries(config, chains, port):
+    if build_sni_table(build_sni_certificates(config, chains, port)).entries:  # any entry
         wanted["tls_server_sni_maps"] = port.sni_maps_value()
     return wanted
 
