@@ -97,11 +97,12 @@ def observe_served(
 def read_on_disk(
     rt: Runtime, certificate: CertificateConfig, candidate: Offer | Problem | None
 ) -> tuple[str | None, bytes | None]:
-    """The leaf of a lineage's chain file (None: missing or unreadable), and its bytes."""
+    """The leaf of a lineage's chain file (None: missing or unreadable), and its
+    bytes when they were read (not when the file holds `candidate`)."""
     if isinstance(candidate, Offer) and rt.postfix.chain_file_holds(
-        certificate.lineage, candidate.pem
+        certificate.lineage, candidate.digest
     ):
-        return candidate.info.fingerprint, candidate.pem  # no read while its stat is unchanged
+        return candidate.info.fingerprint, None  # no read while its stat is unchanged
     data = rt.postfix.read_chain_file(certificate.lineage)
     if data is None:
         return None, None

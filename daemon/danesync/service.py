@@ -28,7 +28,16 @@ from danesync.plan import (
     plan_pass,
     plan_recovery,
 )
-from danesync.ports import Clock, DnsPort, LineagePort, Offer, PostfixPort, StatePort
+from danesync.ports import (
+    AriTarget,
+    Clock,
+    DnsPort,
+    LineagePort,
+    Offer,
+    OfferPems,
+    PostfixPort,
+    StatePort,
+)
 from danesync.runtime import PassResult, Runtime, crash_point
 from danesync.state import State, StateStore
 from danesync.steps import DecisionLog, execute_plan, record_decisions
@@ -73,7 +82,7 @@ class Service:
         )
         self.logs = DecisionLog()
         self.notices = RenewalNotices(config)
-        self._full_pass_candidates: dict[str, object] = {}
+        self._ari_targets: dict[str, AriTarget] = {}  # of the last full pass
         if loaded.note is not None:
             event = "state.migrated" if loaded.legacy is not None else "state.rebuilt"
             log.warning(event, reason=loaded.note)
@@ -112,13 +121,15 @@ class Service:
         offers: dict[str, Offer | Problem] = {
             c.lineage: rt.lineages.read_candidate(c, now) for c in certificates
         }
-        pems = {o.info.fingerprint: o.pem for o in offers.values() if isinstance(o, Offer)}
+        rt.lineages.flush()  # the read cache, for a restart that validates nothing unchanged
+        # Read (and validated again) only for what a deploy takes.
+        pems = OfferPems(o for o in offers.values() if isinstance(o, Offer))
         candidates: dict[str, Candidate] = {
             name: o.info if isinstance(o, Offer) else o for name, o in offers.items()
         }
         if selected is None:
-            self._full_pass_candidates = {
-                name: o.chain for name, o in offers.items() if isinstance(o, Offer)
+            self._ari_targets = {
+                name: o.ari for name, o in offers.items() if isinstance(o, Offer) and o.ari
             }
         for _ in range(ROUNDS):
             names = build_query_names(self.config, rt.state, selected)
@@ -245,7 +256,7 @@ class Service:
         now = self.rt.clock.wall()
         self.notices.warn_service_certificates()
         self.notices.warn_expiring(self.rt.state, now)
-        self.notices.check_renewal_info(self.rt.state, self._full_pass_candidates, now)
+        self.notices.check_renewal_info(self.rt.state, self._ari_targets, now)
 
     def clear_failures(self) -> None:
         for lineage_state in self.rt.state.lineages.values():
