@@ -73,7 +73,7 @@ class CertbotLineages:
             return Offer(
                 entry.info,
                 lambda: read_deploy_pem(config_dir, certificate, entry, now),
-                bytes.fromhex(entry.pem_sha256),
+                entry.pem_sha256,
                 ari,
             )
         return Offer(entry.info, pem, ari=ari)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import hashlib
-import json
 import os
 import re
 import stat
@@ -170,15 +169,14 @@ def read_validated(
     them when a deploy needs them. At 10,000 lineages a warm start otherwise
     spent most of its time validating chains certbot had not touched.
     """
-    where = str(config_dir)
     key = _cache_key(config_dir, certificate)
     cached = cache.get(certificate.lineage)
-    if key is not None and cached is not None and cached.usable(where, key, now):
+    if key is not None and cached is not None and cached.usable(key, now):
         return cached, None
     # The key was taken before the read: a change in between makes it stale,
     # so the next pass reads again; it never pairs new stats with old bytes.
     chain = read_chain(config_dir, certificate, now)
-    entry = build_validated(where, key, chain)
+    entry = build_validated(key, chain)
     if key is None:
         cache.drop(certificate.lineage)
     else:
@@ -201,12 +199,12 @@ def read_deploy_pem(
         raise ValueError(
             f"{certificate.lineage}: changed since it was validated: {error.reason}"
         ) from None
-    if hashlib.sha256(chain.deploy_pem).hexdigest() != entry.pem_sha256:
+    if hashlib.sha256(chain.deploy_pem).digest() != entry.pem_sha256:
         raise ValueError(f"{certificate.lineage}: changed since it was validated")
     return chain.deploy_pem
 
 
-def build_validated(config_dir: str, key: Key | None, chain: Chain) -> Validated:
+def build_validated(key: Key | None, chain: Chain) -> Validated:
     """The facts kept of `chain`: no certificate object, no key material."""
     from danesync import ari
 
@@ -218,10 +216,9 @@ def build_validated(config_dir: str, key: Key | None, chain: Chain) -> Validated
         except AriError as error:
             ari_problem = error.reason
     return Validated(
-        config_dir=config_dir,
-        key=key or ((), (), ()),
+        key=key or b"",
         info=ChainInfo.from_chain(chain),
-        pem_sha256=hashlib.sha256(chain.deploy_pem).hexdigest(),
+        pem_sha256=hashlib.sha256(chain.deploy_pem).digest(),
         valid_from=max(_not_before(c) for c in everything),
         valid_until=min(_not_after(c) for c in everything),
         ari_id=ari_id,
@@ -245,11 +242,13 @@ def _cache_key(config_dir: Path, certificate: CertificateConfig) -> Key | None:
             stats.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     except (ChainError, LineagePending, OSError):
         return None
-    # What validate_chain is given besides the files.
+    # With what validate_chain is given besides the files.
     settings = (
+        str(config_dir),
         certificate.lineage,
-        json.dumps(certificate.hostnames),
-        json.dumps(certificate.tlsa),
-        json.dumps([usage.value for usage in certificate.usages]),
+        certificate.hostnames,
+        certificate.tlsa,
+        tuple(usage.value for usage in certificate.usages),
     )
-    return (settings, tuple(targets[kind] for kind in KINDS), tuple(stats))
+    described = repr((settings, tuple(targets[kind] for kind in KINDS), tuple(stats)))
+    return hashlib.sha256(described.encode()).digest()

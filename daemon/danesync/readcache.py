@@ -33,38 +33,32 @@ SCHEMA = 1
 DIRECTORY = "readcache"
 SHARDS = 64
 
-# (configuration, link targets, (dev, inode, size, mtime_ns, ctime_ns) of each file)
-Key = tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[int, ...], ...]]
+# SHA-256 over the certbot directory, the configuration validation depends on,
+# the four link targets and each file's (dev, inode, size, mtime_ns, ctime_ns):
+# one small value per lineage instead of some thirty objects.
+Key = bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Validated:
     """A lineage validated once, as long as `key` still describes its files."""
 
-    config_dir: str
     key: Key
-    info: ChainInfo
-    pem_sha256: str  # the bytes to deploy (key, leaf, intermediates), by digest only
+    info: ChainInfo  # shared with the state's equal ChainInfo (state.share_chain_info)
+    pem_sha256: bytes  # the bytes to deploy (key, leaf, intermediates), by digest only
     valid_from: dt.datetime  # the latest not_before of the chain
     valid_until: dt.datetime  # the earliest not_after of the chain
     ari_id: str | None  # RFC 9773 certificate identifier, if the leaf has one
     ari_problem: str | None  # why ARI cannot ask about this leaf (no intermediate: None, None)
 
-    def usable(self, config_dir: str, key: Key, now: dt.datetime) -> bool:
-        return (
-            self.config_dir == config_dir
-            and self.key == key
-            and self.valid_from <= now < self.valid_until
-        )
+    def usable(self, key: Key, now: dt.datetime) -> bool:
+        return self.key == key and self.valid_from <= now < self.valid_until
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "config_dir": self.config_dir,
-            "config": list(self.key[0]),
-            "targets": list(self.key[1]),
-            "stats": [list(s) for s in self.key[2]],
+            "key": self.key.hex(),
             "info": self.info.to_json(),
-            "pem_sha256": self.pem_sha256,
+            "pem_sha256": self.pem_sha256.hex(),
             "valid_from": self.valid_from.isoformat(),
             "valid_until": self.valid_until.isoformat(),
             "ari_id": self.ari_id,
@@ -78,14 +72,9 @@ class Validated:
             return None if value is None else str(value)
 
         return cls(
-            config_dir=str(data["config_dir"]),
-            key=(
-                tuple(str(c) for c in data["config"]),
-                tuple(str(t) for t in data["targets"]),
-                tuple(tuple(int(n) for n in s) for s in data["stats"]),
-            ),
+            key=bytes.fromhex(data["key"]),
             info=ChainInfo.from_json(data["info"]),
-            pem_sha256=str(data["pem_sha256"]),
+            pem_sha256=bytes.fromhex(data["pem_sha256"]),
             valid_from=_aware(data["valid_from"]),
             valid_until=_aware(data["valid_until"]),
             ari_id=optional("ari_id"),
