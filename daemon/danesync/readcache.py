@@ -7,7 +7,7 @@ mtime and ctime, the validity window) and the small facts later code needs
 a parsed certificate, never key material: at 10,000 lineages the parsed
 chains were most of the daemon's memory.
 
-The entries live in `<state dir>/readcache/NN.json`, shards by a hash of the
+The entries live in `<state dir>/readcache/NNN.json`, shards by a hash of the
 lineage name so that one renewal rewrites one small file. A shard is trusted
 only whole: a missing, torn, edited (its checksum) or older-schema file is
 dropped, which costs one validation of its lineages, never a crash. An entry
@@ -31,7 +31,7 @@ from danesync.state import ChainInfo
 
 SCHEMA = 1
 DIRECTORY = "readcache"
-SHARDS = 64
+SHARDS = 256  # about 40 entries a file at 10,000 lineages: a renewal rewrites ~50 KB
 
 # SHA-256 over the certbot directory, the configuration validation depends on,
 # the four link targets and each file's (dev, inode, size, mtime_ns, ctime_ns):
@@ -152,7 +152,7 @@ class ReadCache:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             for shard, entries in sorted(by_shard.items()):
                 _write_replacing(
-                    self.directory / f"{shard:02d}.json", build_shard_document(entries)
+                    self.directory / f"{shard:03d}.json", build_shard_document(entries)
                 )
                 self._dirty.discard(shard)
         except OSError:
@@ -164,7 +164,7 @@ class ReadCache:
             if self.directory is not None:
                 for shard in range(SHARDS):
                     try:
-                        data = (self.directory / f"{shard:02d}.json").read_bytes()
+                        data = (self.directory / f"{shard:03d}.json").read_bytes()
                     except OSError:
                         continue
                     self._entries.update(
