@@ -227,20 +227,43 @@ def build_validated(key: Key | None, chain: Chain) -> Validated:
 
 
 def _cache_key(config_dir: Path, certificate: CertificateConfig) -> Key | None:
-    """What a validated chain depends on; None while certbot is at work or on any doubt."""
-    live = config_dir / "live" / certificate.lineage
+    """What a validated chain depends on; None while certbot is at work or on any doubt.
+
+    Strings and os.path, not Path: asked for every lineage on every full pass
+    (pathlib was half of it). Anything unusual is None: `read_chain` then
+    says precisely what is wrong.
+    """
+    root = str(config_dir)
+    live = os.path.join(root, "live", certificate.lineage)
+    archive = os.path.normpath(os.path.join(root, "archive", certificate.lineage))
+    targets = []
+    stats = []
+    versions = set()
     try:
-        _check_not_updating(live, certificate.lineage)
-        targets, versions = _read_links(config_dir, certificate.lineage)
-        if len(set(versions.values())) != 1:
+        names = os.listdir(live)
+        if any(n.startswith("previous_") and n.endswith(".pem") for n in names):
             return None
-        stats = []
         for kind in KINDS:
-            st = os.lstat(targets[kind])
+            resolved = os.path.normpath(os.path.join(live, os.readlink(f"{live}/{kind}.pem")))
+            directory, base = os.path.split(resolved)
+            number = base[len(kind) : -len(".pem")]
+            if (
+                directory != archive
+                or not base.startswith(kind)
+                or not base.endswith(".pem")
+                or not number.isdigit()
+                or not number.isascii()
+            ):
+                return None
+            versions.add(int(number))
+            st = os.lstat(resolved)
             if not stat.S_ISREG(st.st_mode):
                 return None
+            targets.append(resolved)
             stats.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
-    except (ChainError, LineagePending, OSError):
+    except (OSError, ValueError):
+        return None
+    if len(versions) != 1:
         return None
     # With what validate_chain is given besides the files.
     settings = (
@@ -250,5 +273,5 @@ def _cache_key(config_dir: Path, certificate: CertificateConfig) -> Key | None:
         certificate.tlsa,
         tuple(usage.value for usage in certificate.usages),
     )
-    described = repr((settings, tuple(targets[kind] for kind in KINDS), tuple(stats)))
+    described = repr((settings, tuple(targets), tuple(stats)))
     return hashlib.sha256(described.encode()).digest()
