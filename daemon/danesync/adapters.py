@@ -70,12 +70,17 @@ class CertbotLineages:
                 entry.info.fingerprint, entry.info.not_after, entry.ari_id, entry.ari_problem
             )
         if pem is None:
-            return Offer(
-                entry.info,
-                lambda: read_deploy_pem(config_dir, certificate, entry, now),
-                entry.pem_sha256,
-                ari,
-            )
+
+            def read_pem() -> bytes:
+                try:
+                    return read_deploy_pem(config_dir, certificate, entry, now)
+                except ValueError:
+                    # Changed although its stats did not say so (a rewrite within
+                    # the file system's time granularity): the next pass validates.
+                    self.cache.drop(certificate.lineage)
+                    raise
+
+            return Offer(entry.info, read_pem, entry.pem_sha256, ari)
         return Offer(entry.info, pem, ari=ari)
 
     def flush(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,38 @@ def test_deploy_bytes_changed_after_the_read_are_not_deployed(
     write_version(config.certbot.config_dir, name, leaves[name][1], 1)
     with pytest.raises(ValueError, match="changed since it was validated"):
         assert offer(offers[name]).pem is None
+
+
+def test_deploy_bytes_that_differ_drop_the_entry(
+    config: Config, leaves: dict[str, list[Leaf]], validations: list[str]
+) -> None:
+    """Changed with the very same stats (a rewrite within the time granularity):
+    the deploy refuses, and the next pass validates again instead of trusting."""
+    lineages = CertbotLineages(config)
+    one_pass(config, lineages)
+    name = NAMES[5]
+    key_file = config.certbot.config_dir / "archive" / name / "privkey1.pem"
+    cert_file = config.certbot.config_dir / "archive" / name / "cert1.pem"
+
+    def stats() -> list[tuple[int, ...]]:
+        return [
+            (s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns)
+            for s in (key_file.stat(), cert_file.stat())
+        ]
+
+    saved = stats()
+    entry = lineages.cache.get(name)
+    assert entry is not None
+    # Stand-in for an unseen change: the entry claims other deploy bytes.
+    lineages.cache.put(name, replace(entry, pem_sha256=b"\0" * 32))
+    offers = one_pass(config, lineages)
+    validations.clear()
+    with pytest.raises(ValueError, match="changed since it was validated"):
+        assert offer(offers[name]).pem is None
+    assert lineages.cache.get(name) is None
+    one_pass(config, lineages)
+    assert validations == [name, name]  # the deploy's check, then the next pass
+    assert stats() == saved  # nothing on disk changed: only the entry was doubted
 
 
 @pytest.mark.parametrize(
