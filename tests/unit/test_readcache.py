@@ -12,14 +12,17 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from structlog.testing import capture_logs
 
-from danesync import certbot
+from danesync import ari, certbot
 from danesync.adapters import CertbotLineages
 from danesync.chain import LineageFiles
 from danesync.config import Config, build_config
+from danesync.monitoring import RenewalNotices
 from danesync.plan import Problem
 from danesync.ports import Offer
 from danesync.readcache import DIRECTORY
+from danesync.state import State
 from tests.harness.certs import NOW, Hierarchy, Leaf
 from tests.harness.lineage import make_lineage, renew, write_version
 
@@ -250,3 +253,35 @@ def test_no_certificate_or_key_kept_between_passes(config: Config) -> None:
         text += path.read_text()
     assert "PRIVATE KEY" not in text
     assert "BEGIN CERTIFICATE" not in text
+
+
+def test_ari_keeps_the_identifier_not_the_certificates(config: Config, ca: Hierarchy) -> None:
+    """Monitoring after a restart asks ARI about the same leaf, from the cache."""
+    name = NAMES[1]
+    leaf = ca.issue([name], authority_key_id=True)
+    renew(config.certbot.config_dir, name, leaf)
+    first = offer(one_pass(config, CertbotLineages(config))[name])
+    second = offer(one_pass(config, CertbotLineages(config))[name])
+    expected = ari.build_renewal_identifier(leaf.cert)
+    assert first.ari is not None and second.ari is not None
+    assert (first.ari.identifier, second.ari.identifier) == (expected, expected)
+    assert second.ari.not_after == second.info.not_after
+    without = offer(one_pass(config, CertbotLineages(config))[NAMES[2]])  # leaf without an AKI
+    assert without.ari is not None and without.ari.identifier is None
+    assert "Authority Key Identifier" in str(without.ari.problem)
+    with capture_logs() as logs:
+        RenewalNotices(config).check_renewal_info(
+            deployed_state(first, without, name, NAMES[2]),
+            {name: first.ari, NAMES[2]: without.ari},
+            NOW,
+        )
+    reasons = {e["lineage"]: str(e["reason"]) for e in logs if e["event"] == "renewal.unknown"}
+    assert "request failed" in reasons[name]  # asked (the harness's CA refuses at once)
+    assert "Authority Key Identifier" in reasons[NAMES[2]]
+
+
+def deployed_state(a: Offer, b: Offer, name_a: str, name_b: str) -> State:
+    state = State()
+    state.lineage(name_a).deployed = a.info
+    state.lineage(name_b).deployed = b.info
+    return state
