@@ -282,9 +282,17 @@ class PostfixInstance:
             "smtp",
             *options,
         ]
-        completed = subprocess.run(
-            argv, input=b"", capture_output=True, timeout=timeout, check=False
-        )
+        try:
+            completed = subprocess.run(
+                argv, input=b"", capture_output=True, timeout=timeout, check=False
+            )
+        except subprocess.TimeoutExpired as error:
+            said = ((error.stdout or b"") + (error.stderr or b"")).decode(errors="replace")
+            raise AssertionError(
+                f"openssl s_client got no TLS session from Postfix at {self.host}:{self.port}"
+                f" within {timeout:g} s (no greeting or no handshake):\n{said}\n"
+                f"mail log:\n{self.maillog[-3000:]}"
+            ) from None
         return (completed.stdout + completed.stderr).decode(errors="replace")
 
     def served_certificate(self, *options: str) -> x509.Certificate:
