@@ -25,7 +25,7 @@ from danesync.config import Config, DnsMode, load_config
 from danesync.errors import ConfigError, DanesyncError
 from danesync.log import configure_logging
 from danesync.monitor import Monitor
-from danesync.notify import Notifier, watchdog_interval
+from danesync.notify import Keepalive, Notifier, watchdog_interval
 from danesync.service import PassResult, Service
 from danesync.watcher import Debouncer, LineageWatcher, read_certbot_done
 
@@ -93,7 +93,9 @@ class Daemon:
         self.config = config
         self.notifier = notifier
         self.wakeup = _Wakeup()
-        self.service = Service(config)
+        # Pings and start-up extensions from inside long passes (10,000 lineages).
+        self.keepalive = Keepalive(notifier, watchdog_interval())
+        self.service = Service(config, progress=self.keepalive)
         self.debouncer = Debouncer(config.daemon.settle)
         self.watcher: LineageWatcher | None = None
         self.failures = 0
@@ -157,7 +159,7 @@ class Daemon:
         if restart_watcher:
             self._stop_watcher()
         self.config = config
-        self.service = Service(config)
+        self.service = Service(config, progress=self.keepalive)
         self.monitor.reconfigure(config)
         self.debouncer = Debouncer(config.daemon.settle)
         if restart_watcher or self.watcher is None:
@@ -197,6 +199,7 @@ class Daemon:
         self._start_watcher()
         result = self._pass(None, monitor=False)  # ARI can take seconds: after READY=1
         self.notifier.ready(self._summary(result))
+        self.keepalive.started()
         log.info("daemon.ready", certificates=len(self.config.certificates))
         self._warn_families()
         self.service.run_monitoring()
