@@ -279,3 +279,24 @@ class TestInstallChainFiles:
         with pytest.raises(ValueError, match="file name"):
             files.install_chain_files(tmp_path, {"good": b"x", "../etc": b"y"})
         assert not list(tmp_path.iterdir())
+
+    def test_every_prev_is_in_place_before_any_chain_file_is_replaced(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A deploy's rollback restores `.prev`: it must be the file that was replaced."""
+        names = [f"mx{i}" for i in range(files.SYNCFS_BATCH + 4)]
+        files.install_chain_files(tmp_path, dict.fromkeys(names, b"old"))
+        real_replace = os.replace
+
+        def replace(source: Path, target: Path) -> None:
+            if str(target).endswith(".pem"):
+                raise OSError(28, "No space left on device", str(target))
+            real_replace(source, target)
+
+        monkeypatch.setattr(os, "replace", replace)
+        with pytest.raises(OSError):
+            files.install_chain_files(tmp_path, dict.fromkeys(names, b"new"))
+        for name in names:
+            assert (tmp_path / f"{name}.pem").read_bytes() == b"old"
+            assert (tmp_path / f"{name}.pem.prev").read_bytes() == b"old"
+        assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
