@@ -25,7 +25,7 @@ from danesync.state import ChainInfo
 
 log = structlog.get_logger("danesync")
 
-PROBE_SLICE = 64  # probes per confirm_served call (16 at a time): progress between slices
+PROBE_SLICE = 256  # probes per confirm_served call (16 at a time): about 1 s at 1,000
 
 
 def build_sni_certificates(
