@@ -11,7 +11,7 @@ from danesync.config import CertificateConfig, DnsMode
 from danesync.history import RRset, prune, record_served, settle_intent
 from danesync.plan import Problem
 from danesync.ports import Offer
-from danesync.runtime import PassResult, Runtime
+from danesync.runtime import CHECKING, PROBING, PassResult, Runtime
 from danesync.tlsa import TlsaRecord
 
 log = structlog.get_logger("danesync")
@@ -84,7 +84,7 @@ def observe_served(
         return served
     certificates = list(certificates)
     for done, certificate in enumerate(certificates, 1):
-        rt.progress("probing what Postfix serves", done, len(certificates))
+        rt.progress(PROBING, done, len(certificates))
         lineage_state = rt.state.lineages.get(certificate.lineage)
         if lineage_state is not None and (lineage_state.deployed or lineage_state.inflight):
             continue
@@ -118,7 +118,7 @@ def observe_on_disk(
     found: dict[str, str | None] = {}
     certificates = list(certificates)
     for done, certificate in enumerate(certificates, 1):
-        rt.progress("checking chain files", done, len(certificates))
+        rt.progress(CHECKING, done, len(certificates))
         lineage_state = rt.state.lineages.get(certificate.lineage)
         if lineage_state is None or lineage_state.deployed is None:
             continue

@@ -27,6 +27,21 @@ log = structlog.get_logger("danesync")
 Progress = Callable[[str, int, int], None]
 
 
+# Phases in which a pass has changed nothing since the last save (it reads):
+# a stop asked for meanwhile may end the pass there (`PassStopped`).
+READING = "reading lineages"
+CHECKING = "checking chain files"
+PROBING = "probing what Postfix serves"
+STOPPABLE = frozenset({READING, CHECKING, PROBING})
+
+
+class PassStopped(BaseException):
+    """Raised by a progress hook in a `STOPPABLE` phase: the daemon is stopping.
+
+    A BaseException, so that no step's error handling takes it for a failure.
+    """
+
+
 def no_progress(phase: str, done: int, total: int) -> None:
     """The default: `danesync sync` and the tests have nobody to tell."""
     del phase, done, total

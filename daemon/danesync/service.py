@@ -29,7 +29,7 @@ from danesync.plan import (
     plan_recovery,
 )
 from danesync.ports import Clock, DnsPort, LineagePort, Offer, PostfixPort, StatePort
-from danesync.runtime import PassResult, Progress, Runtime, crash_point, no_progress
+from danesync.runtime import READING, PassResult, Progress, Runtime, crash_point, no_progress
 from danesync.state import State, StateStore
 from danesync.steps import DecisionLog, execute_plan, record_decisions
 from danesync.tlsa import TlsaRecord
@@ -114,7 +114,7 @@ class Service:
         offers: dict[str, Offer | Problem] = {}
         for done, certificate in enumerate(certificates, 1):
             offers[certificate.lineage] = rt.lineages.read_candidate(certificate, now)
-            rt.progress("reading lineages", done, len(certificates))
+            rt.progress(READING, done, len(certificates))
         pems = {o.info.fingerprint: o.pem for o in offers.values() if isinstance(o, Offer)}
         candidates: dict[str, Candidate] = {
             name: o.info if isinstance(o, Offer) else o for name, o in offers.items()

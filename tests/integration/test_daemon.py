@@ -619,6 +619,37 @@ class TestLongFirstPass:
         assert not [f for _, f in after if "EXTEND_TIMEOUT_USEC" in f], after
         daemon.assert_no_errors()
 
+    def test_a_stop_while_the_first_pass_reads_ends_it_at_once(
+        self,
+        tmp_path: Path,
+        postfix: PostfixInstance,
+        notify_socket: NotifySocket,
+        daemons: list[Daemon],
+    ) -> None:
+        """`systemctl stop` during a pass that reads for minutes: no wait for TimeoutStopSec."""
+        ca = Hierarchy(f"Stop {uuid.uuid4().hex[:8]}")
+        names = [f"mx{i}.example.test" for i in range(300)]  # reading takes a while
+        host = Host(tmp_path, postfix)
+        host.write_config([{"lineage": MX}, *({"lineage": n, "sni": True} for n in names)])
+        for name in [MX, *names]:
+            make_lineage(host.letsencrypt, name, ca.issue([name]))
+        daemon = host.start(env=notify_socket.env)
+        daemons.append(daemon)
+        reading = notify_socket.wait_for("STATUS", timeout=60)
+        assert notify_socket.messages[reading][1]["STATUS"].startswith(
+            "first pass: reading lineages "
+        ), notify_socket.messages
+        daemon.signal(signal.SIGTERM)
+        assert daemon.stop(send=False) == 0
+        notify_socket.receive(0.1)
+        assert notify_socket.indexes("STOPPING"), notify_socket.messages
+        assert not notify_socket.indexes("READY"), notify_socket.messages
+        # Ended while it read: nothing deployed, nothing half done.
+        assert not daemon.events("chain.deployed")
+        assert not host.deploy_dir.exists() or not list(host.deploy_dir.glob("*.pem"))
+        assert [e["event"] for e in daemon.events()][-1] == "daemon.stopping"
+        daemon.assert_no_errors()
+
 
 class TestNothingConfigured:
     """A fresh install: no certificate yet, certbot has not even run."""

@@ -4,8 +4,12 @@ deploy writes its chain files in one batch."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
+import pytest
+
+from danesync.runtime import STOPPABLE, PassStopped
 from danesync.service import Service
 from tests.sim.machine import LINEAGES, DanesyncWorld
 from tests.sim.world import SimPostfix
@@ -91,3 +95,33 @@ def test_a_file_that_cannot_be_written_fails_its_lineage_alone() -> None:
     assert set(postfix.singles) == set(LINEAGES)
     assert "sni1" not in postfix.files
     assert [f.lineage for f in service.state.failures.values()] == ["sni1"]
+
+
+def test_a_pass_stopped_while_it_reads_changes_nothing() -> None:
+    """The daemon ends a reading pass on SIGTERM (loop.py): nothing is half done."""
+    world = DanesyncWorld()
+    service = _service(world)
+    service.reconcile()  # everything deployed and saved
+    saved = json.dumps(world.store.documents, sort_keys=True)
+    files = dict(world.postfix.files)
+    world._issue("rsa")  # a renewal the next pass would deploy
+
+    def stop(phase: str, done: int, total: int) -> None:
+        if phase in STOPPABLE and done == 2:
+            raise PassStopped(phase)
+
+    stopping = Service(
+        world.config,
+        postfix=world.postfix,
+        dns=world.dns,
+        lineages=world.lineages,
+        store=world.store,
+        clock=world.clock,
+        progress=stop,
+    )
+    with pytest.raises(PassStopped):
+        stopping.reconcile()
+    assert json.dumps(world.store.documents, sort_keys=True) == saved
+    assert world.postfix.files == files
+    # Only reading phases may be stopped: a deploy runs to its end.
+    assert "writing chain files" not in STOPPABLE
