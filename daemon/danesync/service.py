@@ -29,7 +29,7 @@ from danesync.plan import (
     plan_recovery,
 )
 from danesync.ports import Clock, DnsPort, LineagePort, Offer, PostfixPort, StatePort
-from danesync.runtime import PassResult, Runtime, crash_point
+from danesync.runtime import READING, PassResult, Progress, Runtime, crash_point, no_progress
 from danesync.state import State, StateStore
 from danesync.steps import DecisionLog, execute_plan, record_decisions
 from danesync.tlsa import TlsaRecord
@@ -55,6 +55,7 @@ class Service:
         store: StatePort | None = None,
         clock: Clock | None = None,
         crash: Callable[[str], None] = crash_point,
+        progress: Progress = no_progress,
     ) -> None:
         from danesync import adapters
 
@@ -70,6 +71,7 @@ class Service:
             store,
             clock or adapters.SystemClock(),
             crash,
+            progress=progress,
         )
         self.logs = DecisionLog()
         self.notices = RenewalNotices(config)
@@ -109,9 +111,10 @@ class Service:
             self._recover(result)
         now = rt.clock.wall()
         certificates = self._select(selected)
-        offers: dict[str, Offer | Problem] = {
-            c.lineage: rt.lineages.read_candidate(c, now) for c in certificates
-        }
+        offers: dict[str, Offer | Problem] = {}
+        for done, certificate in enumerate(certificates, 1):
+            offers[certificate.lineage] = rt.lineages.read_candidate(certificate, now)
+            rt.progress(READING, done, len(certificates))
         pems = {o.info.fingerprint: o.pem for o in offers.values() if isinstance(o, Offer)}
         candidates: dict[str, Candidate] = {
             name: o.info if isinstance(o, Offer) else o for name, o in offers.items()
