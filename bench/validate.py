@@ -102,7 +102,7 @@ def measure(workdir: Path, ecdsa: int, rsa: int, rounds: int) -> dict[str, Any]:
     baseline = load_baseline(workdir)
     modules = {"current": chain} | ({"baseline": baseline} if baseline else {})
     times: dict[str, list[float]] = {name: [] for name in modules}
-    for name, module in modules.items():  # warm up: imports, the current code's caches
+    for module in modules.values():  # warm up: imports, the current code's caches
         _round(module, lineages, now)
     for _ in range(rounds):
         for name, module in modules.items():
@@ -138,9 +138,10 @@ def run(workdir: Path, ecdsa: int = 270, rsa: int = 30, rounds: int = 5) -> Resu
     """Both lanes, each in its own interpreter, one after the other."""
     lanes: dict[str, dict[str, Any]] = {}
     for lane, python in _lanes().items():
+        arguments = [f"--ecdsa={ecdsa}", f"--rsa={rsa}", f"--rounds={rounds}"]
+        arguments.append(f"--workdir={workdir / lane.split()[0]}")
         out = subprocess.run(
-            [str(python), "-m", "bench.validate", "--json", f"--ecdsa={ecdsa}", f"--rsa={rsa}"]
-            + [f"--rounds={rounds}", f"--workdir={workdir / lane.split()[0]}"],
+            [str(python), "-m", "bench.validate", "--json", *arguments],
             cwd=REPO,
             env=os.environ | {"PYTHONPATH": f"{REPO / 'daemon'}:{REPO}"},
             check=True,

@@ -20,8 +20,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
 from danesync.errors import ChainError
 from danesync.pem import (
+    CertificateKey,
     PemError,
     PrivateKey,
+    certificate_key,
     key_type_name,
     parse_certificates,
     parse_private_key,
@@ -130,8 +132,9 @@ def validate_chain(
     try:
         for name in (leaf.subject, leaf.issuer):  # parsed lazily too; `check` prints both
             name.rfc4514_string()
-        _check_key_matches(key, certificates, fail)
-        algorithm = _check_key_strength(leaf, fail)
+        leaf_key = certificate_key(leaf)  # once: each parse costs ~1 ms on cryptography 38
+        _check_key_matches(key, leaf_key, certificates, fail)
+        algorithm = _check_key_strength(leaf_key, fail)
         _check_leaf_extensions(leaf, fail)
         _check_hostnames(leaf, hostnames, fail)
         _check_order_and_signatures(certificates, fail)
@@ -167,12 +170,15 @@ def validate_chain(
     )
 
 
-def _check_key_matches(key: PrivateKey, certificates: list[x509.Certificate], fail: Fail) -> None:
+def _check_key_matches(
+    key: PrivateKey, leaf_key: CertificateKey, certificates: list[x509.Certificate], fail: Fail
+) -> None:
+    # The same DER encoder made both sides: equal keys give equal bytes.
     public = _public_der(key.public_key())
-    if public == _public_der(certificates[0].public_key()):
+    if public == leaf_key.spki_der:
         return
     for number, cert in enumerate(certificates[1:], start=2):
-        if _public_der(cert.public_key()) == public:
+        if certificate_key(cert).spki_der == public:
             raise fail(
                 f"fullchain.pem is out of order: privkey.pem matches certificate {number} "
                 f"({_describe(cert)}), but the leaf must come first"
@@ -198,8 +204,8 @@ def _describe(cert: x509.Certificate) -> str:
     return cert.subject.rfc4514_string() or "an empty subject"
 
 
-def _check_key_strength(leaf: x509.Certificate, fail: Fail) -> str:
-    key = leaf.public_key()
+def _check_key_strength(leaf_key: CertificateKey, fail: Fail) -> str:
+    key = leaf_key.public_key
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < 2048:
             raise fail(f"the leaf's RSA key has {key.key_size} bits; at least 2048 are needed")
@@ -283,7 +289,7 @@ def _check_order_and_signatures(certificates: list[x509.Certificate], fail: Fail
 def verify_signature(child: x509.Certificate, issuer: x509.Certificate) -> bool:
     """Whether `issuer`'s key signed `child` (cryptography 38 lacks verify_directly_issued_by)."""
     try:
-        key = issuer.public_key()
+        key = certificate_key(issuer).public_key
         if isinstance(key, rsa.RSAPublicKey):
             algorithm = child.signature_hash_algorithm
             if child.signature_algorithm_oid == SignatureAlgorithmOID.RSASSA_PSS or not isinstance(

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -18,6 +20,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa, x448, x25519
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+
+# How many certificates' parsed public keys stay in memory (certificate_key):
+# enough for every intermediate of every CA in use and the last few leaves.
+KEY_CACHE_SIZE = 128
 
 _BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
 _END = re.compile(rb"-----END ([A-Z0-9 ]+)-----")
@@ -137,6 +143,41 @@ def parse_private_key(data: bytes, filename: str) -> PrivateKey:
             f"{filename}: {key_type_name(key)} keys are not supported; use RSA, ECDSA or Ed25519"
         )
     return key
+
+
+@dataclass(frozen=True)
+class CertificateKey:
+    """A certificate's public key, parsed, and its SubjectPublicKeyInfo in DER."""
+
+    public_key: object = field(repr=False)  # what x509.Certificate.public_key() returns
+    spki_der: bytes
+
+    @property
+    def spki_sha256(self) -> str:
+        """The data of a TLSA record with selector 1 (SPKI) and matching type 1 (SHA-256)."""
+        return hashlib.sha256(self.spki_der).hexdigest()
+
+
+def certificate_key(cert: x509.Certificate) -> CertificateKey:
+    """The public key of `cert`, parsed once per process for the same certificate.
+
+    With cryptography < 42 on OpenSSL 3, every `public_key()` goes through
+    OpenSSL's decoder framework (about 1 ms); a lineage's intermediate is
+    shared by thousands of leaves. The cache is keyed by the certificate's
+    whole DER and the value is computed from those bytes alone, so a
+    certificate that differs in any byte (another key under the same subject,
+    a forged signature) can never be given another certificate's key.
+    """
+    return _certificate_key(cert.public_bytes(serialization.Encoding.DER))
+
+
+@functools.lru_cache(maxsize=KEY_CACHE_SIZE)
+def _certificate_key(der: bytes) -> CertificateKey:
+    key = x509.load_der_x509_certificate(der).public_key()
+    spki = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return CertificateKey(key, spki)
 
 
 _KEY_TYPES: tuple[tuple[type, str], ...] = (

@@ -1,0 +1,125 @@
+"""The per-process cache of parsed public keys (danesync.pem.certificate_key)
+never lets a bad chain pass: whatever was validated before in the same process,
+a certificate is checked with its own key."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from danesync import pem
+from danesync.chain import LineageFiles, validate_chain, verify_signature
+from danesync.errors import ChainError
+from danesync.pem import KEY_CACHE_SIZE, certificate_key
+from danesync.tlsa import Usage, spki_sha256
+from tests.harness.certs import NOW, Hierarchy, Leaf, cert_pem, key_pem, make_key
+from tests.harness.corpus import HOST, files_of
+
+TLSA_NAME = "_25._tcp.mx.example.test."
+
+
+def validate(files: dict[str, bytes], now: dt.datetime = NOW) -> object:
+    lineage = LineageFiles("mx.example.test", 1, **files)
+    return validate_chain(lineage, (HOST,), (TLSA_NAME,), (Usage.DANE_TA, Usage.DANE_EE), now)
+
+
+def bad_signature(files: dict[str, bytes]) -> str:
+    with pytest.raises(ChainError) as caught:
+        validate(files)
+    return caught.value.reason
+
+
+SIGNATURE_REFUSED = (
+    f"the signature on certificate 1 (CN={HOST}) does not verify with the key of "
+    "certificate 2 of fullchain.pem (CN=Cache Intermediate)"
+)
+
+
+@pytest.fixture
+def genuine() -> tuple[Hierarchy, Leaf]:
+    """A hierarchy whose intermediate has just been validated (so it is in the cache)."""
+    ca = Hierarchy("Cache")
+    leaf = ca.issue()
+    validate(files_of(leaf))
+    return ca, leaf
+
+
+def test_impostor_intermediate_after_the_genuine_one(genuine: tuple[Hierarchy, Leaf]) -> None:
+    """Same subject, same issuer, another key: the leaf's signature does not verify with it."""
+    ca, leaf = genuine
+    impostor = ca.make_ca("Cache Intermediate", make_key("ec256"))
+    assert impostor.subject == ca.intermediate.subject
+    files = files_of(leaf)
+    files["chain"] = cert_pem(impostor)
+    files["fullchain"] = leaf.cert_pem + cert_pem(impostor)
+    assert bad_signature(files) == SIGNATURE_REFUSED
+
+
+def test_leaf_signed_by_another_key_under_the_cached_intermediate(
+    genuine: tuple[Hierarchy, Leaf],
+) -> None:
+    """The genuine intermediate, cached, and a leaf naming it that another key signed."""
+    ca, _ = genuine
+    forged = ca.issue(signer=make_key("ec256"))
+    assert bad_signature(files_of(forged)) == SIGNATURE_REFUSED
+
+
+def test_impostor_first_then_genuine_then_impostor_again() -> None:
+    """Both keys under one subject in the cache at once: each chain gets its own."""
+    ca = Hierarchy("Cache")
+    impostor_key = make_key("ec256")
+    impostor = ca.make_ca("Cache Intermediate", impostor_key)
+    by_impostor = ca.issue(signer=impostor_key)  # names the genuine subject, signed by impostor
+    genuine = ca.issue()
+    as_presented = files_of(by_impostor)
+    as_presented["chain"] = cert_pem(impostor)
+    as_presented["fullchain"] = by_impostor.cert_pem + cert_pem(impostor)
+    validate(as_presented)  # a consistent chain under the impostor intermediate: valid
+    validate(files_of(genuine))
+    assert bad_signature(files_of(by_impostor)) == SIGNATURE_REFUSED  # genuine intermediate
+    mixed = files_of(genuine)
+    mixed["chain"] = cert_pem(impostor)
+    mixed["fullchain"] = genuine.cert_pem + cert_pem(impostor)
+    assert bad_signature(mixed) == SIGNATURE_REFUSED
+    assert not verify_signature(genuine.cert, impostor)
+    assert verify_signature(genuine.cert, ca.intermediate)
+    assert spki_sha256(impostor) != spki_sha256(ca.intermediate)
+
+
+def test_a_leaf_seen_before_does_not_vouch_for_another_key(genuine: tuple[Hierarchy, Leaf]) -> None:
+    """A renewal with the same subject and names but a new key: privkey must match the new one."""
+    ca, old = genuine
+    new = ca.issue()
+    assert new.cert.subject == old.cert.subject
+    files = files_of(new)
+    files["privkey"] = key_pem(old.key)
+    with pytest.raises(ChainError) as caught:
+        validate(files)
+    assert caught.value.reason == "privkey.pem does not match the leaf certificate's public key"
+    assert certificate_key(new.cert).spki_der == new.key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def test_the_cache_is_bounded() -> None:
+    ca = Hierarchy("Bounded")
+    for _ in range(KEY_CACHE_SIZE + 5):
+        validate(files_of(ca.issue()))
+    info = pem._certificate_key.cache_info()
+    assert info.maxsize == KEY_CACHE_SIZE
+    assert info.currsize <= KEY_CACHE_SIZE
+
+
+def test_the_shared_intermediate_is_parsed_once() -> None:
+    """What the cache is for: N leaves under one intermediate parse its key once."""
+    ca = Hierarchy("Shared")
+    leaves = [ca.issue() for _ in range(5)]
+    pem._certificate_key.cache_clear()
+    for leaf in leaves:
+        validate(files_of(leaf))
+    info = pem._certificate_key.cache_info()
+    # one miss per leaf and one for the intermediate; every other lookup hits
+    assert info.misses == len(leaves) + 1
+    assert info.hits >= len(leaves) - 1
