@@ -12,8 +12,11 @@ import binascii
 import functools
 import hashlib
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import cryptography
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -24,6 +27,11 @@ PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519Pri
 # How many certificates' parsed public keys stay in memory (certificate_key):
 # enough for every intermediate of every CA in use and the last few leaves.
 KEY_CACHE_SIZE = 128
+# How many RSA private keys (by SHA-256 of their DER) are remembered as checked.
+CHECKED_RSA_KEYS = 16384
+# cryptography >= 39 can load an RSA key without RSA_check_key (60 ms a
+# 2048-bit key on OpenSSL 3); older ones always check.
+_CAN_SKIP_RSA_CHECK = int(cryptography.__version__.split(".")[0]) >= 39
 
 _BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
 _END = re.compile(rb"-----END ([A-Z0-9 ]+)-----")
@@ -132,8 +140,18 @@ def parse_private_key(data: bytes, filename: str) -> PrivateKey:
         )
     if block.label not in ("PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"):
         raise PemError(f"{filename}: {block.label} keys are not supported")
+    digest = hashlib.sha256(block.der).digest()
     try:
-        key = serialization.load_der_private_key(block.der, password=None)
+        if _CAN_SKIP_RSA_CHECK and digest in _CHECKED_RSA:
+            # These exact bytes passed the full check (RSA_check_key: p and q
+            # prime, n = pq, d inverts e) earlier in this process.
+            key = serialization.load_der_private_key(
+                block.der, password=None, unsafe_skip_rsa_key_validation=True
+            )
+        else:
+            key = serialization.load_der_private_key(block.der, password=None)
+            if isinstance(key, rsa.RSAPrivateKey):
+                _CHECKED_RSA.add(digest)
     except (ValueError, TypeError, UnsupportedAlgorithm) as error:
         raise PemError(f"{filename}: the private key cannot be parsed") from error
     if not isinstance(
@@ -143,6 +161,35 @@ def parse_private_key(data: bytes, filename: str) -> PrivateKey:
             f"{filename}: {key_type_name(key)} keys are not supported; use RSA, ECDSA or Ed25519"
         )
     return key
+
+
+class _BoundedSet:
+    """A set that forgets its oldest members beyond `size`; safe across threads."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._members: OrderedDict[bytes, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, member: bytes) -> bool:
+        with self._lock:
+            if member in self._members:
+                self._members.move_to_end(member)
+                return True
+            return False
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def add(self, member: bytes) -> None:
+        with self._lock:
+            self._members[member] = None
+            self._members.move_to_end(member)
+            while len(self._members) > self._size:
+                self._members.popitem(last=False)
+
+
+_CHECKED_RSA = _BoundedSet(CHECKED_RSA_KEYS)
 
 
 @dataclass(frozen=True)

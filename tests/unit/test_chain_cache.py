@@ -4,7 +4,9 @@ a certificate is checked with its own key."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -123,3 +125,46 @@ def test_the_shared_intermediate_is_parsed_once() -> None:
     # one miss per leaf and one for the intermediate; every other lookup hits
     assert info.misses == len(leaves) + 1
     assert info.hits >= len(leaves) - 1
+
+
+def _rsa_der(key: object) -> bytes:
+    return key.private_bytes(  # type: ignore[attr-defined,no-any-return]
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _pem(der: bytes) -> bytes:
+    body = base64.encodebytes(der)
+    return b"-----BEGIN PRIVATE KEY-----\n" + body + b"-----END PRIVATE KEY-----\n"
+
+
+def test_a_checked_rsa_key_is_remembered_by_its_bytes_only() -> None:
+    """An RSA key that passed the full check is not checked again; a changed one is."""
+    ca = Hierarchy("RSA")
+    key = make_key("rsa", slot=1)
+    leaf = ca.issue(key=key)
+    validate(files_of(leaf))
+    validate(files_of(leaf))  # the second load may skip RSA_check_key: same verdict
+    der = _rsa_der(key)
+    assert hashlib.sha256(der).digest() in pem._CHECKED_RSA
+    # One byte changed in the middle (inside n, d, p or q): still valid ASN.1, not a key.
+    broken = bytearray(der)
+    broken[len(broken) // 2] ^= 0x01
+    files = files_of(leaf)
+    files["privkey"] = _pem(bytes(broken))
+    with pytest.raises(ChainError) as caught:
+        validate(files)
+    assert caught.value.reason == "privkey.pem: the private key cannot be parsed"
+    assert hashlib.sha256(bytes(broken)).digest() not in pem._CHECKED_RSA
+
+
+def test_the_checked_set_is_bounded() -> None:
+    checked = pem._BoundedSet(2)
+    for member in (b"a", b"b", b"c"):
+        checked.add(member)
+    assert b"a" not in checked
+    assert b"b" in checked
+    assert b"c" in checked
+    assert len(checked) == 2
