@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from danesync.pem import certificate_key
+from danesync.keycache import certificate_key
 from danesync.tlsa import TlsaRecord
 
 _USABLE_USAGES = (2, 3)

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import re
-import threading
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cryptography
 from cryptography import x509
@@ -22,11 +19,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa, x448, x25519
 
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+from danesync.keycache import BoundedLru
 
-# How many certificates' parsed public keys stay in memory (certificate_key):
-# enough for every intermediate of every CA in use and the last few leaves.
-KEY_CACHE_SIZE = 128
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 # How many RSA private keys (by SHA-256 of their DER) are remembered as checked.
 CHECKED_RSA_KEYS = 16384
 # cryptography >= 39 can load an RSA key without RSA_check_key (60 ms a
@@ -142,7 +137,7 @@ def parse_private_key(data: bytes, filename: str) -> PrivateKey:
         raise PemError(f"{filename}: {block.label} keys are not supported")
     digest = hashlib.sha256(block.der).digest()
     try:
-        if _CAN_SKIP_RSA_CHECK and digest in _CHECKED_RSA:
+        if _CAN_SKIP_RSA_CHECK and _CHECKED_RSA.get(digest):
             # These exact bytes passed the full check (RSA_check_key: p and q
             # prime, n = pq, d inverts e) earlier in this process.
             key = serialization.load_der_private_key(
@@ -151,7 +146,7 @@ def parse_private_key(data: bytes, filename: str) -> PrivateKey:
         else:
             key = serialization.load_der_private_key(block.der, password=None)
             if isinstance(key, rsa.RSAPrivateKey):
-                _CHECKED_RSA.add(digest)
+                _CHECKED_RSA.put(digest, True)
     except (ValueError, TypeError, UnsupportedAlgorithm) as error:
         raise PemError(f"{filename}: the private key cannot be parsed") from error
     if not isinstance(
@@ -163,68 +158,8 @@ def parse_private_key(data: bytes, filename: str) -> PrivateKey:
     return key
 
 
-class _BoundedSet:
-    """A set that forgets its oldest members beyond `size`; safe across threads."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._members: OrderedDict[bytes, None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __contains__(self, member: bytes) -> bool:
-        with self._lock:
-            if member in self._members:
-                self._members.move_to_end(member)
-                return True
-            return False
-
-    def __len__(self) -> int:
-        return len(self._members)
-
-    def add(self, member: bytes) -> None:
-        with self._lock:
-            self._members[member] = None
-            self._members.move_to_end(member)
-            while len(self._members) > self._size:
-                self._members.popitem(last=False)
-
-
-_CHECKED_RSA = _BoundedSet(CHECKED_RSA_KEYS)
-
-
-@dataclass(frozen=True)
-class CertificateKey:
-    """A certificate's public key, parsed, and its SubjectPublicKeyInfo in DER."""
-
-    public_key: object = field(repr=False)  # what x509.Certificate.public_key() returns
-    spki_der: bytes
-
-    @property
-    def spki_sha256(self) -> str:
-        """The data of a TLSA record with selector 1 (SPKI) and matching type 1 (SHA-256)."""
-        return hashlib.sha256(self.spki_der).hexdigest()
-
-
-def certificate_key(cert: x509.Certificate) -> CertificateKey:
-    """The public key of `cert`, parsed once per process for the same certificate.
-
-    With cryptography < 42 on OpenSSL 3, every `public_key()` goes through
-    OpenSSL's decoder framework (about 1 ms); a lineage's intermediate is
-    shared by thousands of leaves. The cache is keyed by the certificate's
-    whole DER and the value is computed from those bytes alone, so a
-    certificate that differs in any byte (another key under the same subject,
-    a forged signature) can never be given another certificate's key.
-    """
-    return _certificate_key(cert.public_bytes(serialization.Encoding.DER))
-
-
-@functools.lru_cache(maxsize=KEY_CACHE_SIZE)
-def _certificate_key(der: bytes) -> CertificateKey:
-    key = x509.load_der_x509_certificate(der).public_key()
-    spki = key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return CertificateKey(key, spki)
+# SHA-256 of the DER of RSA keys that passed the full check in this process.
+_CHECKED_RSA: BoundedLru[bytes, bool] = BoundedLru(CHECKED_RSA_KEYS)
 
 
 _KEY_TYPES: tuple[tuple[type, str], ...] = (

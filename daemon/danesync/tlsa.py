@@ -15,7 +15,7 @@ from enum import Enum
 
 from cryptography import x509
 
-from danesync.pem import certificate_key
+from danesync.keycache import certificate_key
 
 
 class Usage(Enum):

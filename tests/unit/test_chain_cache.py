@@ -11,10 +11,10 @@ import hashlib
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from danesync import pem
+from danesync import keycache, pem
 from danesync.chain import LineageFiles, validate_chain, verify_signature
 from danesync.errors import ChainError
-from danesync.pem import KEY_CACHE_SIZE, certificate_key
+from danesync.keycache import KEY_CACHE_SIZE, certificate_key
 from danesync.tlsa import Usage, spki_sha256
 from tests.harness.certs import NOW, Hierarchy, Leaf, cert_pem, key_pem, make_key
 from tests.harness.corpus import HOST, files_of
@@ -109,22 +109,48 @@ def test_the_cache_is_bounded() -> None:
     ca = Hierarchy("Bounded")
     for _ in range(KEY_CACHE_SIZE + 5):
         validate(files_of(ca.issue()))
-    info = pem._certificate_key.cache_info()
-    assert info.maxsize == KEY_CACHE_SIZE
-    assert info.currsize <= KEY_CACHE_SIZE
+    assert keycache._KEYS.size == KEY_CACHE_SIZE
+    assert len(keycache._KEYS) == KEY_CACHE_SIZE
 
 
 def test_the_shared_intermediate_is_parsed_once() -> None:
     """What the cache is for: N leaves under one intermediate parse its key once."""
     ca = Hierarchy("Shared")
-    leaves = [ca.issue() for _ in range(5)]
-    pem._certificate_key.cache_clear()
-    for leaf in leaves:
+    leaves = [ca.issue(key_kind=kind) for kind in ("ec256", "ec384", "ed25519", "ec256")]
+    keycache._KEYS.clear()
+    intermediate_der = ca.intermediate.public_bytes(serialization.Encoding.DER)
+    validate(files_of(leaves[0]))
+    entry = keycache._KEYS.get(intermediate_der)
+    assert entry is not None
+    for leaf in leaves[1:]:
         validate(files_of(leaf))
-    info = pem._certificate_key.cache_info()
-    # one miss per leaf and one for the intermediate; every other lookup hits
-    assert info.misses == len(leaves) + 1
-    assert info.hits >= len(leaves) - 1
+        assert keycache._KEYS.get(intermediate_der) is entry
+
+
+@pytest.mark.parametrize("kind", ["ec256", "ec384", "ed25519", "rsa"])
+def test_a_leaf_key_taken_from_the_private_key_is_what_parsing_gives(kind: str) -> None:
+    """The leaf's entry, made without parsing when its SPKI field is the private key's
+    public half byte for byte, equals the one parsing the certificate makes."""
+    leaf = Hierarchy("Leaf").issue(key=make_key(kind, slot=1))  # type: ignore[arg-type]
+    keycache._KEYS.clear()
+    validate(files_of(leaf))
+    der = leaf.cert.public_bytes(serialization.Encoding.DER)
+    entry = keycache._KEYS.get(der)
+    assert entry is not None
+    assert entry.public_key is not None
+    parsed = leaf.cert.public_key()
+    spki = parsed.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert entry.spki_der == spki == keycache.spki_field(der)
+    assert type(entry.public_key) is type(parsed)
+
+
+def test_spki_field_refuses_what_is_not_a_certificate() -> None:
+    der = Hierarchy("Field").issue().cert.public_bytes(serialization.Encoding.DER)
+    assert keycache.spki_field(der) is not None
+    for broken in (b"", b"\x30", der[:40], der[:-1], b"\x31" + der[1:], b"\x30\x80" + der[2:]):
+        assert keycache.spki_field(broken) is None
 
 
 def _rsa_der(key: object) -> bytes:
@@ -148,7 +174,7 @@ def test_a_checked_rsa_key_is_remembered_by_its_bytes_only() -> None:
     validate(files_of(leaf))
     validate(files_of(leaf))  # the second load may skip RSA_check_key: same verdict
     der = _rsa_der(key)
-    assert hashlib.sha256(der).digest() in pem._CHECKED_RSA
+    assert pem._CHECKED_RSA.get(hashlib.sha256(der).digest())
     # One byte changed in the middle (inside n, d, p or q): still valid ASN.1, not a key.
     broken = bytearray(der)
     broken[len(broken) // 2] ^= 0x01
@@ -157,14 +183,26 @@ def test_a_checked_rsa_key_is_remembered_by_its_bytes_only() -> None:
     with pytest.raises(ChainError) as caught:
         validate(files)
     assert caught.value.reason == "privkey.pem: the private key cannot be parsed"
-    assert hashlib.sha256(bytes(broken)).digest() not in pem._CHECKED_RSA
+    assert not pem._CHECKED_RSA.get(hashlib.sha256(bytes(broken)).digest())
 
 
-def test_the_checked_set_is_bounded() -> None:
-    checked = pem._BoundedSet(2)
-    for member in (b"a", b"b", b"c"):
-        checked.add(member)
-    assert b"a" not in checked
-    assert b"b" in checked
-    assert b"c" in checked
-    assert len(checked) == 2
+def test_the_lru_is_bounded_and_keeps_what_is_used() -> None:
+    lru: keycache.BoundedLru[bytes, bool] = keycache.BoundedLru(2)
+    lru.put(b"a", True)
+    lru.put(b"b", True)
+    assert lru.get(b"a")  # now the most recently used
+    lru.put(b"c", True)
+    assert lru.get(b"b") is None
+    assert lru.get(b"a")
+    assert lru.get(b"c")
+    assert len(lru) == 2
+
+
+def test_a_cached_leaf_with_another_private_key_is_refused(genuine: tuple[Hierarchy, Leaf]) -> None:
+    """The leaf's key is in the cache; privkey.pem now holds another key."""
+    _, leaf = genuine
+    files = files_of(leaf)
+    files["privkey"] = key_pem(make_key("ec256"))
+    with pytest.raises(ChainError) as caught:
+        validate(files)
+    assert caught.value.reason == "privkey.pem does not match the leaf certificate's public key"
