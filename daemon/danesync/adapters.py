@@ -170,6 +170,9 @@ class RealPostfix:
     def install_chain_file(self, lineage: str, pem: bytes) -> None:
         files.install_chain_file(self.deploy_dir, lineage, pem)
 
+    def install_chain_files(self, pems: Mapping[str, bytes]) -> None:
+        files.install_chain_files(self.deploy_dir, pems)
+
     def restore_chain_file(self, lineage: str) -> bool:
         return files.restore_chain_file(self.deploy_dir, lineage)
 

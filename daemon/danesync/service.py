@@ -38,7 +38,7 @@ from danesync.ports import (
     PostfixPort,
     StatePort,
 )
-from danesync.runtime import PassResult, Runtime, crash_point
+from danesync.runtime import READING, PassResult, Progress, Runtime, crash_point, no_progress
 from danesync.state import State, StateStore
 from danesync.steps import DecisionLog, execute_plan, record_decisions
 from danesync.tlsa import TlsaRecord
@@ -64,6 +64,7 @@ class Service:
         store: StatePort | None = None,
         clock: Clock | None = None,
         crash: Callable[[str], None] = crash_point,
+        progress: Progress = no_progress,
     ) -> None:
         from danesync import adapters
 
@@ -79,6 +80,7 @@ class Service:
             store,
             clock or adapters.SystemClock(),
             crash,
+            progress=progress,
         )
         self.logs = DecisionLog()
         self.notices = RenewalNotices(config)
@@ -118,9 +120,10 @@ class Service:
             self._recover(result)
         now = rt.clock.wall()
         certificates = self._select(selected)
-        offers: dict[str, Offer | Problem] = {
-            c.lineage: rt.lineages.read_candidate(c, now) for c in certificates
-        }
+        offers: dict[str, Offer | Problem] = {}
+        for done, certificate in enumerate(certificates, 1):
+            offers[certificate.lineage] = rt.lineages.read_candidate(certificate, now)
+            rt.progress(READING, done, len(certificates))
         rt.lineages.flush()  # the read cache, for a restart that validates nothing unchanged
         # Read (and validated again) only for what a deploy takes.
         pems = OfferPems(o for o in offers.values() if isinstance(o, Offer))

@@ -218,6 +218,10 @@ class SimPostfix:
             self.prev[lineage] = current
         self.files[lineage] = pem
 
+    def install_chain_files(self, pems: Mapping[str, bytes]) -> None:
+        for lineage, pem in pems.items():  # a failed write leaves the earlier ones
+            self.install_chain_file(lineage, pem)
+
     def restore_chain_file(self, lineage: str) -> bool:
         if lineage not in self.prev:
             return False
