@@ -18,12 +18,12 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import idle, latency, reload, renewal_pass, scale
+from bench import idle, latency, reload, renewal_pass, scale, validate
 from bench.common import REPO, RESULTS, Result, dump, machine
 
 DOCS = REPO / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
-NAMES = ("latency", "reload", "idle", "scale", "renewal")
+NAMES = ("latency", "reload", "idle", "scale", "validate", "renewal")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             ari_delayed=not quick,
             huge=not quick,
         ),
+        "validate": lambda w: validate.run(w, rounds=2 if quick else 5),
         # One renewal pass in process, at 100, 1,000 and (not --quick) 10,000 lineages.
         "renewal": lambda w: renewal_pass.run(
             w,

@@ -10,16 +10,18 @@ from collections.abc import Mapping, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from danesync import readcache
 from danesync.actions import dns as dns_actions
 from danesync.actions import files, postfix, probe, snitables
-from danesync.certbot import read_chain
+from danesync.certbot import read_deploy_pem, read_validated
 from danesync.chain import Chain, LineageFiles, validate_chain
 from danesync.config import CertificateConfig, Config
 from danesync.errors import ChainError, DnsError, LineagePending, ProbeError
 from danesync.history import RRset
 from danesync.pem import PemError, split_pem
 from danesync.plan import Problem
-from danesync.ports import Answers, Offer, ProbeRequest
+from danesync.ports import Answers, AriTarget, Offer, ProbeRequest
+from danesync.readcache import ReadCache
 from danesync.state import ChainInfo
 from danesync.tlsa import TlsaRecord
 from danesync.tsigkey import TsigKey
@@ -43,20 +45,46 @@ class SystemClock:
 
 
 def offer_from_chain(chain: Chain) -> Offer:
-    return Offer(ChainInfo.from_chain(chain), chain.deploy_pem, chain)
+    return Offer(ChainInfo.from_chain(chain), chain.deploy_pem)
 
 
 class CertbotLineages:
+    """certbot's lineages through the read cache kept in the state directory."""
+
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.cache = ReadCache(config.state.dir / readcache.DIRECTORY)
 
     def read_candidate(self, certificate: CertificateConfig, now: dt.datetime) -> Offer | Problem:
+        config_dir = self.config.certbot.config_dir
         try:
-            return offer_from_chain(read_chain(self.config.certbot.config_dir, certificate, now))
+            entry, pem = read_validated(config_dir, certificate, now, self.cache)
         except LineagePending as pending:
             return Problem(pending.reason, pending=True)
         except ChainError as error:
+            self.cache.drop(certificate.lineage)
             return Problem(error.reason)
+        ari = None
+        if entry.ari_id is not None or entry.ari_problem is not None:
+            ari = AriTarget(
+                entry.info.fingerprint, entry.info.not_after, entry.ari_id, entry.ari_problem
+            )
+        if pem is None:
+
+            def read_pem() -> bytes:
+                try:
+                    return read_deploy_pem(config_dir, certificate, entry, now)
+                except ValueError:
+                    # Changed although its stats did not say so (a rewrite within
+                    # the file system's time granularity): the next pass validates.
+                    self.cache.drop(certificate.lineage)
+                    raise
+
+            return Offer(entry.info, read_pem, entry.pem_sha256, ari)
+        return Offer(entry.info, pem, ari=ari)
+
+    def flush(self) -> None:
+        self.cache.flush()
 
     def read_deployed(self, certificate: CertificateConfig, data: bytes) -> Offer | None:
         try:
@@ -119,20 +147,20 @@ class RealPostfix:
         except FileNotFoundError:
             return None
 
-    def chain_file_holds(self, lineage: str, pem: bytes) -> bool:
-        """The chain file holds exactly `pem`; not read again while its stat is unchanged.
+    def chain_file_holds(self, lineage: str, digest: bytes) -> bool:
+        """The chain file holds exactly the bytes of `digest` (SHA-256); not read
+        again while its stat is unchanged.
 
         A full pass asks this for every deployed lineage: at 10,000 lineages,
         reading every file back each time was most of an idle pass. Any write
         changes the file's ctime (and a rename its inode).
         """
         path = self.chain_path(lineage)
-        digest = hashlib.sha256(pem).digest()
         before = _stat_key(path)
         if before is not None and self._holds.get(lineage) == (before, digest):
             return True
         data = self.read_chain_file(lineage)
-        if data != pem:
+        if data is None or hashlib.sha256(data).digest() != digest:
             self._holds.pop(lineage, None)
             return False
         if before is not None and _stat_key(path) == before:  # not replaced while read
@@ -141,6 +169,9 @@ class RealPostfix:
 
     def install_chain_file(self, lineage: str, pem: bytes) -> None:
         files.install_chain_file(self.deploy_dir, lineage, pem)
+
+    def install_chain_files(self, pems: Mapping[str, bytes]) -> None:
+        files.install_chain_files(self.deploy_dir, pems)
 
     def restore_chain_file(self, lineage: str) -> bool:
         return files.restore_chain_file(self.deploy_dir, lineage)

@@ -335,8 +335,29 @@ def fetch_renewal_window(
     except AriError as error:
         raise AriError(directory_url, error.reason) from None
     _check_issuer(directory_url, leaf, issuer)
+    return fetch_renewal_window_by_id(directory_url, identifier, _not_after(leaf), timeout, now)
+
+
+def build_ari_identifier(leaf: x509.Certificate, issuer: x509.Certificate) -> str:
+    """The leaf's RFC 9773 identifier, checked against its issuer; AriError if none.
+
+    Computed once when a chain is validated, so that monitoring needs no
+    parsed certificate between passes."""
+    identifier = build_renewal_identifier(leaf)
+    _check_issuer(None, leaf, issuer)
+    return identifier
+
+
+def fetch_renewal_window_by_id(
+    directory_url: str,
+    identifier: str,
+    not_after: dt.datetime,
+    timeout: float = 10,
+    now: dt.datetime | None = None,
+) -> RenewalWindow | None:
+    """`fetch_renewal_window` for a leaf known by its identifier and not_after."""
     now = now or dt.datetime.now(dt.UTC)
-    if _not_after(leaf) <= now:
+    if not_after <= now:
         return None
     opener = _opener()
     directory, _ = _get_json(opener, directory_url, timeout)
@@ -404,7 +425,7 @@ def _describe_http_error(error: urllib.error.HTTPError) -> str:
     return f"HTTP {error.code} {error.reason}".rstrip()
 
 
-def _check_issuer(url: str, leaf: x509.Certificate, issuer: x509.Certificate) -> None:
+def _check_issuer(url: str | None, leaf: x509.Certificate, issuer: x509.Certificate) -> None:
     if leaf.issuer != issuer.subject:
         raise AriError(url, "the issuer given is not the certificate's issuer")
     aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import hashlib
 import os
 import re
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 from danesync.chain import Chain, LineageFiles, _not_after, _not_before, validate_chain
 from danesync.config import CertificateConfig
-from danesync.errors import ChainError, LineagePending
+from danesync.errors import AriError, ChainError, LineagePending
+from danesync.readcache import Key, ReadCache, Validated
+from danesync.state import ChainInfo
 
 KINDS = ("cert", "privkey", "chain", "fullchain")
 MAX_FILE_SIZE = 1024 * 1024
@@ -149,64 +151,127 @@ def read_acme_server(config_dir: Path, lineage: str) -> str | None:
 
 
 def read_chain(config_dir: Path, certificate: CertificateConfig, now: dt.datetime) -> Chain:
-    """Read and validate a lineage: the candidate chain for `certificate`.
+    """Read and validate a lineage: the candidate chain for `certificate` (no cache)."""
+    files = read_lineage(config_dir, certificate.lineage)
+    return validate_chain(files, certificate.hostnames, certificate.tlsa, certificate.usages, now)
 
-    A chain validated before is returned again without reading or parsing
-    when nothing it came from has changed: the same configuration, the same
-    four link targets, the same archive files (device, inode, size, mtime and
+
+def read_validated(
+    config_dir: Path, certificate: CertificateConfig, now: dt.datetime, cache: ReadCache
+) -> tuple[Validated, bytes | None]:
+    """The lineage's validated facts, and the bytes to deploy when just validated.
+
+    An entry of `cache` is used without reading or parsing anything while
+    nothing it came from has changed: the same configuration, the same four
+    link targets, the same archive files (device, inode, size, mtime and
     ctime: any write changes the ctime), and `now` still inside every
-    certificate's validity. A full pass at 10,000 lineages otherwise spends
-    seconds validating chains that certbot has not touched.
+    certificate's validity. Then the bytes are None: `read_deploy_pem` reads
+    them when a deploy needs them. At 10,000 lineages a warm start otherwise
+    spent most of its time validating chains certbot had not touched.
     """
     key = _cache_key(config_dir, certificate)
-    cached = _validated.get((str(config_dir), certificate.lineage))
-    if (
-        key is not None
-        and cached is not None
-        and cached.key == key
-        and cached.valid_from <= now < cached.valid_until
-    ):
-        return cached.chain
+    cached = cache.get(certificate.lineage)
+    if key is not None and cached is not None and cached.usable(key, now):
+        return cached, None
     # The key was taken before the read: a change in between makes it stale,
     # so the next pass reads again; it never pairs new stats with old bytes.
-    files = read_lineage(config_dir, certificate.lineage)
-    chain = validate_chain(files, certificate.hostnames, certificate.tlsa, certificate.usages, now)
-    if key is not None:
-        everything = (chain.leaf, *chain.intermediates)
-        _validated[(str(config_dir), certificate.lineage)] = _Validated(
-            key,
-            chain,
-            valid_from=max(_not_before(c) for c in everything),
-            valid_until=min(_not_after(c) for c in everything),
-        )
-    return chain
+    chain = read_chain(config_dir, certificate, now)
+    entry = build_validated(key, chain)
+    if key is None:
+        cache.drop(certificate.lineage)
+    else:
+        cache.put(certificate.lineage, entry)
+    return entry, chain.deploy_pem
 
 
-@dataclass(frozen=True)
-class _Validated:
-    key: tuple[object, ...]
-    chain: Chain
-    valid_from: dt.datetime
-    valid_until: dt.datetime
+def read_deploy_pem(
+    config_dir: Path, certificate: CertificateConfig, entry: Validated, now: dt.datetime
+) -> bytes:
+    """The bytes to deploy for `entry`, validated again from the disk.
 
-
-_validated: dict[tuple[str, str], _Validated] = {}
-
-
-def _cache_key(config_dir: Path, certificate: CertificateConfig) -> tuple[object, ...] | None:
-    """What a validated chain depends on; None while certbot is at work or on any doubt."""
-    live = config_dir / "live" / certificate.lineage
+    Raises ValueError when the lineage no longer holds exactly what `entry`
+    was validated from (the next pass reads it again), so a file changed
+    after the read is never deployed unvalidated or under another name.
+    """
     try:
-        _check_not_updating(live, certificate.lineage)
-        targets, versions = _read_links(config_dir, certificate.lineage)
-        if len(set(versions.values())) != 1:
+        chain = read_chain(config_dir, certificate, now)
+    except (ChainError, LineagePending) as error:
+        raise ValueError(
+            f"{certificate.lineage}: changed since it was validated: {error.reason}"
+        ) from None
+    if hashlib.sha256(chain.deploy_pem).digest() != entry.pem_sha256:
+        raise ValueError(f"{certificate.lineage}: changed since it was validated")
+    return chain.deploy_pem
+
+
+def build_validated(key: Key | None, chain: Chain) -> Validated:
+    """The facts kept of `chain`: no certificate object, no key material."""
+    from danesync import ari
+
+    everything = (chain.leaf, *chain.intermediates)
+    ari_id = ari_problem = None
+    if chain.intermediates:
+        try:
+            ari_id = ari.build_ari_identifier(chain.leaf, chain.intermediates[0])
+        except AriError as error:
+            ari_problem = error.reason
+    return Validated(
+        key=key or b"",
+        info=ChainInfo.from_chain(chain),
+        pem_sha256=hashlib.sha256(chain.deploy_pem).digest(),
+        valid_from=max(_not_before(c) for c in everything),
+        valid_until=min(_not_after(c) for c in everything),
+        ari_id=ari_id,
+        ari_problem=ari_problem,
+    )
+
+
+def _cache_key(config_dir: Path, certificate: CertificateConfig) -> Key | None:
+    """What a validated chain depends on; None while certbot is at work or on any doubt.
+
+    Strings and os.path, not Path: asked for every lineage on every full pass
+    (pathlib was half of it). Anything unusual is None: `read_chain` then
+    says precisely what is wrong.
+    """
+    root = str(config_dir)
+    live = os.path.join(root, "live", certificate.lineage)
+    archive = os.path.normpath(os.path.join(root, "archive", certificate.lineage))
+    targets = []
+    stats = []
+    versions = set()
+    try:
+        names = os.listdir(live)
+        if any(n.startswith("previous_") and n.endswith(".pem") for n in names):
             return None
-        stats = []
         for kind in KINDS:
-            st = os.lstat(targets[kind])
+            resolved = os.path.normpath(os.path.join(live, os.readlink(f"{live}/{kind}.pem")))
+            directory, base = os.path.split(resolved)
+            number = base[len(kind) : -len(".pem")]
+            if (
+                directory != archive
+                or not base.startswith(kind)
+                or not base.endswith(".pem")
+                or not number.isdigit()
+                or not number.isascii()
+            ):
+                return None
+            versions.add(int(number))
+            st = os.lstat(resolved)
             if not stat.S_ISREG(st.st_mode):
                 return None
+            targets.append(resolved)
             stats.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
-    except (ChainError, LineagePending, OSError):
+    except (OSError, ValueError):
         return None
-    return (certificate, tuple(targets[kind] for kind in KINDS), tuple(stats))
+    if len(versions) != 1:
+        return None
+    # With what validate_chain is given besides the files.
+    settings = (
+        str(config_dir),
+        certificate.lineage,
+        certificate.hostnames,
+        certificate.tlsa,
+        tuple(usage.value for usage in certificate.usages),
+    )
+    described = repr((settings, tuple(targets), tuple(stats)))
+    return hashlib.sha256(described.encode()).digest()

@@ -25,7 +25,8 @@ from danesync.config import Config, DnsMode, load_config
 from danesync.errors import ConfigError, DanesyncError
 from danesync.log import configure_logging
 from danesync.monitor import Monitor
-from danesync.notify import Notifier, watchdog_interval
+from danesync.notify import Keepalive, Notifier, watchdog_interval
+from danesync.runtime import STOPPABLE, PassStopped
 from danesync.service import PassResult, Service
 from danesync.watcher import Debouncer, LineageWatcher, read_certbot_done
 
@@ -76,6 +77,10 @@ class _Wakeup:
             except BlockingIOError:
                 pass
 
+    def stop_requested(self) -> bool:
+        """SIGTERM or SIGINT arrived and the loop has not taken it yet."""
+        return any(s in (signal.SIGTERM, signal.SIGINT) for s in list(self.signals))
+
     def take(self) -> tuple[set[str], bool, list[int]]:
         with self.lock:
             changed, self.changed = self.changed, set()
@@ -93,7 +98,9 @@ class Daemon:
         self.config = config
         self.notifier = notifier
         self.wakeup = _Wakeup()
-        self.service = Service(config)
+        # Pings and start-up extensions from inside long passes (10,000 lineages).
+        self.keepalive = Keepalive(notifier, watchdog_interval())
+        self.service = Service(config, progress=self._progress)
         self.debouncer = Debouncer(config.daemon.settle)
         self.watcher: LineageWatcher | None = None
         self.failures = 0
@@ -112,10 +119,22 @@ class Daemon:
             self.watcher.stop()
             self.watcher = None
 
+    def _progress(self, phase: str, done: int, total: int) -> None:
+        """A pass's progress: keep systemd informed; end a reading pass on a stop.
+
+        At 10,000 lineages a pass reads for minutes; `systemctl stop` would
+        otherwise wait for it until TimeoutStopSec and then SIGKILL.
+        """
+        self.keepalive(phase, done, total)
+        if phase in STOPPABLE and self.wakeup.stop_requested():
+            raise PassStopped(phase)
+
     def _pass(self, lineages: set[str] | None, monitor: bool = True) -> PassResult:
         self.monitor.pass_started()
         try:
             result = self.service.reconcile(lineages, monitor=monitor)
+        except PassStopped:
+            return self.last_result  # it changed nothing since its last save; the loop stops
         except DanesyncError as error:
             log.error("pass.failed", reason=str(error))
             result = PassResult(failed=True)
@@ -157,7 +176,7 @@ class Daemon:
         if restart_watcher:
             self._stop_watcher()
         self.config = config
-        self.service = Service(config)
+        self.service = Service(config, progress=self._progress)
         self.monitor.reconfigure(config)
         self.debouncer = Debouncer(config.daemon.settle)
         if restart_watcher or self.watcher is None:
@@ -196,7 +215,10 @@ class Daemon:
         self.monitor.install()
         self._start_watcher()
         result = self._pass(None, monitor=False)  # ARI can take seconds: after READY=1
+        if self.wakeup.stop_requested():  # stopped while starting: no READY=1
+            return self._stop()
         self.notifier.ready(self._summary(result))
+        self.keepalive.started()
         log.info("daemon.ready", certificates=len(self.config.certificates))
         self._warn_families()
         self.service.run_monitoring()
@@ -262,6 +284,9 @@ class Daemon:
             elif now >= next_poll:
                 result = self._pass(None)
                 next_poll = self._next_poll(result)
+        return self._stop()
+
+    def _stop(self) -> int:
         self.notifier.stopping()
         log.info("daemon.stopping")
         self._stop_watcher()

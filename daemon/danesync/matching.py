@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from danesync.keycache import certificate_key
 from danesync.tlsa import TlsaRecord
 
 _USABLE_USAGES = (2, 3)
@@ -25,9 +26,7 @@ _USABLE_MATCHING = (0, 1, 2)
 
 def _digests(usage: int, cert: x509.Certificate) -> list[str]:
     der = cert.public_bytes(serialization.Encoding.DER)
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    spki = certificate_key(cert).spki_der  # parsed once per certificate (issue 15)
     found = []
     for selector, data in ((0, der), (1, spki)):
         found.append(f"{usage} {selector} 1 {hashlib.sha256(data).hexdigest()}")

@@ -13,6 +13,7 @@ from danesync.certbot import read_acme_server
 from danesync.chain import format_time
 from danesync.config import Config
 from danesync.errors import AriError
+from danesync.ports import AriTarget
 from danesync.state import State
 
 log = structlog.get_logger("danesync")
@@ -76,14 +77,14 @@ class RenewalNotices:
             )
 
     def check_renewal_info(
-        self, state: State, candidates: Mapping[str, object], now: dt.datetime
+        self, state: State, candidates: Mapping[str, AriTarget], now: dt.datetime
     ) -> None:
         """ARI (RFC 9773): tell the operator when the CA wants a renewal certbot has not done.
 
-        `candidates` maps a lineage to its chain (danesync.chain.Chain) as last read.
+        `candidates` maps a lineage to what ARI needs of its chain as last read
+        (its identifier, computed when the chain was validated: no parsed
+        certificate is kept between passes).
         """
-        from danesync.chain import Chain
-
         unsupported = ari.ari_support()
         if unsupported is not None:
             if not self._ari_notice_logged:
@@ -94,7 +95,7 @@ class RenewalNotices:
         for lineage, candidate in sorted(candidates.items()):
             lineage_state = state.lineages.get(lineage)
             deployed = lineage_state.deployed if lineage_state else None
-            if deployed is None or not isinstance(candidate, Chain) or not candidate.intermediates:
+            if deployed is None:
                 continue
             if self._ari_next_check.get(lineage, now) > now:
                 continue
@@ -104,8 +105,10 @@ class RenewalNotices:
             if directory is None:
                 continue
             try:
-                window = ari.fetch_renewal_window(
-                    directory, candidate.leaf, candidate.intermediates[0]
+                if candidate.identifier is None:
+                    raise AriError(directory, candidate.problem or "no certificate identifier")
+                window = ari.fetch_renewal_window_by_id(
+                    directory, candidate.identifier, candidate.not_after
                 )
             except AriError as error:
                 log.warning("renewal.unknown", lineage=lineage, reason=str(error))

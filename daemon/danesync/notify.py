@@ -153,3 +153,55 @@ class Notifier:
     def extend_timeout(self, seconds: float) -> bool:
         """Ask for `seconds` more before systemd gives up on start or stop."""
         return self.notify(EXTEND_TIMEOUT_USEC=str(int(seconds * 1_000_000)))
+
+
+START_EXTENSION = 60.0  # seconds a starting daemon may go without progress (at least)
+PROGRESS_EVERY = 1.0  # seconds between two reports from inside a pass (at most this often)
+
+
+class Keepalive:
+    """A pass's progress hook (`Runtime.progress`) that keeps systemd waiting.
+
+    Called after every lineage of a pass's long loops; acts at most every
+    `PROGRESS_EVERY` seconds (or every `ping_every`, if shorter): a
+    ``WATCHDOG=1`` ping when the watchdog is on, and while the daemon is still
+    starting (before ``READY=1``) ``EXTEND_TIMEOUT_USEC`` and a ``STATUS`` with
+    how far the first pass is. A pass that stops making progress (a hung
+    query, a wedged subprocess) stops the pings: the watchdog still catches it.
+    `clock`: seconds, monotonic (injected for the tests).
+    """
+
+    def __init__(
+        self,
+        notifier: Notifier,
+        ping_every: float | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.notifier = notifier
+        self.ping_every = ping_every
+        self.clock = clock
+        self.starting = True
+        self.every = min(PROGRESS_EVERY, ping_every) if ping_every else PROGRESS_EVERY
+        # A start may stall as long as a running daemon may go between pings
+        # (WatchdogSec), and never less than a minute: one step (a DNS batch,
+        # a reload) is bounded well below that.
+        self.extension = max(START_EXTENSION, 2 * ping_every if ping_every else 0.0)
+        self._next: float | None = None
+
+    def started(self) -> None:
+        """READY=1 is out: from now on only watchdog pings."""
+        self.starting = False
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        now = self.clock()
+        if self._next is not None and now < self._next:
+            return
+        self._next = now + self.every
+        fields: dict[str, str] = {}
+        if self.ping_every:
+            fields["WATCHDOG"] = "1"
+        if self.starting:
+            fields["EXTEND_TIMEOUT_USEC"] = str(int(self.extension * 1_000_000))
+            fields["STATUS"] = f"first pass: {phase} {done}/{total}"
+        if fields:  # one datagram
+            self.notifier.notify(**fields)

@@ -11,7 +11,7 @@ from danesync.config import CertificateConfig, DnsMode
 from danesync.history import RRset, prune, record_served, settle_intent
 from danesync.plan import Problem
 from danesync.ports import Offer
-from danesync.runtime import PassResult, Runtime
+from danesync.runtime import CHECKING, PROBING, PassResult, Runtime
 from danesync.tlsa import TlsaRecord
 
 log = structlog.get_logger("danesync")
@@ -82,7 +82,9 @@ def observe_served(
     served: dict[str, str] = {}
     if rt.config.postfix.probe is None or rt.config.dns.mode is DnsMode.OFF:
         return served
-    for certificate in certificates:
+    certificates = list(certificates)
+    for done, certificate in enumerate(certificates, 1):
+        rt.progress(PROBING, done, len(certificates))
         lineage_state = rt.state.lineages.get(certificate.lineage)
         if lineage_state is not None and (lineage_state.deployed or lineage_state.inflight):
             continue
@@ -97,11 +99,12 @@ def observe_served(
 def read_on_disk(
     rt: Runtime, certificate: CertificateConfig, candidate: Offer | Problem | None
 ) -> tuple[str | None, bytes | None]:
-    """The leaf of a lineage's chain file (None: missing or unreadable), and its bytes."""
+    """The leaf of a lineage's chain file (None: missing or unreadable), and its
+    bytes when they were read (not when the file holds `candidate`)."""
     if isinstance(candidate, Offer) and rt.postfix.chain_file_holds(
-        certificate.lineage, candidate.pem
+        certificate.lineage, candidate.digest
     ):
-        return candidate.info.fingerprint, candidate.pem  # no read while its stat is unchanged
+        return candidate.info.fingerprint, None  # no read while its stat is unchanged
     data = rt.postfix.read_chain_file(certificate.lineage)
     if data is None:
         return None, None
@@ -114,7 +117,9 @@ def observe_on_disk(
 ) -> dict[str, str | None]:
     """For each deployed lineage of the pass, what its chain file holds."""
     found: dict[str, str | None] = {}
-    for certificate in certificates:
+    certificates = list(certificates)
+    for done, certificate in enumerate(certificates, 1):
+        rt.progress(CHECKING, done, len(certificates))
         lineage_state = rt.state.lineages.get(certificate.lineage)
         if lineage_state is None or lineage_state.deployed is None:
             continue

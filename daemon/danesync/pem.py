@@ -9,15 +9,24 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 from dataclasses import dataclass
 
+import cryptography
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa, x448, x25519
 
+from danesync.keycache import BoundedLru
+
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+# How many RSA private keys (by SHA-256 of their DER) are remembered as checked.
+CHECKED_RSA_KEYS = 16384
+# cryptography >= 39 can load an RSA key without RSA_check_key (60 ms a
+# 2048-bit key on OpenSSL 3); older ones always check.
+_CAN_SKIP_RSA_CHECK = int(cryptography.__version__.split(".")[0]) >= 39
 
 _BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
 _END = re.compile(rb"-----END ([A-Z0-9 ]+)-----")
@@ -126,8 +135,18 @@ def parse_private_key(data: bytes, filename: str) -> PrivateKey:
         )
     if block.label not in ("PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"):
         raise PemError(f"{filename}: {block.label} keys are not supported")
+    digest = hashlib.sha256(block.der).digest()
     try:
-        key = serialization.load_der_private_key(block.der, password=None)
+        if _CAN_SKIP_RSA_CHECK and _CHECKED_RSA.get(digest):
+            # These exact bytes passed the full check (RSA_check_key: p and q
+            # prime, n = pq, d inverts e) earlier in this process.
+            key = serialization.load_der_private_key(
+                block.der, password=None, unsafe_skip_rsa_key_validation=True
+            )
+        else:
+            key = serialization.load_der_private_key(block.der, password=None)
+            if isinstance(key, rsa.RSAPrivateKey):
+                _CHECKED_RSA.put(digest, True)
     except (ValueError, TypeError, UnsupportedAlgorithm) as error:
         raise PemError(f"{filename}: the private key cannot be parsed") from error
     if not isinstance(
@@ -137,6 +156,10 @@ def parse_private_key(data: bytes, filename: str) -> PrivateKey:
             f"{filename}: {key_type_name(key)} keys are not supported; use RSA, ECDSA or Ed25519"
         )
     return key
+
+
+# SHA-256 of the DER of RSA keys that passed the full check in this process.
+_CHECKED_RSA: BoundedLru[bytes, bool] = BoundedLru(CHECKED_RSA_KEYS)
 
 
 _KEY_TYPES: tuple[tuple[type, str], ...] = (

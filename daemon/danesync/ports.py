@@ -8,7 +8,8 @@ the simulation (tests/sim/).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence, Set
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -23,11 +24,55 @@ from danesync.tlsa import TlsaRecord
 
 @dataclass(frozen=True)
 class Offer:
-    """A validated chain: what the planner reasons about, and the bytes to deploy."""
+    """A validated chain: what the planner reasons about, and the bytes to deploy.
+
+    `source` is the bytes, or a function that reads them from the disk (and
+    validates them again) when a deploy needs them: a pass over 10,000 cached
+    lineages reads no archive file. `digest` (SHA-256 of the bytes) is what a
+    deployed file is compared with.
+    """
 
     info: ChainInfo
-    pem: bytes = field(repr=False)  # key, leaf, intermediates: contains the key
-    chain: object = field(default=None, repr=False, compare=False)  # the parsed Chain, if any
+    source: bytes | Callable[[], bytes] = field(repr=False)  # contains the key
+    digest: bytes = field(default=b"", repr=False)
+    ari: AriTarget | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.digest:
+            if not isinstance(self.source, bytes):
+                raise ValueError("an Offer read later needs the digest of its bytes")
+            object.__setattr__(self, "digest", hashlib.sha256(self.source).digest())
+
+    @property
+    def pem(self) -> bytes:
+        """The bytes to deploy; ValueError if the lineage changed since it was validated."""
+        return self.source if isinstance(self.source, bytes) else self.source()
+
+
+@dataclass(frozen=True)
+class AriTarget:
+    """What ARI monitoring needs of a candidate leaf between passes."""
+
+    fingerprint: str
+    not_after: dt.datetime
+    identifier: str | None  # RFC 9773 certificate identifier
+    problem: str | None  # why there is none
+
+
+class OfferPems(Mapping[str, bytes]):
+    """fingerprint -> bytes to deploy, read only for the offers a deploy takes."""
+
+    def __init__(self, offers: Iterable[Offer]) -> None:
+        self._offers = {offer.info.fingerprint: offer for offer in offers}
+
+    def __getitem__(self, fingerprint: str) -> bytes:
+        return self._offers[fingerprint].pem
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._offers)
+
+    def __len__(self) -> int:
+        return len(self._offers)
 
 
 @dataclass(frozen=True)
@@ -67,9 +112,15 @@ class PostfixPort(Protocol):
 
     def read_chain_file(self, lineage: str) -> bytes | None: ...
 
-    def chain_file_holds(self, lineage: str, pem: bytes) -> bool: ...
+    def chain_file_holds(self, lineage: str, digest: bytes) -> bool:
+        """The chain file holds exactly the bytes whose SHA-256 is `digest`."""
+        ...
 
     def install_chain_file(self, lineage: str, pem: bytes) -> None: ...
+
+    def install_chain_files(self, pems: Mapping[str, bytes]) -> None:
+        """`install_chain_file` for every lineage of `pems`, flushed once."""
+        ...
 
     def restore_chain_file(self, lineage: str) -> bool: ...
 
@@ -119,6 +170,10 @@ class LineagePort(Protocol):
 
     def read_deployed(self, certificate: CertificateConfig, data: bytes) -> Offer | None:
         """The chain in a deployed file's bytes; None if it cannot be read back."""
+        ...
+
+    def flush(self) -> None:
+        """Keep what the reads learnt for the next start (the read cache)."""
         ...
 
 

@@ -21,6 +21,32 @@ from danesync.tlsa import TlsaRecord
 log = structlog.get_logger("danesync")
 
 
+# A pass reports how far it is (phase, done, total) after each lineage of its
+# long loops. The daemon turns that into systemd's watchdog pings and start-up
+# timeout extensions (notify.Keepalive); the core itself reads no clock.
+Progress = Callable[[str, int, int], None]
+
+
+# Phases in which a pass has changed nothing since the last save (it reads):
+# a stop asked for meanwhile may end the pass there (`PassStopped`).
+READING = "reading lineages"
+CHECKING = "checking chain files"
+PROBING = "probing what Postfix serves"
+STOPPABLE = frozenset({READING, CHECKING, PROBING})
+
+
+class PassStopped(BaseException):
+    """Raised by a progress hook in a `STOPPABLE` phase: the daemon is stopping.
+
+    A BaseException, so that no step's error handling takes it for a failure.
+    """
+
+
+def no_progress(phase: str, done: int, total: int) -> None:
+    """The default: `danesync sync` and the tests have nobody to tell."""
+    del phase, done, total
+
+
 def crash_point(name: str) -> None:
     """Fault injection for the crash tests: SIGKILL ourselves at a named step."""
     if os.environ.get("DANESYNC_CRASH_AT") == name:
@@ -48,6 +74,7 @@ class Runtime:
     crash: Callable[[str], None] = crash_point
     # Records each name had on every server at the last look, for `tlsa.visible`.
     visible: dict[str, frozenset[TlsaRecord]] = field(default_factory=dict)
+    progress: Progress = no_progress
 
     def save(self) -> None:
         self.crash("save")

@@ -28,8 +28,17 @@ from danesync.plan import (
     plan_pass,
     plan_recovery,
 )
-from danesync.ports import Clock, DnsPort, LineagePort, Offer, PostfixPort, StatePort
-from danesync.runtime import PassResult, Runtime, crash_point
+from danesync.ports import (
+    AriTarget,
+    Clock,
+    DnsPort,
+    LineagePort,
+    Offer,
+    OfferPems,
+    PostfixPort,
+    StatePort,
+)
+from danesync.runtime import READING, PassResult, Progress, Runtime, crash_point, no_progress
 from danesync.state import State, StateStore
 from danesync.steps import DecisionLog, execute_plan, record_decisions
 from danesync.tlsa import TlsaRecord
@@ -55,6 +64,7 @@ class Service:
         store: StatePort | None = None,
         clock: Clock | None = None,
         crash: Callable[[str], None] = crash_point,
+        progress: Progress = no_progress,
     ) -> None:
         from danesync import adapters
 
@@ -70,10 +80,11 @@ class Service:
             store,
             clock or adapters.SystemClock(),
             crash,
+            progress=progress,
         )
         self.logs = DecisionLog()
         self.notices = RenewalNotices(config)
-        self._full_pass_candidates: dict[str, object] = {}
+        self._ari_targets: dict[str, AriTarget] = {}  # of the last full pass
         if loaded.note is not None:
             event = "state.migrated" if loaded.legacy is not None else "state.rebuilt"
             log.warning(event, reason=loaded.note)
@@ -109,16 +120,19 @@ class Service:
             self._recover(result)
         now = rt.clock.wall()
         certificates = self._select(selected)
-        offers: dict[str, Offer | Problem] = {
-            c.lineage: rt.lineages.read_candidate(c, now) for c in certificates
-        }
-        pems = {o.info.fingerprint: o.pem for o in offers.values() if isinstance(o, Offer)}
+        offers: dict[str, Offer | Problem] = {}
+        for done, certificate in enumerate(certificates, 1):
+            offers[certificate.lineage] = rt.lineages.read_candidate(certificate, now)
+            rt.progress(READING, done, len(certificates))
+        rt.lineages.flush()  # the read cache, for a restart that validates nothing unchanged
+        # Read (and validated again) only for what a deploy takes.
+        pems = OfferPems(o for o in offers.values() if isinstance(o, Offer))
         candidates: dict[str, Candidate] = {
             name: o.info if isinstance(o, Offer) else o for name, o in offers.items()
         }
         if selected is None:
-            self._full_pass_candidates = {
-                name: o.chain for name, o in offers.items() if isinstance(o, Offer)
+            self._ari_targets = {
+                name: o.ari for name, o in offers.items() if isinstance(o, Offer) and o.ari
             }
         for _ in range(ROUNDS):
             names = build_query_names(self.config, rt.state, selected)
@@ -245,7 +259,7 @@ class Service:
         now = self.rt.clock.wall()
         self.notices.warn_service_certificates()
         self.notices.warn_expiring(self.rt.state, now)
-        self.notices.check_renewal_info(self.rt.state, self._full_pass_candidates, now)
+        self.notices.check_renewal_info(self.rt.state, self._ari_targets, now)
 
     def clear_failures(self) -> None:
         for lineage_state in self.rt.state.lineages.values():

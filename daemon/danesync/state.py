@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ LINEAGES = "lineages"
 NAMES = "tlsa"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class ChainInfo:
     """What the state keeps of a chain: enough to know what Postfix serves,
     which TLSA records match it, and when it expires."""
@@ -62,19 +64,23 @@ class ChainInfo:
             names = tuple(san.value.get_values_for_type(x509.DNSName))
         except x509.ExtensionNotFound:
             names = ()
-        return cls(
-            fingerprint=chain.fingerprint,
-            serial=chain.serial,
-            not_before=_not_before(chain.leaf),
-            not_after=chain.not_after,
-            issuer=chain.issuer,
-            key_algorithm=chain.key_algorithm,
-            version=chain.version,
-            names=names,
-            leaf_spki=spki_sha256(chain.leaf),
-            issuer_spki=chain.issuer_spki,
-            matches=build_match_set(chain.leaf, chain.intermediates),
-            tlsa=chain.tlsa,
+        return share_chain_info(
+            cls(
+                fingerprint=chain.fingerprint,
+                serial=chain.serial,
+                not_before=_not_before(chain.leaf),
+                not_after=chain.not_after,
+                issuer=sys.intern(chain.issuer),
+                key_algorithm=sys.intern(chain.key_algorithm),
+                version=chain.version,
+                names=names,
+                leaf_spki=spki_sha256(chain.leaf),
+                issuer_spki=_intern(chain.issuer_spki),
+                matches=frozenset(
+                    sys.intern(m) for m in build_match_set(chain.leaf, chain.intermediates)
+                ),
+                tlsa=chain.tlsa,
+            )
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -95,20 +101,42 @@ class ChainInfo:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ChainInfo:
-        return cls(
-            fingerprint=str(data["fingerprint"]),
-            serial=str(data["serial"]),
-            not_before=_time_from_json(data["not_before"]),
-            not_after=_time_from_json(data["not_after"]),
-            issuer=str(data["issuer"]),
-            key_algorithm=str(data["key_algorithm"]),
-            version=int(data["version"]),
-            names=tuple(str(n) for n in data["names"]),
-            leaf_spki=str(data["leaf_spki"]),
-            issuer_spki=None if data.get("issuer_spki") is None else str(data["issuer_spki"]),
-            matches=frozenset(str(m) for m in data["matches"]),
-            tlsa=tuple(TlsaRecord.from_key(key) for key in data.get("tlsa", [])),
+        return share_chain_info(
+            cls(
+                fingerprint=str(data["fingerprint"]),
+                serial=str(data["serial"]),
+                not_before=_time_from_json(data["not_before"]),
+                not_after=_time_from_json(data["not_after"]),
+                issuer=sys.intern(str(data["issuer"])),
+                key_algorithm=sys.intern(str(data["key_algorithm"])),
+                version=int(data["version"]),
+                names=tuple(str(n) for n in data["names"]),
+                leaf_spki=str(data["leaf_spki"]),
+                issuer_spki=_intern(data.get("issuer_spki")),
+                matches=frozenset(sys.intern(str(m)) for m in data["matches"]),
+                tlsa=tuple(TlsaRecord.from_key(key) for key in data.get("tlsa", [])),
+            )
         )
+
+
+# One object per distinct chain: the state's deployed (pending, in flight)
+# ChainInfo and the read cache's entry for the same leaf are the same object,
+# not two copies of some twenty objects each (10,000 lineages: memory).
+_SHARED: weakref.WeakValueDictionary[str, ChainInfo] = weakref.WeakValueDictionary()
+
+
+def share_chain_info(info: ChainInfo) -> ChainInfo:
+    """An equal ChainInfo already in memory, else `info` (then kept for the next)."""
+    existing = _SHARED.get(info.fingerprint)
+    if existing is not None and existing == info:
+        return existing
+    _SHARED[info.fingerprint] = info
+    return info
+
+
+def _intern(text: object) -> str | None:
+    # The issuer's values repeat across thousands of lineages: one string each.
+    return None if text is None else sys.intern(str(text))
 
 
 @dataclass

@@ -32,7 +32,8 @@ def execute_plan(
     """Run every step; returns the lineages deployed."""
     deployed: set[str] = set()
     round_failed = False
-    for step in plan.steps:
+    for done, step in enumerate(plan.steps, 1):
+        rt.progress("running steps", done, len(plan.steps))
         if isinstance(step, ClearInflight):
             rt.state.lineage(step.lineage).inflight = None
             rt.save()

@@ -10,12 +10,12 @@ danesync publishes two kinds:
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from enum import Enum
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+
+from danesync.keycache import certificate_key
 
 
 class Usage(Enum):
@@ -62,10 +62,7 @@ def absolute_name(name: str) -> str:
 
 def spki_sha256(cert: x509.Certificate) -> str:
     """SHA-256 over the DER SubjectPublicKeyInfo, in lower-case hex."""
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(spki).hexdigest()
+    return certificate_key(cert).spki_sha256
 
 
 def build_tlsa_records(

@@ -282,9 +282,17 @@ class PostfixInstance:
             "smtp",
             *options,
         ]
-        completed = subprocess.run(
-            argv, input=b"", capture_output=True, timeout=timeout, check=False
-        )
+        try:
+            completed = subprocess.run(
+                argv, input=b"", capture_output=True, timeout=timeout, check=False
+            )
+        except subprocess.TimeoutExpired as error:
+            said = ((error.stdout or b"") + (error.stderr or b"")).decode(errors="replace")
+            raise AssertionError(
+                f"openssl s_client got no TLS session from Postfix at {self.host}:{self.port}"
+                f" within {timeout:g} s (no greeting or no handshake):\n{said}\n"
+                f"mail log:\n{self.maillog[-3000:]}"
+            ) from None
         return (completed.stdout + completed.stderr).decode(errors="replace")
 
     def served_certificate(self, *options: str) -> x509.Certificate:
@@ -418,12 +426,29 @@ def _wait_gone(pid: int | None, timeout: float = 10) -> bool:
         return True
     end = time.monotonic() + timeout
     while time.monotonic() < end:
+        if _is_gone(pid):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _is_gone(pid: int) -> bool:
+    """Whether `pid` has exited: no such process, or a zombie.
+
+    The master daemonizes, so its parent is PID 1; as a container's first
+    process (the trixie lane's pytest) that never reaps, it stays a zombie.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc: ask the kernel
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return True
-        time.sleep(0.02)
-    return False
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
 
 
 def _empty_slot(slot: Path) -> None:

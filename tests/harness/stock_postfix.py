@@ -33,6 +33,8 @@ DEBIAN_MASTER_CF = Path("/usr/share/postfix/master.cf.dist")
 SNAKEOIL_CERT = "/etc/ssl/certs/ssl-cert-snakeoil.pem"
 SNAKEOIL_KEY = "/etc/ssl/private/ssl-cert-snakeoil.key"
 _SMTP_LINE = re.compile(r"^smtp\s+inet\s.*$", re.MULTILINE)
+# A main.cf definition: `name = value` from column 0, with its continuation lines.
+_DEFINITION = re.compile(r"^(?P<name>[A-Za-z0-9_]+)[ \t]*=.*(?:\n[ \t]+\S.*)*$", re.MULTILINE)
 
 
 class StockDebianPostfix(PostfixInstance):
@@ -86,9 +88,7 @@ class StockDebianPostfix(PostfixInstance):
                 "smtpd_tls_loglevel": "1",
                 "service_throttle_time": "1s",
             }
-            main_cf.write_text(
-                stock + "".join(f"{name} = {value}\n" for name, value in private.items())
-            )
+            main_cf.write_text(_set_in_place(stock, private))
         if self.submission_port == 0 or not self.running:
             self.submission_port, self.smtps_port = free_port(), free_port()
         master = DEBIAN_MASTER_CF.read_text()
@@ -110,6 +110,37 @@ class StockDebianPostfix(PostfixInstance):
         past = time.time() - 10
         for path in (main_cf, master_cf):
             os.utime(path, (past, past))
+
+
+def _set_in_place(main_cf: str, values: dict[str, str]) -> str:
+    """`main_cf` with each of `values` set where it is defined, as `postconf -e` does.
+
+    Not appended as second definitions: then every Postfix program warns
+    "overriding earlier entry" at each start (Debian 13's main.cf.debian sets
+    mydestination, alias_maps, alias_database and inet_protocols; Debian 12's
+    does not). With maillog_file those warnings go to postlogd's datagram
+    socket, which queues 10 (net.unix.max_dgram_qlen in a new network
+    namespace, as in the trixie lane's container); postlogd, warning too as it
+    starts, blocks on its own full socket, and so does every Postfix program
+    after it: smtpd never greets, `postfix stop` never returns.
+    """
+    seen: set[str] = set()
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group("name")
+        if name not in values:
+            return match.group(0)
+        if name in seen:  # defined twice in the file: one definition is enough
+            return ""
+        seen.add(name)
+        return f"{name} = {values[name]}"
+
+    text = _DEFINITION.sub(replace, main_cf)
+    if not text.endswith("\n"):
+        text += "\n"
+    return text + "".join(
+        f"{name} = {value}\n" for name, value in values.items() if name not in seen
+    )
 
 
 def _write_self_signed(cert_path: Path, key_path: Path, name: str) -> None:

@@ -540,8 +540,11 @@ class TestNotify:
         assert daemon.stop(send=False) == 0
         notify_socket.receive(0.1)
         assert "daemon.stopping" in [e["event"] for e in daemon.events()]
-        statuses = [m["STATUS"] for _, m in notify_socket.messages if "STATUS" in m]
+        statuses = [m["STATUS"] for _, m in notify_socket.messages[ready:] if "STATUS" in m]
         assert statuses and all(s == "1/1 deployed" for s in statuses), statuses
+        # Before READY=1 only the first pass's progress (TestLongFirstPass).
+        before = [m["STATUS"] for _, m in notify_socket.messages[:ready] if "STATUS" in m]
+        assert all(s.startswith("first pass: ") for s in before[:-1]), before
         daemon.assert_no_errors()
 
     def test_watchdog_of_another_process_is_not_pinged(
@@ -559,6 +562,93 @@ class TestNotify:
         notify_socket.receive(0.1)
         assert not notify_socket.indexes("WATCHDOG"), notify_socket.messages
         assert notify_socket.indexes("STOPPING")
+
+
+class TestLongFirstPass:
+    """At 10,000 lineages the first pass takes minutes (docs/benchmarks.md), and
+    READY=1 comes after it: systemd would kill the start at TimeoutStartSec (90 s)
+    and a pass at WatchdogSec. The pass keeps systemd informed while it runs."""
+
+    LINEAGES = 60  # enough for a first pass of many progress reports
+
+    def test_watchdog_pings_and_start_extensions_during_the_first_pass(
+        self,
+        tmp_path: Path,
+        postfix: PostfixInstance,
+        notify_socket: NotifySocket,
+        daemons: list[Daemon],
+    ) -> None:
+        ca = Hierarchy(f"Long {uuid.uuid4().hex[:8]}")
+        names = [MX, *(f"mx{i}.example.test" for i in range(self.LINEAGES - 1))]
+        host = Host(tmp_path, postfix)
+        host.write_config([{"lineage": MX}, *({"lineage": n, "sni": True} for n in names[1:])])
+        for name in names:
+            make_lineage(host.letsencrypt, name, ca.issue([name]))
+        # WatchdogSec=1s: a ping every 0.5 s at most.
+        daemon = host.start(env={**notify_socket.env, "WATCHDOG_USEC": "1000000"})
+        daemons.append(daemon)
+        ready = notify_socket.wait_for("READY", timeout=120)
+        assert notify_socket.messages[ready][1]["STATUS"] == f"{len(names)}/{len(names)} deployed"
+
+        during = notify_socket.messages[:ready]
+        pings = [at for at, fields in during if fields.get("WATCHDOG") == "1"]
+        extensions = [f for _, f in during if "EXTEND_TIMEOUT_USEC" in f]
+        progress = [f["STATUS"] for f in extensions]
+        took = notify_socket.messages[ready][0] - notify_socket.messages[0][0]
+        print(
+            f"first pass over {len(names)} lineages: {took:.1f} s to READY, {len(pings)} pings,"
+            f" gaps {[round(b - a, 2) for a, b in itertools.pairwise(pings)]}; {progress}"
+        )
+        # The watchdog is pinged from inside the pass, not only between passes.
+        assert pings, during
+        # A start that makes progress is never timed out: each report extends it
+        # by at least a minute (and at least WatchdogSec).
+        assert extensions, during
+        assert all(int(f["EXTEND_TIMEOUT_USEC"]) >= 60_000_000 for f in extensions)
+        # ... and says how far it is, through the pass's phases in order.
+        assert progress[0] == f"first pass: reading lineages 1/{len(names)}", progress
+        assert all(re.fullmatch(r"first pass: [A-Za-z ]+ \d+/\d+", s) for s in progress)
+        phases = [s.split(": ")[1].rsplit(" ", 1)[0] for s in progress]
+        order = ["reading lineages", "writing chain files", "confirming with the probe"]
+        seen = [p for p in dict.fromkeys(phases) if p in order]
+        assert seen == sorted(seen, key=order.index), phases
+        # After READY=1 the start is over: no more extensions.
+        assert daemon.stop() == 0
+        notify_socket.receive(0.1)
+        after = notify_socket.messages[ready + 1 :]
+        assert not [f for _, f in after if "EXTEND_TIMEOUT_USEC" in f], after
+        daemon.assert_no_errors()
+
+    def test_a_stop_while_the_first_pass_reads_ends_it_at_once(
+        self,
+        tmp_path: Path,
+        postfix: PostfixInstance,
+        notify_socket: NotifySocket,
+        daemons: list[Daemon],
+    ) -> None:
+        """`systemctl stop` during a pass that reads for minutes: no wait for TimeoutStopSec."""
+        ca = Hierarchy(f"Stop {uuid.uuid4().hex[:8]}")
+        names = [f"mx{i}.example.test" for i in range(600)]  # reading takes seconds
+        host = Host(tmp_path, postfix)
+        host.write_config([{"lineage": MX}, *({"lineage": n, "sni": True} for n in names)])
+        for name in [MX, *names]:
+            make_lineage(host.letsencrypt, name, ca.issue([name]))
+        daemon = host.start(env=notify_socket.env)
+        daemons.append(daemon)
+        reading = notify_socket.wait_for("STATUS", timeout=60)
+        assert notify_socket.messages[reading][1]["STATUS"].startswith(
+            "first pass: reading lineages "
+        ), notify_socket.messages
+        daemon.signal(signal.SIGTERM)
+        assert daemon.stop(send=False) == 0
+        notify_socket.receive(0.1)
+        assert notify_socket.indexes("STOPPING"), notify_socket.messages
+        assert not notify_socket.indexes("READY"), notify_socket.messages
+        # Ended while it read: nothing deployed, nothing half done.
+        assert not daemon.events("chain.deployed")
+        assert not host.deploy_dir.exists() or not list(host.deploy_dir.glob("*.pem"))
+        assert [e["event"] for e in daemon.events()][-1] == "daemon.stopping"
+        daemon.assert_no_errors()
 
 
 class TestNothingConfigured:

@@ -204,8 +204,9 @@ class SimPostfix:
     def read_chain_file(self, lineage: str) -> bytes | None:
         return self.files.get(lineage)
 
-    def chain_file_holds(self, lineage: str, pem: bytes) -> bool:
-        return self.files.get(lineage) == pem
+    def chain_file_holds(self, lineage: str, digest: bytes) -> bool:
+        data = self.files.get(lineage)
+        return data is not None and hashlib.sha256(data).digest() == digest
 
     def install_chain_file(self, lineage: str, pem: bytes) -> None:
         if lineage in self.fail_write:
@@ -216,6 +217,10 @@ class SimPostfix:
         if current is not None:
             self.prev[lineage] = current
         self.files[lineage] = pem
+
+    def install_chain_files(self, pems: Mapping[str, bytes]) -> None:
+        for lineage, pem in pems.items():  # a failed write leaves the earlier ones
+            self.install_chain_file(lineage, pem)
 
     def restore_chain_file(self, lineage: str) -> bool:
         if lineage not in self.prev:
@@ -330,6 +335,9 @@ class SimLineages:
     def read_deployed(self, certificate: CertificateConfig, data: bytes) -> Offer | None:
         fp = fingerprint_of(data)
         return self.known.get(fp) if fp else None
+
+    def flush(self) -> None:
+        pass
 
 
 class MemoryStore:

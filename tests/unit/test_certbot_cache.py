@@ -1,17 +1,20 @@
-"""read_chain returns a chain validated before only while nothing it came from changed."""
+"""read_validated returns a lineage validated before only while nothing it came from changed."""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from danesync import certbot
-from danesync.certbot import read_chain
+from danesync.certbot import read_validated
 from danesync.config import CertificateConfig
 from danesync.errors import ChainError, LineagePending
+from danesync.readcache import ReadCache, Validated
 from tests.harness.certs import NOW, Hierarchy, Leaf
 from tests.harness.lineage import make_lineage, renew, write_version
 
@@ -28,6 +31,18 @@ def leaves() -> list[Leaf]:
 @pytest.fixture
 def config_dir(tmp_path: Path) -> Path:
     return tmp_path / "letsencrypt"
+
+
+CACHE = ReadCache(None)
+
+
+def read_chain(config_dir: Path, certificate: CertificateConfig, now: dt.datetime) -> Validated:
+    return read_validated(config_dir, certificate, now, CACHE)[0]
+
+
+@pytest.fixture(autouse=True)
+def empty_cache() -> None:
+    CACHE.__init__(None)  # type: ignore[misc]
 
 
 def test_unchanged_lineage_is_not_read_again(
@@ -52,8 +67,8 @@ def test_renewal_is_read(config_dir: Path, leaves: list[Leaf]) -> None:
     first = read_chain(config_dir, CERT, NOW)
     renew(config_dir, NAME, leaves[1])
     second = read_chain(config_dir, CERT, NOW)
-    assert second.version == 2
-    assert second.fingerprint != first.fingerprint
+    assert second.info.version == 2
+    assert second.info.fingerprint != first.info.fingerprint
 
 
 def test_archive_file_rewritten_in_place_is_read(config_dir: Path, leaves: list[Leaf]) -> None:
@@ -61,8 +76,8 @@ def test_archive_file_rewritten_in_place_is_read(config_dir: Path, leaves: list[
     read_chain(config_dir, CERT, NOW)
     # Same names, other contents (size may even stay the same): the ctime changes.
     write_version(config_dir, NAME, leaves[2], 1)
-    assert read_chain(config_dir, CERT, NOW).fingerprint != ""
-    assert read_chain(config_dir, CERT, NOW).leaf == leaves[2].cert
+    der = leaves[2].cert.public_bytes(serialization.Encoding.DER)
+    assert read_chain(config_dir, CERT, NOW).info.fingerprint == hashlib.sha256(der).hexdigest()
 
 
 def test_broken_after_caching_is_refused(config_dir: Path, leaves: list[Leaf]) -> None:
@@ -78,7 +93,7 @@ def test_time_is_checked_on_every_read(config_dir: Path, leaves: list[Leaf]) -> 
     make_lineage(config_dir, NAME, leaves[0])
     chain = read_chain(config_dir, CERT, NOW)
     with pytest.raises(ChainError, match="expired"):
-        read_chain(config_dir, CERT, chain.not_after + dt.timedelta(seconds=1))
+        read_chain(config_dir, CERT, chain.info.not_after + dt.timedelta(seconds=1))
     with pytest.raises(ChainError, match="not valid before"):
         read_chain(config_dir, CERT, NOW - dt.timedelta(days=30))
 

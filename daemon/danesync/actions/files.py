@@ -169,6 +169,34 @@ def install_chain_file(deploy_dir: Path, lineage: str, pem: bytes) -> Path:
     return path
 
 
+def install_chain_files(deploy_dir: Path, pems: Mapping[str, bytes]) -> dict[str, Path]:
+    """`install_chain_file` for many lineages, with one flush for all (`write_atomic_many`).
+
+    Every `.prev` is renamed into place before any `.pem` is replaced (the
+    batch renames in order), and each `.pem` is replaced whole: a crash in
+    the middle leaves each lineage with its old file or its new one, as
+    `install_chain_file` does. On an error some files may already be
+    replaced; installing them again one at a time changes nothing for those.
+    """
+    ensure_deploy_dir(deploy_dir)
+    paths = {lineage: chain_file_path(deploy_dir, lineage) for lineage in pems}
+    previous: dict[Path, bytes] = {}
+    new: dict[Path, bytes] = {}
+    for lineage, pem in pems.items():
+        path = paths[lineage]
+        try:
+            current = path.read_bytes()
+        except FileNotFoundError:
+            current = None
+        if current == pem:
+            continue
+        if current is not None:
+            previous[previous_chain_file_path(deploy_dir, lineage)] = current
+        new[path] = pem
+    write_atomic_many(previous | new, 0o600)
+    return paths
+
+
 def restore_chain_file(deploy_dir: Path, lineage: str) -> bool:
     """Put `<lineage>.pem.prev` back in place of `<lineage>.pem` in one rename.
 

@@ -1,0 +1,186 @@
+"""What danesync keeps of a validated lineage, between passes and across restarts.
+
+Per lineage only what decides "unchanged" (the configuration that validation
+depends on, the four link targets, each archive file's device, inode, size,
+mtime and ctime, the validity window) and the small facts later code needs
+(`ChainInfo`, the digest of the bytes to deploy, the ARI identifier). Never
+a parsed certificate, never key material: at 10,000 lineages the parsed
+chains were most of the daemon's memory.
+
+The entries live in `<state dir>/readcache/NNN.json`, shards by a hash of the
+lineage name so that one renewal rewrites one small file. A shard is trusted
+only whole: a missing, torn, edited (its checksum) or older-schema file is
+dropped, which costs one validation of its lineages, never a crash. An entry
+is only ever used while the files on disk still have exactly its stats; a
+stale entry matches nothing. No fsync: any file a crash leaves is either
+whole (old or new, each entry checked against the disk as above) or dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from danesync.state import ChainInfo
+
+SCHEMA = 1
+DIRECTORY = "readcache"
+SHARDS = 256  # about 40 entries a file at 10,000 lineages: a renewal rewrites ~50 KB
+
+# SHA-256 over the certbot directory, the configuration validation depends on,
+# the four link targets and each file's (dev, inode, size, mtime_ns, ctime_ns):
+# one small value per lineage instead of some thirty objects.
+Key = bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Validated:
+    """A lineage validated once, as long as `key` still describes its files."""
+
+    key: Key
+    info: ChainInfo  # shared with the state's equal ChainInfo (state.share_chain_info)
+    pem_sha256: bytes  # the bytes to deploy (key, leaf, intermediates), by digest only
+    valid_from: dt.datetime  # the latest not_before of the chain
+    valid_until: dt.datetime  # the earliest not_after of the chain
+    ari_id: str | None  # RFC 9773 certificate identifier, if the leaf has one
+    ari_problem: str | None  # why ARI cannot ask about this leaf (no intermediate: None, None)
+
+    def usable(self, key: Key, now: dt.datetime) -> bool:
+        return self.key == key and self.valid_from <= now < self.valid_until
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key.hex(),
+            "info": self.info.to_json(),
+            "pem_sha256": self.pem_sha256.hex(),
+            "valid_from": self.valid_from.isoformat(),
+            "valid_until": self.valid_until.isoformat(),
+            "ari_id": self.ari_id,
+            "ari_problem": self.ari_problem,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Validated:
+        def optional(name: str) -> str | None:
+            value = data.get(name)
+            return None if value is None else str(value)
+
+        return cls(
+            key=bytes.fromhex(data["key"]),
+            info=ChainInfo.from_json(data["info"]),
+            pem_sha256=bytes.fromhex(data["pem_sha256"]),
+            valid_from=_aware(data["valid_from"]),
+            valid_until=_aware(data["valid_until"]),
+            ari_id=optional("ari_id"),
+            ari_problem=optional("ari_problem"),
+        )
+
+
+def _aware(text: Any) -> dt.datetime:
+    moment = dt.datetime.fromisoformat(str(text))
+    if moment.tzinfo is None:
+        raise ValueError(f"{text}: no time zone")
+    return moment
+
+
+def build_shard(lineage: str) -> int:
+    return zlib.crc32(lineage.encode()) % SHARDS
+
+
+def build_shard_document(entries: dict[str, Validated]) -> bytes:
+    """Checksum line, then the body: a torn or edited file fails the checksum."""
+    body = json.dumps(
+        {"schema": SCHEMA, "entries": {n: e.to_json() for n, e in sorted(entries.items())}},
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+    return hashlib.sha256(body).hexdigest().encode() + b"\n" + body + b"\n"
+
+
+def parse_shard_document(data: bytes) -> dict[str, Validated]:
+    """Every entry of a shard file; {} for anything not whole and current."""
+    checksum, _, body = data.partition(b"\n")
+    body = body.removesuffix(b"\n")
+    if hashlib.sha256(body).hexdigest().encode() != checksum:
+        return {}
+    try:
+        document = json.loads(body)
+        if document.get("schema") != SCHEMA:
+            return {}
+        return {str(n): Validated.from_json(e) for n, e in document["entries"].items()}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+class ReadCache:
+    """The entries of one state directory; loaded at the first look, written by `flush`."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory  # None: in memory only
+        self._entries: dict[str, Validated] | None = None
+        self._dirty: set[int] = set()
+
+    def get(self, lineage: str) -> Validated | None:
+        return self._load().get(lineage)
+
+    def put(self, lineage: str, entry: Validated) -> None:
+        entries = self._load()
+        if entries.get(lineage) != entry:
+            entries[lineage] = entry
+            self._dirty.add(build_shard(lineage))
+
+    def drop(self, lineage: str) -> None:
+        if self._load().pop(lineage, None) is not None:
+            self._dirty.add(build_shard(lineage))
+
+    def flush(self) -> None:
+        """Write the shards that changed. A failure only costs validations after a restart."""
+        if self.directory is None or not self._dirty or self._entries is None:
+            return
+        by_shard: dict[int, dict[str, Validated]] = {shard: {} for shard in self._dirty}
+        for name, entry in self._entries.items():
+            shard = build_shard(name)
+            if shard in by_shard:
+                by_shard[shard][name] = entry
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for shard, entries in sorted(by_shard.items()):
+                _write_replacing(
+                    self.directory / f"{shard:03d}.json", build_shard_document(entries)
+                )
+                self._dirty.discard(shard)
+        except OSError:
+            pass  # the state save of the same pass says what is wrong with the directory
+
+    def _load(self) -> dict[str, Validated]:
+        if self._entries is None:
+            self._entries = {}
+            if self.directory is not None:
+                for shard in range(SHARDS):
+                    try:
+                        data = (self.directory / f"{shard:03d}.json").read_bytes()
+                    except OSError:
+                        continue
+                    self._entries.update(
+                        (name, entry)
+                        for name, entry in parse_shard_document(data).items()
+                        if build_shard(name) == shard
+                    )
+        return self._entries
+
+
+def _write_replacing(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb", closefd=False) as file:
+            file.write(data)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
