@@ -44,6 +44,12 @@ class SystemClock:
             return ""
 
 
+def open_read_cache(config: Config) -> ReadCache:
+    """The read cache of the state directory: one per service, shared by the
+    lineages (validated chains) and Postfix (deployed chain files)."""
+    return ReadCache(config.state.dir / readcache.DIRECTORY)
+
+
 def offer_from_chain(chain: Chain) -> Offer:
     return Offer(ChainInfo.from_chain(chain), chain.deploy_pem)
 
@@ -51,9 +57,9 @@ def offer_from_chain(chain: Chain) -> Offer:
 class CertbotLineages:
     """certbot's lineages through the read cache kept in the state directory."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, cache: ReadCache | None = None) -> None:
         self.config = config
-        self.cache = ReadCache(config.state.dir / readcache.DIRECTORY)
+        self.cache = cache or open_read_cache(config)
 
     def read_candidate(self, certificate: CertificateConfig, now: dt.datetime) -> Offer | Problem:
         config_dir = self.config.certbot.config_dir
@@ -122,11 +128,12 @@ def _any_time_within(leaf_pem: bytes) -> dt.datetime:
 
 
 class RealPostfix:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, cache: ReadCache | None = None) -> None:
         self.config = config
         self.deploy_dir = config.postfix.deploy_dir
         self.config_dir = config.postfix.config_dir
-        self._holds: dict[str, tuple[tuple[int, int, int, int, int], bytes]] = {}
+        # Chain files found intact, kept across restarts (readcache.build_file_key).
+        self._files = cache or ReadCache(None)
         self._paths: dict[str, Path] = {}
         # One SNI table up to 256 SNI certificates, then 2, 4, ... (snitables.py):
         # fixed by the configuration, so a renewal never changes main.cf.
@@ -149,22 +156,25 @@ class RealPostfix:
 
     def chain_file_holds(self, lineage: str, digest: bytes) -> bool:
         """The chain file holds exactly the bytes of `digest` (SHA-256); not read
-        again while its stat is unchanged.
+        again while its stat is unchanged, even after a restart (the key is kept
+        in the read cache).
 
         A full pass asks this for every deployed lineage: at 10,000 lineages,
-        reading every file back each time was most of an idle pass. Any write
-        changes the file's ctime (and a rename its inode).
+        reading every file back each time was most of an idle pass, and of a
+        warm start. Any write changes the file's ctime (and a rename its inode).
         """
         path = self.chain_path(lineage)
         before = _stat_key(path)
-        if before is not None and self._holds.get(lineage) == (before, digest):
+        if before is not None and self._files.file_key(lineage) == readcache.build_file_key(
+            before, digest
+        ):
             return True
         data = self.read_chain_file(lineage)
         if data is None or hashlib.sha256(data).digest() != digest:
-            self._holds.pop(lineage, None)
+            self._files.put_file_key(lineage, None)
             return False
         if before is not None and _stat_key(path) == before:  # not replaced while read
-            self._holds[lineage] = (before, digest)
+            self._files.put_file_key(lineage, readcache.build_file_key(before, digest))
         return True
 
     def install_chain_file(self, lineage: str, pem: bytes) -> None:

@@ -93,29 +93,48 @@ def build_shard(lineage: str) -> int:
     return zlib.crc32(lineage.encode()) % SHARDS
 
 
-def build_shard_document(entries: dict[str, Validated]) -> bytes:
+def build_file_key(stat: tuple[int, ...], digest: bytes) -> bytes:
+    """A deployed chain file that held the bytes of `digest` (SHA-256) when it had
+    `stat` (dev, inode, size, mtime_ns, ctime_ns): 16 bytes per lineage. Any
+    write changes the ctime (a rename the inode), so an equal key means the file
+    still holds those bytes; a restart need not read it back."""
+    return hashlib.blake2b(repr((tuple(stat), digest)).encode(), digest_size=16).digest()
+
+
+def build_shard_document(
+    entries: dict[str, Validated], files: dict[str, bytes] | None = None
+) -> bytes:
     """Checksum line, then the body: a torn or edited file fails the checksum."""
-    body = json.dumps(
-        {"schema": SCHEMA, "entries": {n: e.to_json() for n, e in sorted(entries.items())}},
-        sort_keys=True,
-        separators=(",", ":"),
-    ).encode()
+    document: dict[str, Any] = {
+        "schema": SCHEMA,
+        "entries": {n: e.to_json() for n, e in sorted(entries.items())},
+    }
+    if files:  # absent in a shard written before (then every file is read back once)
+        document["files"] = {n: key.hex() for n, key in sorted(files.items())}
+    body = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(body).hexdigest().encode() + b"\n" + body + b"\n"
 
 
 def parse_shard_document(data: bytes) -> dict[str, Validated]:
     """Every entry of a shard file; {} for anything not whole and current."""
+    return parse_shard(data)[0]
+
+
+def parse_shard(data: bytes) -> tuple[dict[str, Validated], dict[str, bytes]]:
+    """Every entry and chain file key of a shard file; nothing unless whole and current."""
     checksum, _, body = data.partition(b"\n")
     body = body.removesuffix(b"\n")
     if hashlib.sha256(body).hexdigest().encode() != checksum:
-        return {}
+        return {}, {}
     try:
         document = json.loads(body)
         if document.get("schema") != SCHEMA:
-            return {}
-        return {str(n): Validated.from_json(e) for n, e in document["entries"].items()}
+            return {}, {}
+        entries = {str(n): Validated.from_json(e) for n, e in document["entries"].items()}
+        files = {str(n): bytes.fromhex(k) for n, k in document.get("files", {}).items()}
     except (ValueError, TypeError, KeyError, AttributeError):
-        return {}
+        return {}, {}
+    return entries, {n: k for n, k in files.items() if len(k) == 16}
 
 
 class ReadCache:
@@ -124,6 +143,7 @@ class ReadCache:
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory  # None: in memory only
         self._entries: dict[str, Validated] | None = None
+        self._files: dict[str, bytes] = {}  # build_file_key of each deployed chain file
         self._dirty: set[int] = set()
 
     def get(self, lineage: str) -> Validated | None:
@@ -139,20 +159,40 @@ class ReadCache:
         if self._load().pop(lineage, None) is not None:
             self._dirty.add(build_shard(lineage))
 
+    def file_key(self, lineage: str) -> bytes | None:
+        """The key of `lineage`'s deployed chain file when last found intact."""
+        self._load()
+        return self._files.get(lineage)
+
+    def put_file_key(self, lineage: str, key: bytes | None) -> None:
+        self._load()
+        if self._files.get(lineage) != key:
+            if key is None:
+                del self._files[lineage]
+            else:
+                self._files[lineage] = key
+            self._dirty.add(build_shard(lineage))
+
     def flush(self) -> None:
         """Write the shards that changed. A failure only costs validations after a restart."""
         if self.directory is None or not self._dirty or self._entries is None:
             return
         by_shard: dict[int, dict[str, Validated]] = {shard: {} for shard in self._dirty}
+        files: dict[int, dict[str, bytes]] = {shard: {} for shard in self._dirty}
         for name, entry in self._entries.items():
             shard = build_shard(name)
             if shard in by_shard:
                 by_shard[shard][name] = entry
+        for name, key in self._files.items():
+            shard = build_shard(name)
+            if shard in files:
+                files[shard][name] = key
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             for shard, entries in sorted(by_shard.items()):
                 _write_replacing(
-                    self.directory / f"{shard:03d}.json", build_shard_document(entries)
+                    self.directory / f"{shard:03d}.json",
+                    build_shard_document(entries, files[shard]),
                 )
                 self._dirty.discard(shard)
         except OSError:
@@ -167,11 +207,11 @@ class ReadCache:
                         data = (self.directory / f"{shard:03d}.json").read_bytes()
                     except OSError:
                         continue
+                    entries, files = parse_shard(data)
                     self._entries.update(
-                        (name, entry)
-                        for name, entry in parse_shard_document(data).items()
-                        if build_shard(name) == shard
+                        (n, e) for n, e in entries.items() if build_shard(n) == shard
                     )
+                    self._files.update((n, k) for n, k in files.items() if build_shard(n) == shard)
         return self._entries
 
 

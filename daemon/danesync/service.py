@@ -71,12 +71,13 @@ class Service:
         self.config = config
         store = store or StateStore(config.state.dir)
         loaded = store.load()
+        cache = adapters.open_read_cache(config)  # one for both: they share its files
         self.rt = Runtime(
             config,
             loaded.state,
-            postfix or adapters.RealPostfix(config),
+            postfix or adapters.RealPostfix(config, cache),
             dns or adapters.RealDns(config),
-            lineages or adapters.CertbotLineages(config),
+            lineages or adapters.CertbotLineages(config, cache),
             store,
             clock or adapters.SystemClock(),
             crash,
@@ -149,6 +150,7 @@ class Service:
             execute_plan(rt, plan, pems, result)
             if not plan.deploys:
                 break
+        rt.lineages.flush()  # and the chain files found intact (RealPostfix.chain_file_holds)
 
     def _select(self, lineages: set[str] | None) -> list[CertificateConfig]:
         if lineages is None:
