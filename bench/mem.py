@@ -123,6 +123,46 @@ def _rss_mib() -> float:
     return 0.0
 
 
+def service_memory(config_path: Path, trace: bool) -> dict[str, Any]:
+    """The daemon's first pass in this process (Service.reconcile, then the
+    monitoring), for what it keeps between passes: VmRSS and tracemalloc."""
+    import logging
+
+    import structlog
+
+    import danesync.loop  # noqa: F401  (the daemon's imports)
+    from danesync.config import load_config
+    from danesync.service import Service
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    config = load_config(config_path)
+    gc.collect()
+    figures: dict[str, Any] = {"imports_mib": _rss_mib()}
+    if trace:
+        import tracemalloc
+
+        tracemalloc.start(4)
+    started = time.perf_counter()
+    service = Service(config)
+    service.reconcile(monitor=False)
+    figures["pass_s"] = time.perf_counter() - started
+    service.run_monitoring()
+    gc.collect()
+    figures["rss_mib"] = _rss_mib()
+    if trace:
+        import tracemalloc
+
+        snapshot = tracemalloc.take_snapshot()
+        figures["traced_mib"] = tracemalloc.get_traced_memory()[0] / 2**20
+        figures["top"] = [
+            f"{stat.size / 2**20:.1f} MiB "
+            + " < ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}" for f in stat.traceback)
+            for stat in snapshot.statistics("traceback")[:25]
+        ]
+    del service
+    return figures
+
+
 def memory(config_path: Path, trace: bool) -> dict[str, Any]:
     """What the daemon keeps between passes: the state and the reads, in this process."""
     import danesync.loop  # noqa: F401  (the daemon's imports)
@@ -184,6 +224,7 @@ def main() -> None:
     three = commands.add_parser("memory")
     three.add_argument("config", type=Path)
     three.add_argument("--trace", action="store_true")
+    three.add_argument("--service", action="store_true", help="the daemon's first pass")
     arguments = parser.parse_args()
     if arguments.command == "serve":
         serve(arguments.workdir, arguments.count)
@@ -191,7 +232,8 @@ def main() -> None:
         figures = warm(arguments.workdir, arguments.python, arguments.daemon, arguments.profile)
         print(json.dumps(figures, indent=1))
     else:
-        print(json.dumps(memory(arguments.config, arguments.trace), indent=1))
+        measure = service_memory if arguments.service else memory
+        print(json.dumps(measure(arguments.config, arguments.trace), indent=1))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -53,7 +54,7 @@ def is_usable(record: TlsaRecord) -> bool:
     )
 
 
-def rrset_accepts(records: Iterable[TlsaRecord], matches: frozenset[str]) -> bool:
+def rrset_accepts(records: Iterable[TlsaRecord], matches: AbstractSet[str]) -> bool:
     """Would a DANE client that holds `records` accept a chain with `matches`?"""
     usable = [record for record in records if is_usable(record)]
     return not usable or any(record.rdata in matches for record in usable)
