@@ -7,6 +7,10 @@ mtime and ctime, the validity window) and the small facts later code needs
 a parsed certificate, never key material: at 10,000 lineages the parsed
 chains were most of the daemon's memory.
 
+The same shards keep, per lineage, a 16-byte key of its deployed chain file
+as last found intact (`build_file_key`: its stat and the digest of what it
+held), so that a restart with unchanged chain files reads none back.
+
 The entries live in `<state dir>/readcache/NNN.json`, shards by a hash of the
 lineage name so that one renewal rewrites one small file. A shard is trusted
 only whole: a missing, torn, edited (its checksum) or older-schema file is
