@@ -1,0 +1,144 @@
+"""A renewal pass looks only at what changed, and decides exactly what a walk
+over every lineage decides (issue 15: one renewal among 10,000 lineages).
+
+Each computation that skips the unchanged lineages is compared with the
+same computation over all of them, on cases built so that leaving one of its
+inputs out changes the answer (a lineage sharing the renewed one's TLSA
+name, one dropped from the configuration, records added by the pass)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from danesync.chain import LineageFiles, validate_chain
+from danesync.config import Config, build_config
+from danesync.history import NameHistory, RRset, record_served
+from danesync.plan import Observations, Plan, build_relevant_lineages, plan_pass, plan_pass_over
+from danesync.state import ChainInfo, State
+from danesync.tlsa import TlsaRecord, Usage
+from tests.harness.certs import NOW, Hierarchy
+
+PRIMARY = "127.0.0.1:5353"
+SHARED = "_25._tcp.mx.example.test."  # a, b and the dropped d publish here
+OWN_C = "_25._tcp.c.example.test."
+OWN_E = "_25._tcp.e.example.test."
+
+
+def config_of(mode: str = "rfc2136") -> Config:
+    dns: dict[str, Any] = {"mode": mode, "server": PRIMARY, "zone": "example.test", "ttl": 100}
+    if mode == "rfc2136":
+        dns["tsig_key_file"] = "/etc/danesync/tsig.key"
+    certificates = [
+        {"lineage": "a", "hostnames": ["mx.example.test"], "tlsa": [SHARED]},
+        {"lineage": "b", "hostnames": ["mx.example.test"], "tlsa": [SHARED], "sni": True},
+        {"lineage": "c", "hostnames": ["c.example.test"], "tlsa": [OWN_C], "sni": True},
+        {"lineage": "e", "hostnames": ["e.example.test"], "tlsa": [OWN_E], "usages": ["3 1 1"]},
+    ]
+    return build_config({"dns": dns, "certificate": certificates}, Path("/test.toml"))
+
+
+def chain_of(ca: Hierarchy, lineage: str, name: str, host: str) -> ChainInfo:
+    leaf = ca.issue([host])
+    files = LineageFiles(
+        lineage, 1, leaf.key_pem, leaf.cert_pem, leaf.chain_pem, leaf.fullchain_pem
+    )
+    usages = (Usage.DANE_TA, Usage.DANE_EE)
+    return ChainInfo.from_chain(validate_chain(files, (host,), (name,), usages, NOW))
+
+
+@pytest.fixture(scope="module")
+def chains() -> dict[str, ChainInfo]:
+    old, new, other = Hierarchy("Incr old"), Hierarchy("Incr new"), Hierarchy("Incr other")
+    return {
+        "a": chain_of(old, "a", SHARED, "mx.example.test"),
+        "a-renewed": chain_of(old, "a", SHARED, "mx.example.test"),
+        "a-new-issuer": chain_of(new, "a", SHARED, "mx.example.test"),
+        "b": chain_of(other, "b", SHARED, "mx.example.test"),
+        "c": chain_of(old, "c", OWN_C, "c.example.test"),
+        "d": chain_of(new, "d", SHARED, "mx.example.test"),
+        "e": chain_of(other, "e", OWN_E, "e.example.test"),
+    }
+
+
+def state_of(chains: dict[str, ChainInfo]) -> State:
+    """Everything deployed; d no longer configured; every record served and owned."""
+    state = State()
+    for lineage in "abcde":
+        state.lineage(lineage).deployed = chains[lineage]
+    at_name: dict[str, set[TlsaRecord]] = {}
+    for lineage in "abcde":
+        for record in chains[lineage].tlsa:
+            at_name.setdefault(record.name, set()).add(record)
+    for name, records in at_name.items():
+        history = NameHistory(name)
+        for moment in (NOW - dt.timedelta(days=30), NOW):
+            history = record_served(history, PRIMARY, RRset.of(records, 100), moment)
+        state.names[name] = NameHistory(name, history.seen, history.servers, frozenset(records))
+    return state
+
+
+def both(config: Config, state: State, obs: Observations) -> tuple[Plan, Plan]:
+    """The renewal pass as planned, and planned over every lineage."""
+    return plan_pass(config, state, obs, NOW), plan_pass_over(config, state, obs, NOW, None)
+
+
+class TestRenewalPlan:
+    """plan_pass over a few candidates equals the plan over every lineage."""
+
+    @pytest.mark.parametrize("mode", ["rfc2136", "check", "off"])
+    @pytest.mark.parametrize("candidate", ["a", "a-renewed", "a-new-issuer"])
+    def test_same_plan_as_over_every_lineage(
+        self, chains: dict[str, ChainInfo], mode: str, candidate: str
+    ) -> None:
+        config, state = config_of(mode), state_of(chains)
+        obs = Observations({"a": chains[candidate]}, frozenset({SHARED}))
+        relevant = build_relevant_lineages(config, obs)
+        assert relevant is not None and "c" not in relevant  # c is not looked at
+        renewal, every = both(config, state, obs)
+        assert renewal == every
+
+    def test_a_lineage_sharing_the_name_keeps_its_records(
+        self, chains: dict[str, ChainInfo]
+    ) -> None:
+        """Without b (same TLSA name, not renewed) its record would be retired."""
+        config, state = config_of(), state_of(chains)
+        obs = Observations({"a": chains["a"]}, frozenset({SHARED}))
+        renewal, every = both(config, state, obs)
+        assert renewal == every
+        only_a = plan_pass_over(config, state, obs, NOW, {"a"})
+        assert only_a != every  # the case is sensitive to leaving b out
+
+    def test_a_dropped_lineage_keeps_its_records(self, chains: dict[str, ChainInfo]) -> None:
+        """d is gone from the config but still served until the next deploy."""
+        config, state = config_of(), state_of(chains)
+        obs = Observations({"a": chains["a"]}, frozenset({SHARED}))
+        plan = plan_pass(config, state, obs, NOW)
+        retired = {r for step in plan.steps for r in getattr(step, "delete", ())}
+        assert not retired & set(chains["d"].tlsa)
+        assert plan == plan_pass_over(config, state, obs, NOW, None)
+
+    def test_names_observed_beyond_the_candidates(self, chains: dict[str, ChainInfo]) -> None:
+        """A pass that looked at more names than its candidates' plans for them all."""
+        config, state = config_of(), state_of(chains)
+        obs = Observations({"a": chains["a"]}, frozenset({SHARED, OWN_E}))
+        renewal, every = both(config, state, obs)
+        assert renewal == every
+        assert plan_pass_over(config, state, obs, NOW, {"a", "b"}) != every  # e's retired
+
+    def test_extra_records_of_another_lineage(self, chains: dict[str, ChainInfo]) -> None:
+        """Records handed to the pass for c, at a name c's config does not name."""
+        config, state = config_of(), state_of(chains)
+        extra = TlsaRecord(SHARED, 2, 1, 1, "ab" * 32)
+        obs = Observations({"a": chains["a"]}, frozenset({SHARED}), extra_records={"c": (extra,)})
+        renewal, every = both(config, state, obs)
+        assert renewal == every
+        assert any(extra in getattr(step, "add", ()) for step in renewal.steps)
+
+    def test_a_full_pass_walks_everything(self, chains: dict[str, ChainInfo]) -> None:
+        config = config_of()
+        obs = Observations({n: chains[n] for n in "abce"}, frozenset({SHARED, OWN_C, OWN_E}))
+        assert build_relevant_lineages(config, obs) is None
