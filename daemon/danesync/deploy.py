@@ -18,10 +18,16 @@ from danesync.chain import format_time
 from danesync.config import CertificateConfig, Config
 from danesync.errors import DanesyncError
 from danesync.memo import SlotMemo
+from danesync.needs import build_config_index, build_index_of
 from danesync.plan import DeployItem, DeployKind
 from danesync.ports import PostfixPort, ProbeRequest
 from danesync.runtime import PassResult, Runtime
-from danesync.sni import SniCertificate, build_probe_names, build_served_names, build_sni_table
+from danesync.sni import (
+    SniCertificate,
+    build_probe_names,
+    build_sni_certificate,
+    build_sni_table,
+)
 from danesync.state import ChainInfo
 
 log = structlog.get_logger("danesync")
@@ -50,23 +56,27 @@ def _build_sni_certificates(
 ) -> tuple[SniCertificate, ...]:
     configured, chains, path_of = inputs  # reads nothing else: the memo's key is complete
     certificates = []
-    for certificate in configured:
+    for certificate in build_index_of(configured).sni:  # the SNI ones, in order
         info = chains.get(certificate.lineage)
-        if certificate.sni and info is not None:
-            names = build_served_names(certificate.hostnames, certificate.hostnames_set, info.names)
-            path = path_of.chain_path(certificate.lineage)
+        if info is not None:
             certificates.append(
-                SniCertificate(certificate.lineage, info.key_algorithm, names, path)
+                build_sni_certificate(
+                    certificate.lineage,
+                    certificate.hostnames,
+                    certificate.hostnames_set,
+                    info.key_algorithm,
+                    info.names,
+                    path_of.chain_path(certificate.lineage),
+                )
             )
     return tuple(certificates)
 
 
 def build_sni_entries(
     config: Config, chains: Mapping[str, ChainInfo], path_of: PostfixPort
-) -> dict[str, list[Path]]:
+) -> Mapping[str, tuple[Path, ...]]:
     """The SNI table: table key -> the chain files served for it (one per algorithm)."""
-    table = build_sni_table(build_sni_certificates(config, chains, path_of))
-    return {key: list(paths) for key, paths in table.files().items()}
+    return build_sni_table(build_sni_certificates(config, chains, path_of)).files()
 
 
 def build_wanted_parameters(
@@ -81,9 +91,8 @@ def build_wanted_parameters(
     from danesync.actions.postfix import build_chain_files_value, build_legacy_removals
 
     wanted: dict[str, str | None] = {}
-    defaults = [
-        port.chain_path(c.lineage) for c in config.certificates if not c.sni and c.lineage in chains
-    ]
+    index = build_config_index(config)
+    defaults = [port.chain_path(c.lineage) for c in index.defaults if c.lineage in chains]
     if defaults:
         wanted["smtpd_tls_chain_files"] = build_chain_files_value(defaults)
         wanted |= build_legacy_removals(wanted)
@@ -108,8 +117,12 @@ def _deployed(rt: Runtime, items: Iterable[DeployItem] = ()) -> dict[str, ChainI
 
 
 def _sni_touched(rt: Runtime, lineages: Iterable[str]) -> bool:
-    sni = {c.lineage for c in rt.config.certificates if c.sni}
-    return bool(sni & set(lineages))
+    return not build_config_index(rt.config).sni_lineages.isdisjoint(lineages)
+
+
+def _dropped(rt: Runtime) -> set[str]:
+    """The lineages in the state that are no longer configured."""
+    return rt.state.lineages.keys() - build_config_index(rt.config).lineages
 
 
 def _sni_only(rt: Runtime, items: list[DeployItem], checkpoint: _Checkpoint) -> bool:
@@ -185,7 +198,7 @@ def run_deploy(
     lineages = [i.lineage for i in written]
     try:
         # A lineage dropped from the config leaves the table with this deploy.
-        dropped = any(rt.config.certificate(n) is None for n in rt.state.lineages)
+        dropped = bool(_dropped(rt))
         if _sni_touched(rt, lineages) or dropped or not rt.postfix.sni_table_exists():
             chains = _deployed(rt, written)
             for problem in build_sni_table(
@@ -226,7 +239,7 @@ def run_deploy(
         log_deployed(rt, item)
     # Lineages no longer configured are no longer named by Postfix's parameters:
     # nothing serves them now, so nothing needs their records.
-    for name in [n for n in rt.state.lineages if rt.config.certificate(n) is None]:
+    for name in _dropped(rt):
         del rt.state.lineages[name]
     rt.succeeded("deploy", "postfix")
     rt.save()

@@ -60,11 +60,17 @@ class ConfigIndex:
     # owner name (as configured, and absolute) -> the lineages with a TLSA name there
     by_name: Mapping[str, tuple[str, ...]]
     defaults: tuple[CertificateConfig, ...]  # those with sni = false
+    sni: tuple[CertificateConfig, ...]  # those with sni = true
+    sni_lineages: frozenset[str]
 
 
 def build_config_index(config: Config) -> ConfigIndex:
     """The index of `config.certificates` (remembered while they are equal)."""
-    return _INDEX.get(None, config.certificates, _build_config_index)
+    return build_index_of(config.certificates)
+
+
+def build_index_of(certificates: tuple[CertificateConfig, ...]) -> ConfigIndex:
+    return _INDEX.get(None, certificates, _build_config_index)
 
 
 def _build_config_index(configured: tuple[CertificateConfig, ...]) -> ConfigIndex:
@@ -83,6 +89,8 @@ def _build_config_index(configured: tuple[CertificateConfig, ...]) -> ConfigInde
         {lineage: index for index, lineage in enumerate(first)},
         {name: tuple(dict.fromkeys(lineages)) for name, lineages in by_name.items()},
         tuple(c for c in certificates if not c.sni),
+        tuple(c for c in certificates if c.sni),
+        frozenset(c.lineage for c in certificates if c.sni),
     )
 
 

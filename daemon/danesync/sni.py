@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 from cryptography import x509
 
@@ -61,8 +62,13 @@ class SniTable:
     entries: tuple[SniEntry, ...]  # sorted by key
     problems: tuple[str, ...]  # conflicts and names that cannot be keys, one line each
 
-    def files(self) -> dict[str, tuple[Path, ...]]:
-        return {entry.key: entry.files for entry in self.entries}
+    def files(self) -> Mapping[str, tuple[Path, ...]]:
+        """{table key: chain files}: built once per table (read-only, shared)."""
+        return self._files
+
+    @functools.cached_property
+    def _files(self) -> Mapping[str, tuple[Path, ...]]:
+        return MappingProxyType({entry.key: entry.files for entry in self.entries})
 
     def entry(self, key: str) -> SniEntry | None:
         return self.by_key.get(key)
@@ -71,6 +77,32 @@ class SniTable:
     def by_key(self) -> dict[str, SniEntry]:
         # A lookup per probed lineage: a linear search was quadratic at 10,000.
         return {entry.key: entry for entry in self.entries}
+
+
+def build_sni_certificate(
+    lineage: str,
+    hostnames: tuple[str, ...],
+    hostnames_set: bool,
+    key_algorithm: str,
+    leaf_names: tuple[str, ...],
+    path: Path,
+) -> SniCertificate:
+    """One SNI lineage as the table sees it: the same object while nothing it is
+    built from changed (a renewal with the same names, key type and file), so
+    that the table built from all of them is found again by identity."""
+    inputs = (lineage, hostnames, hostnames_set, key_algorithm, leaf_names, path)
+    return _CERTIFICATES.get(lineage, inputs, _sni_certificate)
+
+
+def _sni_certificate(
+    inputs: tuple[str, tuple[str, ...], bool, str, tuple[str, ...], Path],
+) -> SniCertificate:
+    lineage, hostnames, hostnames_set, key_algorithm, leaf_names, path = inputs
+    names = build_served_names(hostnames, hostnames_set, leaf_names)
+    return SniCertificate(lineage, key_algorithm, names, path)
+
+
+_CERTIFICATES: SlotMemo[str, SniCertificate] = SlotMemo()
 
 
 def leaf_dns_names(leaf: x509.Certificate) -> tuple[str, ...]:
@@ -168,7 +200,7 @@ def _build_sni_table(certificates: Sequence[SniCertificate]) -> SniTable:
     return SniTable(tuple(entries), tuple(dict.fromkeys(problems)))
 
 
-def build_sni_entries(certificates: Iterable[SniCertificate]) -> dict[str, tuple[Path, ...]]:
+def build_sni_entries(certificates: Iterable[SniCertificate]) -> Mapping[str, tuple[Path, ...]]:
     """{table key: chain files} for `postfix.write_sni_table`; see `build_sni_table`."""
     return build_sni_table(certificates).files()
 

@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
+from danesync.actions import postfix
+from danesync.actions.snitables import (
+    build_sni_shard,
+    build_sni_shards,
+    build_sni_table_names,
+    write_sni_tables,
+)
 from danesync.chain import LineageFiles, validate_chain
 from danesync.config import Config, build_config
 from danesync.history import NameHistory, RRset, record_served
 from danesync.plan import Observations, Plan, build_relevant_lineages, plan_pass, plan_pass_over
+from danesync.sni import SniCertificate, build_served_names, build_sni_certificate
 from danesync.state import ChainInfo, State
 from danesync.tlsa import TlsaRecord, Usage
 from tests.harness.certs import NOW, Hierarchy
@@ -142,3 +150,83 @@ class TestRenewalPlan:
         config = config_of()
         obs = Observations({n: chains[n] for n in "abce"}, frozenset({SHARED, OWN_C, OWN_E}))
         assert build_relevant_lineages(config, obs) is None
+
+
+class TestSniCertificates:
+    """An SNI lineage as the table sees it follows each of its inputs."""
+
+    BASE: ClassVar[dict[str, Any]] = {
+        "lineage": "a",
+        "hostnames": ("mx.example.test",),
+        "hostnames_set": False,
+        "key_algorithm": "ecdsa",
+        "leaf_names": ("mx.example.test", "www.example.test"),
+        "path": Path("/d/a.pem"),
+    }
+
+    @staticmethod
+    def afresh(inputs: dict[str, Any]) -> SniCertificate:
+        names = build_served_names(
+            inputs["hostnames"], inputs["hostnames_set"], inputs["leaf_names"]
+        )
+        return SniCertificate(inputs["lineage"], inputs["key_algorithm"], names, inputs["path"])
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("hostnames", ("www.example.test",)),
+            ("hostnames_set", True),
+            ("key_algorithm", "rsa"),
+            ("leaf_names", ("mx.example.test", "mail.example.test")),
+            ("path", Path("/e/a.pem")),
+        ],
+    )
+    def test_each_input_changes_it(self, field: str, value: object) -> None:
+        before = build_sni_certificate(**self.BASE)
+        assert before == self.afresh(self.BASE)
+        assert build_sni_certificate(**self.BASE) is before  # remembered
+        changed = {**self.BASE, field: value}
+        assert build_sni_certificate(**changed) == self.afresh(changed)
+        assert build_sni_certificate(**self.BASE) == before
+
+
+class TestShardsWritten:
+    """A renewal rewrites the tables that changed: those naming its file, and
+    those an entry left; compared with the tables whose contents differ."""
+
+    COUNT = 8
+
+    def written(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, steps: list[Any]
+    ) -> list[set[int]]:
+        """Write each step's entries (with its changed files); the tables written each time."""
+        names = build_sni_table_names(self.COUNT)
+        seen: list[set[int]] = []
+
+        def write(deploy_dir: Path, shard: Any, *, config_dir: Any, name: str) -> Path:
+            seen[-1].add(names.index(name))
+            (deploy_dir / f"{name}.db").touch()
+            return deploy_dir / name
+
+        monkeypatch.setattr(postfix, "write_sni_table", write)
+        for entries, changed in steps:
+            seen.append(set())
+            write_sni_tables(tmp_path, entries, self.COUNT, changed)
+        return seen
+
+    def test_against_the_tables_that_differ(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        before = {f"h{i}.example.test": Path(f"/d/l{i}.pem") for i in range(40)}
+        renamed = dict(before)
+        del renamed["h3.example.test"]  # l3 renewed with another name
+        renamed["n3.example.test"] = Path("/d/l3.pem")
+        renewed = {Path("/d/l3.pem")}
+        steps = [(before, None), (dict(before), {Path("/d/l5.pem")}), (renamed, renewed)]
+        first, same, other = self.written(monkeypatch, tmp_path, steps)
+        assert first == set(range(self.COUNT))
+        old, new = build_sni_shards(before, self.COUNT), build_sni_shards(renamed, self.COUNT)
+        assert same == {build_sni_shard("h5.example.test", self.COUNT)}
+        differ = {i for i in range(self.COUNT) if old[i] != new[i]}
+        assert other == differ | {build_sni_shard("n3.example.test", self.COUNT)}
+        assert build_sni_shard("h3.example.test", self.COUNT) in other  # the entry it left

@@ -17,9 +17,12 @@ import functools
 import hashlib
 import os
 from collections.abc import Mapping, Sequence, Set
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 from danesync.actions import postfix
+from danesync.memo import SlotMemo
 from danesync.sni import build_sni_key
 
 SHARD_SIZE = 256  # names a table holds at most before the tables double
@@ -55,6 +58,42 @@ def build_sni_shards(
     return shards
 
 
+@dataclass(frozen=True)
+class ShardSplit:
+    """The entries split in `count` tables, and which tables name each chain file."""
+
+    shards: tuple[dict[str, Path | Sequence[Path]], ...]
+    holding: Mapping[str, frozenset[int]]  # os.fspath(chain file) -> its tables
+
+
+def build_shard_split(entries: Mapping[str, Path | Sequence[Path]], count: int) -> ShardSplit:
+    """`build_sni_shards` with an index of the files; the last split is reused
+    while the entries are equal (the SNI table of a renewal that kept its names
+    is the same table: splitting 10,000 entries again would be most of it)."""
+    # A read-only view is taken as it is; anything else is copied, so that the
+    # remembered inputs cannot change under the memo.
+    frozen = entries if isinstance(entries, MappingProxyType) else MappingProxyType(dict(entries))
+    return _SPLIT.get(count, frozen, functools.partial(_split, count=count))
+
+
+def _split(entries: Mapping[str, Path | Sequence[Path]], count: int) -> ShardSplit:
+    shards = build_sni_shards(entries, count)
+    holding: dict[str, set[int]] = {}
+    for index, shard in enumerate(shards):
+        for value in shard.values():
+            for path in _paths_of(value):
+                holding.setdefault(os.fspath(path), set()).add(index)
+    return ShardSplit(tuple(shards), {path: frozenset(s) for path, s in holding.items()})
+
+
+def _paths_of(value: Path | Sequence[Path]) -> list[Path]:
+    return [value] if isinstance(value, (str, os.PathLike)) else list(value)
+
+
+_SPLIT: SlotMemo[int, ShardSplit] = SlotMemo()
+_WRITTEN: dict[tuple[Path, int], ShardSplit] = {}  # the split last written to each place
+
+
 def build_sni_maps_values(deploy_dir: Path, count: int) -> str:
     """The `tls_server_sni_maps` value naming every table."""
     return ", ".join(
@@ -88,17 +127,20 @@ def write_sni_tables(
     `main.cf` names every table, and a name must never point at nothing.
     """
     deploy_dir = Path(deploy_dir)
-    touched = None if changed is None else {os.fspath(path) for path in changed}
-    written = []
-    for name, shard in zip(
-        build_sni_table_names(count), build_sni_shards(entries, count), strict=True
-    ):
-        if touched is not None and _compiled(deploy_dir, name).exists():
-            paths = (
-                [value] if isinstance(value, (str, os.PathLike)) else list(value)
-                for value in shard.values()
-            )
-            if not any(os.fspath(path) in touched for group in paths for path in group):
-                continue
-        written.append(postfix.write_sni_table(deploy_dir, shard, config_dir=config_dir, name=name))
+    split = build_shard_split(entries, count)
+    names = build_sni_table_names(count)
+    if changed is None:
+        wanted = set(range(count))
+    else:  # the tables naming a changed file, by lookup (not a scan of 10,000 entries)
+        wanted = {i for path in changed for i in split.holding.get(os.fspath(path), ())}
+        wanted |= {i for i, name in enumerate(names) if not _compiled(deploy_dir, name).exists()}
+        # An entry that left a table (a renewal with other names) changes it too.
+        previous = _WRITTEN.get((deploy_dir, count))
+        if previous is not None and previous is not split:
+            wanted |= {i for i in range(count) if previous.shards[i] != split.shards[i]}
+    written = [
+        postfix.write_sni_table(deploy_dir, split.shards[i], config_dir=config_dir, name=names[i])
+        for i in sorted(wanted)
+    ]
+    _WRITTEN[(deploy_dir, count)] = split  # only once all are written: a failure retries them
     return written
