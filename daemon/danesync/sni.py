@@ -79,32 +79,6 @@ class SniTable:
         return {entry.key: entry for entry in self.entries}
 
 
-def build_sni_certificate(
-    lineage: str,
-    hostnames: tuple[str, ...],
-    hostnames_set: bool,
-    key_algorithm: str,
-    leaf_names: tuple[str, ...],
-    path: Path,
-) -> SniCertificate:
-    """One SNI lineage as the table sees it: the same object while nothing it is
-    built from changed (a renewal with the same names, key type and file), so
-    that the table built from all of them is found again by identity."""
-    inputs = (lineage, hostnames, hostnames_set, key_algorithm, leaf_names, path)
-    return _CERTIFICATES.get(lineage, inputs, _sni_certificate)
-
-
-def _sni_certificate(
-    inputs: tuple[str, tuple[str, ...], bool, str, tuple[str, ...], Path],
-) -> SniCertificate:
-    lineage, hostnames, hostnames_set, key_algorithm, leaf_names, path = inputs
-    names = build_served_names(hostnames, hostnames_set, leaf_names)
-    return SniCertificate(lineage, key_algorithm, names, path)
-
-
-_CERTIFICATES: SlotMemo[str, SniCertificate] = SlotMemo()
-
-
 def leaf_dns_names(leaf: x509.Certificate) -> tuple[str, ...]:
     """The leaf's subjectAltName DNS names, lower case, in order, without repeats."""
     try:

@@ -8,12 +8,14 @@ name, one dropped from the configuration, records added by the pass)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
+from danesync import snicerts
 from danesync.actions import postfix
 from danesync.actions.snitables import (
     build_sni_shard,
@@ -22,10 +24,10 @@ from danesync.actions.snitables import (
     write_sni_tables,
 )
 from danesync.chain import LineageFiles, validate_chain
-from danesync.config import Config, build_config
+from danesync.config import CertificateConfig, Config, build_config
 from danesync.history import NameHistory, RRset, record_served
 from danesync.plan import Observations, Plan, build_relevant_lineages, plan_pass, plan_pass_over
-from danesync.sni import SniCertificate, build_served_names, build_sni_certificate
+from danesync.sni import SniCertificate, build_served_names
 from danesync.state import ChainInfo, State
 from danesync.tlsa import TlsaRecord, Usage
 from tests.harness.certs import NOW, Hierarchy
@@ -153,41 +155,65 @@ class TestRenewalPlan:
 
 
 class TestSniCertificates:
-    """An SNI lineage as the table sees it follows each of its inputs."""
-
-    BASE: ClassVar[dict[str, Any]] = {
-        "lineage": "a",
-        "hostnames": ("mx.example.test",),
-        "hostnames_set": False,
-        "key_algorithm": "ecdsa",
-        "leaf_names": ("mx.example.test", "www.example.test"),
-        "path": Path("/d/a.pem"),
-    }
+    """The SNI lineages as the table sees them, kept up to date by what changed,
+    equal to the list built afresh after every change of what it reads."""
 
     @staticmethod
-    def afresh(inputs: dict[str, Any]) -> SniCertificate:
-        names = build_served_names(
-            inputs["hostnames"], inputs["hostnames_set"], inputs["leaf_names"]
-        )
-        return SniCertificate(inputs["lineage"], inputs["key_algorithm"], names, inputs["path"])
+    def afresh(
+        configured: tuple[CertificateConfig, ...], chains: dict[str, ChainInfo], where: Path
+    ) -> list[SniCertificate]:
+        return [
+            SniCertificate(
+                c.lineage,
+                chains[c.lineage].key_algorithm,
+                build_served_names(c.hostnames, c.hostnames_set, chains[c.lineage].names),
+                where / f"{c.lineage}.pem",
+            )
+            for c in configured
+            if c.sni and c.lineage in chains
+        ]
 
-    @pytest.mark.parametrize(
-        ("field", "value"),
-        [
-            ("hostnames", ("www.example.test",)),
-            ("hostnames_set", True),
-            ("key_algorithm", "rsa"),
-            ("leaf_names", ("mx.example.test", "mail.example.test")),
-            ("path", Path("/e/a.pem")),
-        ],
-    )
-    def test_each_input_changes_it(self, field: str, value: object) -> None:
-        before = build_sni_certificate(**self.BASE)
-        assert before == self.afresh(self.BASE)
-        assert build_sni_certificate(**self.BASE) is before  # remembered
-        changed = {**self.BASE, field: value}
-        assert build_sni_certificate(**changed) == self.afresh(changed)
-        assert build_sni_certificate(**self.BASE) == before
+    def test_after_each_change(self, chains: dict[str, ChainInfo]) -> None:
+        ca = Hierarchy("Incr SNI")
+        config = config_of()
+        rsa = chain_of(ca, "b", SHARED, "mx.example.test")
+        rsa = dataclasses.replace(rsa, key_algorithm="rsa")
+        renamed = chain_of(ca, "c", OWN_C, "mail.example.test")
+        narrowed = dataclasses.replace(
+            config,
+            certificates=tuple(
+                dataclasses.replace(c, hostnames=("x.example.test",), hostnames_set=True)
+                if c.lineage == "c"
+                else c
+                for c in config.certificates
+            ),
+        )
+        deployed = {n: chains[n] for n in "abce"}
+        one, other = Path("/d"), Path("/e")
+
+        class Paths:
+            def __init__(self, where: Path) -> None:
+                self.where = where
+
+            def chain_path(self, lineage: str) -> Path:
+                return self.where / f"{lineage}.pem"
+
+        paths, moved = Paths(one), Paths(other)
+        steps: list[tuple[Config, dict[str, ChainInfo], Paths]] = [
+            (config, deployed, paths),
+            (config, dict(deployed), paths),  # equal: the same answer
+            (config, {**deployed, "c": renamed}, paths),  # a renewal with other names
+            (config, {**deployed, "b": rsa}, paths),  # another key type
+            (config, {n: deployed[n] for n in "abe"}, paths),  # c no longer deployed
+            (config, {**deployed, "d": chains["d"]}, paths),  # one more (not configured)
+            (narrowed, deployed, paths),  # SIGHUP: c's hostnames
+            (narrowed, deployed, moved),  # another deploy_dir
+        ]
+        for configured, chains_now, where in steps:
+            got = snicerts.build_sni_certificates(
+                configured.certificates, chains_now, where.chain_path, where
+            )
+            assert list(got) == self.afresh(configured.certificates, chains_now, where.where)
 
 
 class TestShardsWritten:
