@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import random
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,12 @@ from danesync.chain import LineageFiles, validate_chain
 from danesync.config import CertificateConfig, Config, build_config
 from danesync.history import NameHistory, RRset, record_served
 from danesync.plan import Observations, Plan, build_relevant_lineages, plan_pass, plan_pass_over
-from danesync.sni import SniCertificate, build_served_names
+from danesync.sni import (
+    SniCertificate,
+    build_served_names,
+    build_sni_table,
+    build_sni_table_afresh,
+)
 from danesync.state import ChainInfo, State
 from danesync.tlsa import TlsaRecord, Usage
 from tests.harness.certs import NOW, Hierarchy
@@ -256,3 +262,47 @@ class TestShardsWritten:
         differ = {i for i in range(self.COUNT) if old[i] != new[i]}
         assert other == differ | {build_sni_shard("n3.example.test", self.COUNT)}
         assert build_sni_shard("h3.example.test", self.COUNT) in other  # the entry it left
+
+
+class TestSniTable:
+    """The table updated for what changed equals the table built afresh, entry
+    for entry and problem for problem, through renewals that change names,
+    key types and files, with wildcards, conflicts and names that cannot be keys."""
+
+    NAMES = (
+        "a.example.test",
+        "b.example.test",
+        "*.example.test",
+        "x.a.example.test",
+        "*.a.example.test",
+        "example.test",
+        "A.Example.Test.",
+        "bad name",
+        "*.other.test",
+        "m.other.test",
+    )
+
+    def test_against_the_table_built_afresh(self) -> None:
+        rng = random.Random(15)
+        lineages = [f"l{i}" for i in range(12)]
+
+        def certificate(lineage: str) -> SniCertificate:
+            names = tuple(rng.sample(self.NAMES, rng.randint(0, 3)))
+            algorithm = rng.choice(("ecdsa", "rsa"))
+            return SniCertificate(
+                lineage, algorithm, names, Path(f"/d/{lineage}{rng.randint(0, 1)}")
+            )
+
+        current = [certificate(lineage) for lineage in lineages]
+        checked = 0
+        for _ in range(300):
+            for place in rng.sample(range(len(current)), rng.randint(0, 3)):
+                current[place] = certificate(current[place].lineage)
+            if rng.random() < 0.05:  # now and then a lineage more or fewer: built again
+                current = current[:-1] if rng.random() < 0.5 else [*current, certificate("new")]
+            table = build_sni_table(current)
+            afresh = build_sni_table_afresh(current)
+            assert table == afresh
+            assert table.by_key == afresh.by_key
+            checked += bool(afresh.problems) and len(afresh.entries) > 3
+        assert checked > 100  # the cases had conflicts and entries to get wrong
