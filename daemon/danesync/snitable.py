@@ -17,6 +17,8 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
 
 from danesync.sni import SniCertificate, SniEntry, SniTable, build_sni_key, covers
 
@@ -33,6 +35,7 @@ class TableIndex:
     members: dict[str, list[Slot]] = field(default_factory=dict)  # key -> slots, in order
     problems: dict[Slot, str] = field(default_factory=dict)
     entries: dict[str, SniEntry] = field(default_factory=dict)
+    files: dict[str, tuple[Path, ...]] = field(default_factory=dict)  # key -> its entry's files
     keys: list[str] = field(default_factory=list)  # sorted
     covered: dict[str, set[str]] = field(default_factory=dict)  # wildcard key -> exact keys
 
@@ -113,6 +116,7 @@ def _recompute(index: TableIndex, touched: set[str]) -> None:
         by_algorithm = dict(chosen[key] if key in chosen else _choose(index, key, quiet=True))
         if not by_algorithm:
             if index.entries.pop(key, None) is not None:
+                del index.files[key]
                 del index.keys[bisect.bisect_left(index.keys, key)]
             continue
         wildcard = _wildcard_of(key)
@@ -126,9 +130,12 @@ def _recompute(index: TableIndex, touched: set[str]) -> None:
         if key not in index.entries:
             bisect.insort(index.keys, key)
         index.entries[key] = entry
+        index.files[key] = entry.files
     problems = tuple(dict.fromkeys(index.problems[slot] for slot in sorted(index.problems)))
     table = SniTable(tuple(index.entries[key] for key in index.keys), problems)
-    table.__dict__["by_key"] = dict(index.entries)  # its cached lookup, without a walk
+    # Its cached lookups, copied (in C) rather than built by a walk of every entry.
+    table.__dict__["by_key"] = dict(index.entries)
+    table.__dict__["_files"] = MappingProxyType(dict(index.files))
     index.table = table
 
 

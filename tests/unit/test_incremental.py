@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import random
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ import pytest
 from danesync import snicerts
 from danesync.actions import postfix
 from danesync.actions.snitables import (
+    build_shard_split,
     build_sni_shard,
     build_sni_shards,
     build_sni_table_names,
@@ -304,5 +306,30 @@ class TestSniTable:
             afresh = build_sni_table_afresh(current)
             assert table == afresh
             assert table.by_key == afresh.by_key
+            assert table.files() == afresh.files()
             checked += bool(afresh.problems) and len(afresh.entries) > 3
         assert checked > 100  # the cases had conflicts and entries to get wrong
+
+    def test_split_against_the_split_afresh(self) -> None:
+        """The tables' contents and files, updated from the last split, through
+        entries that come, go and change files."""
+        rng = random.Random(2136)
+        count = 4
+        entries = {f"h{i}.example.test": (Path(f"/d/l{i}.pem"),) for i in range(60)}
+        for _ in range(200):
+            for _ in range(rng.randint(0, 4)):
+                key = f"h{rng.randrange(80)}.example.test"
+                if key in entries and rng.random() < 0.3:
+                    del entries[key]
+                else:
+                    entries[key] = (Path(f"/d/l{rng.randrange(80)}.pem"),)
+            split = build_shard_split(MappingProxyType(dict(entries)), count)
+            shards = build_sni_shards(entries, count)
+            assert list(split.shards) == shards
+            for path in {p for files in entries.values() for p in files}:
+                assert split.holding(path) == [i for i in range(count) if path in _files(shards[i])]
+            assert all(split.holding(Path(f"/d/l{i}.pem")) == [] for i in range(80, 90))
+
+
+def _files(shard: dict[str, Any]) -> set[Path]:
+    return {path for files in shard.values() for path in files}

@@ -22,7 +22,6 @@ from pathlib import Path
 from types import MappingProxyType
 
 from danesync.actions import postfix
-from danesync.memo import SlotMemo
 from danesync.sni import build_sni_key
 
 SHARD_SIZE = 256  # names a table holds at most before the tables double
@@ -60,37 +59,72 @@ def build_sni_shards(
 
 @dataclass(frozen=True)
 class ShardSplit:
-    """The entries split in `count` tables, and which tables name each chain file."""
+    """The entries split in `count` tables, and which chain files each table names."""
 
+    entries: Mapping[str, Path | Sequence[Path]]  # what was split (read-only)
     shards: tuple[dict[str, Path | Sequence[Path]], ...]
-    holding: Mapping[str, frozenset[int]]  # os.fspath(chain file) -> its tables
+    paths: tuple[frozenset[str], ...]  # per table: os.fspath of every chain file it names
+
+    def holding(self, path: Path) -> list[int]:
+        """The tables that name the chain file `path`."""
+        name = os.fspath(path)
+        return [index for index, paths in enumerate(self.paths) if name in paths]
 
 
 def build_shard_split(entries: Mapping[str, Path | Sequence[Path]], count: int) -> ShardSplit:
-    """`build_sni_shards` with an index of the files; the last split is reused
-    while the entries are equal (the SNI table of a renewal that kept its names
-    is the same table: splitting 10,000 entries again would be most of it)."""
-    # A read-only view is taken as it is; anything else is copied, so that the
-    # remembered inputs cannot change under the memo.
+    """`build_sni_shards` with the files of each table, updated from the last
+    split for the keys whose entry changed (at 10,000 lineages, splitting all
+    entries again was most of a renewal's table work)."""
+    # A read-only view is taken as it is; anything else is copied, so that what
+    # is kept cannot change under it.
     frozen = entries if isinstance(entries, MappingProxyType) else MappingProxyType(dict(entries))
-    return _SPLIT.get(count, frozen, functools.partial(_split, count=count))
+    last = _SPLITS.get(count)
+    if last is not None and (last.entries is frozen or last.entries == frozen):
+        return last
+    split = _split(frozen, count) if last is None else _update(last, frozen, count)
+    _SPLITS[count] = split
+    return split
 
 
 def _split(entries: Mapping[str, Path | Sequence[Path]], count: int) -> ShardSplit:
     shards = build_sni_shards(entries, count)
-    holding: dict[str, set[int]] = {}
-    for index, shard in enumerate(shards):
-        for value in shard.values():
-            for path in _paths_of(value):
-                holding.setdefault(os.fspath(path), set()).add(index)
-    return ShardSplit(tuple(shards), {path: frozenset(s) for path, s in holding.items()})
+    return ShardSplit(entries, tuple(shards), tuple(_files_of(shard) for shard in shards))
+
+
+def _update(
+    last: ShardSplit, entries: Mapping[str, Path | Sequence[Path]], count: int
+) -> ShardSplit:
+    old = last.entries
+    changed = [key for key, value in entries.items() if old.get(key) is not value]
+    changed += old.keys() - entries.keys()
+    if len(changed) > len(entries) // 4:  # much changed: as cheap to split it all
+        return _split(entries, count)
+    shards = list(last.shards)
+    paths = list(last.paths)
+    copied: set[int] = set()
+    for key in changed:
+        index = build_sni_shard(key, count)
+        if index not in copied:  # the last split's tables stay as they were
+            shards[index] = dict(shards[index])
+            copied.add(index)
+        if key in entries:
+            shards[index][key] = entries[key]
+        else:
+            del shards[index][key]
+    for index in copied:
+        paths[index] = _files_of(shards[index])
+    return ShardSplit(entries, tuple(shards), tuple(paths))
+
+
+def _files_of(shard: Mapping[str, Path | Sequence[Path]]) -> frozenset[str]:
+    return frozenset(os.fspath(path) for value in shard.values() for path in _paths_of(value))
 
 
 def _paths_of(value: Path | Sequence[Path]) -> list[Path]:
     return [value] if isinstance(value, (str, os.PathLike)) else list(value)
 
 
-_SPLIT: SlotMemo[int, ShardSplit] = SlotMemo()
+_SPLITS: dict[int, ShardSplit] = {}  # table count -> the last split
 _WRITTEN: dict[tuple[Path, int], ShardSplit] = {}  # the split last written to each place
 
 
@@ -132,7 +166,7 @@ def write_sni_tables(
     if changed is None:
         wanted = set(range(count))
     else:  # the tables naming a changed file, by lookup (not a scan of 10,000 entries)
-        wanted = {i for path in changed for i in split.holding.get(os.fspath(path), ())}
+        wanted = {i for path in changed for i in split.holding(path)}
         wanted |= {i for i, name in enumerate(names) if not _compiled(deploy_dir, name).exists()}
         # An entry that left a table (a renewal with other names) changes it too.
         previous = _WRITTEN.get((deploy_dir, count))
