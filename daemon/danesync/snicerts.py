@@ -81,10 +81,10 @@ def build_sni_certificates(
         or last.chains.keys() != chains.keys()
     ):
         built = _build(configured, chains, chain_path, path_of)
+    elif last.chains == chains:  # in C, values compared by identity first: the usual answer
+        return last.result
     else:
         changed = [name for name, info in chains.items() if last.chains[name] is not info]
-        if not changed:
-            return last.result
         result = list(last.result)
         for name in changed:
             place = last.position.get(name)
