@@ -32,12 +32,10 @@ PROBE_SLICE = 256  # probes per confirm_served call (16 at a time): about 1 s at
 
 def build_sni_certificates(
     config: Config, chains: Mapping[str, ChainInfo], path_of: PostfixPort
-) -> list[SniCertificate]:
+) -> tuple[SniCertificate, ...]:
     """The SNI lineages among `chains`, each with the names it serves (snicerts.py:
     only the lineages whose chain changed since the last call are built again)."""
-    return list(
-        snicerts.build_sni_certificates(config.certificates, chains, path_of.chain_path, path_of)
-    )
+    return snicerts.build_sni_certificates(config.certificates, chains, path_of.chain_path, path_of)
 
 
 def build_sni_entries(

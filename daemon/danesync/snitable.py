@@ -37,6 +37,7 @@ class TableIndex:
     entries: dict[str, SniEntry] = field(default_factory=dict)
     files: dict[str, tuple[Path, ...]] = field(default_factory=dict)  # key -> its entry's files
     keys: list[str] = field(default_factory=list)  # sorted
+    ordered: list[SniEntry] = field(default_factory=list)  # the entries of `keys`, in order
     covered: dict[str, set[str]] = field(default_factory=dict)  # wildcard key -> exact keys
 
 
@@ -52,6 +53,8 @@ def update_table_index(index: TableIndex, certificates: tuple[SniCertificate, ..
     """The index for `certificates`: `index` updated in place when only some
     lineages' certificates changed, else built again."""
     old = index.certificates
+    if old is certificates:  # the very list of the last call (a deploy asks four times)
+        return index
     if len(old) != len(certificates):
         return build_table_index(certificates)
     changed = [p for p, (a, b) in enumerate(zip(old, certificates, strict=True)) if a is not b]
@@ -114,10 +117,12 @@ def _recompute(index: TableIndex, touched: set[str]) -> None:
             affected |= index.covered.get(key, set())
     for key in affected:
         by_algorithm = dict(chosen[key] if key in chosen else _choose(index, key, quiet=True))
+        place = bisect.bisect_left(index.keys, key)
         if not by_algorithm:
             if index.entries.pop(key, None) is not None:
                 del index.files[key]
-                del index.keys[bisect.bisect_left(index.keys, key)]
+                del index.keys[place]
+                del index.ordered[place]
             continue
         wildcard = _wildcard_of(key)
         if wildcard is not None:
@@ -127,12 +132,15 @@ def _recompute(index: TableIndex, touched: set[str]) -> None:
         entry = SniEntry(
             key, tuple(c.lineage for c in served), tuple(dict.fromkeys(c.path for c in served))
         )
-        if key not in index.entries:
-            bisect.insort(index.keys, key)
+        if key in index.entries:
+            index.ordered[place] = entry
+        else:
+            index.keys.insert(place, key)
+            index.ordered.insert(place, entry)
         index.entries[key] = entry
         index.files[key] = entry.files
     problems = tuple(dict.fromkeys(index.problems[slot] for slot in sorted(index.problems)))
-    table = SniTable(tuple(index.entries[key] for key in index.keys), problems)
+    table = SniTable(tuple(index.ordered), problems)
     # Its cached lookups, copied (in C) rather than built by a walk of every entry.
     table.__dict__["by_key"] = dict(index.entries)
     table.__dict__["_files"] = MappingProxyType(dict(index.files))
