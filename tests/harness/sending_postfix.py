@@ -32,7 +32,7 @@ import smtplib
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,7 +279,3 @@ def report(deliveries: Mapping[str, Delivery], limit: int = 5) -> str:
     lines = [f"{len(bad)} of {len(deliveries)} messages not delivered over verified DANE TLS"]
     lines += [d.describe() for d in bad[:limit]]
     return "\n".join(lines)
-
-
-def verified_ids(deliveries: Mapping[str, Delivery]) -> Iterator[str]:
-    return (q for q, d in deliveries.items() if d.verified)
