@@ -54,7 +54,8 @@ _STATUS = re.compile(
 )
 _TLS_SUMMARY = re.compile(r"^(?P<trust>\w+) TLS connection established to (?P<peer>\S+):")
 _QUEUED = re.compile(r"queued as ([0-9A-F]+)")
-_ISSUER = re.compile(r"issuer_CN=(?P<issuer>.*?), fingerprint=")
+# Postfix 3.7: "issuer_CN=X, fingerprint="; 3.10: "issuer=X, cert fingerprint=".
+_ISSUER = re.compile(r"\bissuer(?:_CN)?=(?P<issuer>.*?), (?:cert )?fingerprint=")
 
 
 @dataclass(frozen=True)
