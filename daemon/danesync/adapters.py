@@ -204,8 +204,11 @@ class RealPostfix:
         if endpoint is None or not requests:
             return {r.lineage: True for r in requests}
 
+        # One resolution of the endpoint's name for the batch, not one a probe.
+        target = probe.Endpoint(endpoint.host, endpoint.port)
+
         def confirm(request: ProbeRequest) -> bool:
-            return _wait_for_fingerprint(endpoint.host, endpoint.port, request)
+            return _wait_for_fingerprint(target, request)
 
         with ThreadPoolExecutor(max_workers=min(PROBE_WORKERS, len(requests))) as pool:
             outcomes = list(pool.map(confirm, requests))
@@ -231,7 +234,7 @@ def _stat_key(path: Path) -> tuple[int, int, int, int, int] | None:
 
 
 def _wait_for_fingerprint(
-    host: str, port: int, request: ProbeRequest, deadline: float = 10, interval: float = 0.25
+    endpoint: probe.Endpoint, request: ProbeRequest, deadline: float = 10, interval: float = 0.25
 ) -> bool:
     """Probe until the leaf with `request.fingerprint` is served, or `deadline` passes.
 
@@ -241,7 +244,7 @@ def _wait_for_fingerprint(
     while True:
         try:
             der = probe.probe_starttls(
-                host, port, request.servername, 5, key_algorithm=request.key_algorithm
+                endpoint, endpoint.port, request.servername, 5, key_algorithm=request.key_algorithm
             )
             if hashlib.sha256(der).hexdigest() == request.fingerprint:
                 return True
