@@ -119,7 +119,7 @@ def run(
                 progress(f"{size}: {name}: READY=1 after {seconds(ready)} (CPU {seconds(cpu)})")
         if size <= 1000:  # everything deployed: time handshakes with SNI
             for name, code in codes.items():
-                for workers in (1, 4, 16):
+                for workers in (1, 4, 8, 16, 32):
                     rate = _handshakes(host, code, workers)
                     figures[name][f"handshakes_{workers}"] = rate
                     progress(f"{name}: {rate:.0f} handshakes/s with {workers} at a time")
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"| READY=1, each round | {', '.join(seconds(t) for t in this['ready'])} |", end="")
     print(f" {', '.join(seconds(t) for t in base['ready'])} |")
-    for workers in (1, 4, 16):
+    for workers in (1, 4, 8, 16, 32):
         key = f"handshakes_{workers}"
         if key in this:
             label = f"STARTTLS handshakes/s, {workers} at a time"

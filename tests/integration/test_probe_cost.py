@@ -27,8 +27,10 @@ from cryptography.hazmat.primitives import serialization
 from danesync.actions import files, probe
 from danesync.actions.postfix import (
     build_chain_files_value,
+    read_parameters,
     reload_postfix,
     write_parameter_changes,
+    write_parameters,
 )
 from danesync.adapters import RealPostfix
 from danesync.config import Config
@@ -143,3 +145,34 @@ def test_the_context_is_kept_per_key_algorithm() -> None:
     assert probe.client_context("ecdsa") is probe.client_context("ecdsa")
     assert probe.client_context(None) is not probe.client_context("ecdsa")
     assert probe.client_context("ecdsa").verify_mode is ssl.CERT_NONE
+
+
+class TestMainCfSettled:
+    """Every Postfix program waits while main.cf is younger than about 2 s
+    (mtime in whole seconds; 1.5-2 s for a reload right after `postconf -e`).
+    danesync's own edits are complete when postconf returns (it writes a
+    temporary file and renames it), so they leave main.cf looking settled."""
+
+    def test_an_edit_leaves_main_cf_settled(self, postfix_server: PostfixInstance) -> None:
+        main_cf = postfix_server.config_dir / "main.cf"
+        before = main_cf.stat()
+        previous = write_parameter_changes(
+            postfix_server.config_dir, {"smtpd_tls_loglevel": "0", "smtpd_banner": None}
+        )
+        after = main_cf.stat()
+        try:
+            assert previous == {"smtpd_tls_loglevel": "1", "smtpd_banner": _banner()}
+            # Postfix's test (dict_load_file_xt): settled once mtime < time() - 1.
+            assert int(after.st_mtime) < int(time.time()) - 1
+            assert after.st_mtime_ns != before.st_mtime_ns  # still seen as changed
+            values = read_parameters(postfix_server.config_dir, ["smtpd_tls_loglevel"])
+            assert values == {"smtpd_tls_loglevel": "0"}
+            assert "smtpd_banner =" not in main_cf.read_text()
+        finally:
+            write_parameters(postfix_server.config_dir, previous)
+        assert int(main_cf.stat().st_mtime) < int(time.time()) - 1
+        reload_postfix(postfix_server.config_dir)
+
+
+def _banner() -> str:
+    return "$myhostname ESMTP danesync test instance"
