@@ -16,7 +16,7 @@ from danesync.actions import files, postfix, probe, snitables
 from danesync.certbot import read_deploy_pem, read_validated
 from danesync.chain import Chain, LineageFiles, validate_chain
 from danesync.config import CertificateConfig, Config
-from danesync.errors import ChainError, DnsError, LineagePending, ProbeError
+from danesync.errors import ChainError, DnsError, LineagePending, PostfixError, ProbeError
 from danesync.history import RRset
 from danesync.pem import PemError, split_pem
 from danesync.plan import Problem
@@ -213,6 +213,13 @@ class RealPostfix:
         with ThreadPoolExecutor(max_workers=min(PROBE_WORKERS, len(requests))) as pool:
             outcomes = list(pool.map(confirm, requests))
         return {r.lineage: ok for r, ok in zip(requests, outcomes, strict=True)}
+
+    def sni_maps_in_effect(self) -> bool:
+        try:
+            values = postfix.read_parameters(self.config_dir, ["tls_server_sni_maps"])
+        except PostfixError:
+            return True  # unknown: ask every name, as before
+        return bool(values.get("tls_server_sni_maps", "").strip())
 
     def probe_served(self, servername: str | None) -> str | None:
         endpoint = self.config.postfix.probe
