@@ -127,7 +127,7 @@ def probe_starttls(
     `host` may be an `Endpoint` (then `port` is its own): a batch of probes
     resolves the name once. Raises ProbeError saying which step failed.
     """
-    return _starttls(host, port, servername, timeout, key_algorithm)[0]
+    return _starttls(host, port, servername, timeout, key_algorithm, whole_chain=False)[0]
 
 
 def probe_served_chain(
@@ -144,7 +144,7 @@ def probe_served_chain(
     Where this Python cannot give it (no `get_unverified_chain`), the tuple
     holds the leaf only.
     """
-    return _starttls(host, port, servername, timeout, key_algorithm)
+    return _starttls(host, port, servername, timeout, key_algorithm, whole_chain=True)
 
 
 def _served_chain(tls: ssl.SSLSocket) -> tuple[bytes, ...]:
@@ -171,8 +171,11 @@ def _starttls(
     servername: str | None,
     timeout: float,
     key_algorithm: str | None,
+    *,
+    whole_chain: bool,
 ) -> tuple[bytes, ...]:
-    """The chain the server sent after STARTTLS (at least the leaf), leaf first.
+    """The chain the server sent after STARTTLS (at least the leaf), leaf first;
+    only the leaf unless `whole_chain` (no certificate objects made per probe).
 
     The dialogue is the shortest Postfix logs as a clean session (EHLO,
     STARTTLS, QUIT: no "lost connection" in the operator's log).
@@ -207,7 +210,7 @@ def _starttls(
         der = tls.getpeercert(binary_form=True)
         if not der:
             raise ProbeError(f"{where}: no certificate served")
-        chain = _served_chain(tls)
+        chain = _served_chain(tls) if whole_chain else (der,)
         if not chain or chain[0] != der:
             chain = (der, *chain)
         with contextlib.suppress(OSError, ProbeError):
