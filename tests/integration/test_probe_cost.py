@@ -127,7 +127,9 @@ def test_a_probe_is_a_clean_minimal_session(postfix_server: PostfixInstance, ser
         assert probe.probe_starttls(postfix_server.host, postfix_server.port) == served
     log = _wait_for_disconnects(postfix_server, mark, 3)
     sessions = re.findall(r"disconnect from \S+ (.*)", log)
-    assert sessions == ["ehlo=1 starttls=1 quit=1 commands=3"] * 3, log
+    # An earlier probe's line may land after the mark: every session counts.
+    assert len(sessions) >= 3, log
+    assert set(sessions) == {"ehlo=1 starttls=1 quit=1 commands=3"}, log
     assert "lost connection" not in log
 
 
