@@ -14,14 +14,15 @@ from pathlib import Path
 
 import structlog
 
+from danesync import snicerts
 from danesync.chain import format_time
-from danesync.config import CertificateConfig, Config
+from danesync.config import Config
 from danesync.errors import DanesyncError
-from danesync.memo import SlotMemo
+from danesync.needs import build_config_index
 from danesync.plan import DeployItem, DeployKind
 from danesync.ports import PostfixPort, ProbeRequest
 from danesync.runtime import PassResult, Runtime
-from danesync.sni import SniCertificate, build_probe_names, build_served_names, build_sni_table
+from danesync.sni import SniCertificate, build_probe_names, build_sni_table
 from danesync.state import ChainInfo
 
 log = structlog.get_logger("danesync")
@@ -29,44 +30,19 @@ log = structlog.get_logger("danesync")
 PROBE_SLICE = 256  # probes per confirm_served call (16 at a time): about 1 s at 1,000
 
 
-# The last answer with its inputs: one deploy asks four times with equal
-# inputs (the table, its problems, the parameters, the probe names), and each
-# answer walks every configured certificate (10,000 on a hosting server).
-_SNI_CERTIFICATES: SlotMemo[None, tuple[SniCertificate, ...]] = SlotMemo()
-
-
 def build_sni_certificates(
     config: Config, chains: Mapping[str, ChainInfo], path_of: PostfixPort
-) -> list[SniCertificate]:
-    """The SNI lineages among `chains`, each with the names it serves (sni.py)."""
-    # Everything read: the configured certificates, the chains, the chain paths
-    # (`path_of` answers the same path for a lineage for as long as it lives).
-    inputs = (config.certificates, dict(chains), path_of)
-    return list(_SNI_CERTIFICATES.get(None, inputs, _build_sni_certificates))
-
-
-def _build_sni_certificates(
-    inputs: tuple[tuple[CertificateConfig, ...], dict[str, ChainInfo], PostfixPort],
 ) -> tuple[SniCertificate, ...]:
-    configured, chains, path_of = inputs  # reads nothing else: the memo's key is complete
-    certificates = []
-    for certificate in configured:
-        info = chains.get(certificate.lineage)
-        if certificate.sni and info is not None:
-            names = build_served_names(certificate.hostnames, certificate.hostnames_set, info.names)
-            path = path_of.chain_path(certificate.lineage)
-            certificates.append(
-                SniCertificate(certificate.lineage, info.key_algorithm, names, path)
-            )
-    return tuple(certificates)
+    """The SNI lineages among `chains`, each with the names it serves (snicerts.py:
+    only the lineages whose chain changed since the last call are built again)."""
+    return snicerts.build_sni_certificates(config.certificates, chains, path_of.chain_path, path_of)
 
 
 def build_sni_entries(
     config: Config, chains: Mapping[str, ChainInfo], path_of: PostfixPort
-) -> dict[str, list[Path]]:
+) -> Mapping[str, tuple[Path, ...]]:
     """The SNI table: table key -> the chain files served for it (one per algorithm)."""
-    table = build_sni_table(build_sni_certificates(config, chains, path_of))
-    return {key: list(paths) for key, paths in table.files().items()}
+    return build_sni_table(build_sni_certificates(config, chains, path_of)).files()
 
 
 def build_wanted_parameters(
@@ -81,9 +57,8 @@ def build_wanted_parameters(
     from danesync.actions.postfix import build_chain_files_value, build_legacy_removals
 
     wanted: dict[str, str | None] = {}
-    defaults = [
-        port.chain_path(c.lineage) for c in config.certificates if not c.sni and c.lineage in chains
-    ]
+    index = build_config_index(config)
+    defaults = [port.chain_path(c.lineage) for c in index.defaults if c.lineage in chains]
     if defaults:
         wanted["smtpd_tls_chain_files"] = build_chain_files_value(defaults)
         wanted |= build_legacy_removals(wanted)
@@ -108,8 +83,12 @@ def _deployed(rt: Runtime, items: Iterable[DeployItem] = ()) -> dict[str, ChainI
 
 
 def _sni_touched(rt: Runtime, lineages: Iterable[str]) -> bool:
-    sni = {c.lineage for c in rt.config.certificates if c.sni}
-    return bool(sni & set(lineages))
+    return not build_config_index(rt.config).sni_lineages.isdisjoint(lineages)
+
+
+def _dropped(rt: Runtime) -> set[str]:
+    """The lineages in the state that are no longer configured."""
+    return rt.state.lineages.keys() - build_config_index(rt.config).lineages
 
 
 def _sni_only(rt: Runtime, items: list[DeployItem], checkpoint: _Checkpoint) -> bool:
@@ -185,9 +164,9 @@ def run_deploy(
     lineages = [i.lineage for i in written]
     try:
         # A lineage dropped from the config leaves the table with this deploy.
-        dropped = any(rt.config.certificate(n) is None for n in rt.state.lineages)
+        dropped = bool(_dropped(rt))
+        chains = _deployed(rt, written)  # once: a walk over every lineage's state
         if _sni_touched(rt, lineages) or dropped or not rt.postfix.sni_table_exists():
-            chains = _deployed(rt, written)
             for problem in build_sni_table(
                 build_sni_certificates(rt.config, chains, rt.postfix)
             ).problems:
@@ -196,7 +175,7 @@ def run_deploy(
             if entries:  # main.cf must never name a table that is not there
                 rt.postfix.write_sni_table(entries, None if dropped else set(lineages))
                 rt.progress("writing the SNI table", 1, 1)
-        wanted = build_wanted_parameters(rt.config, _deployed(rt, written), rt.postfix)
+        wanted = build_wanted_parameters(rt.config, chains, rt.postfix)
         checkpoint.parameters = rt.postfix.write_parameter_changes(wanted)
         _log_removed_parameters(checkpoint.parameters)
         rt.progress("setting Postfix parameters", 1, 1)
@@ -206,7 +185,7 @@ def run_deploy(
             log.info("postfix.reloaded", reason=", ".join(lineages))
             rt.progress("reloading Postfix", 1, 1)
         rt.crash("after-reload")
-        confirmed = _confirm(rt, written)
+        confirmed = _confirm(rt, written, chains)
     except (DanesyncError, OSError, ValueError) as error:
         log.error("postfix.failed", reason=_why(error))
         _roll_back(rt, written, checkpoint, _why(error), result, all_of_them=True)
@@ -226,7 +205,7 @@ def run_deploy(
         log_deployed(rt, item)
     # Lineages no longer configured are no longer named by Postfix's parameters:
     # nothing serves them now, so nothing needs their records.
-    for name in [n for n in rt.state.lineages if rt.config.certificate(n) is None]:
+    for name in _dropped(rt):
         del rt.state.lineages[name]
     rt.succeeded("deploy", "postfix")
     rt.save()
@@ -243,14 +222,15 @@ def run_deploy(
     return {i.lineage for i in ok}
 
 
-def _confirm(rt: Runtime, items: list[DeployItem]) -> dict[str, bool]:
+def _confirm(
+    rt: Runtime, items: list[DeployItem], chains: Mapping[str, ChainInfo]
+) -> dict[str, bool]:
     """The STARTTLS probe must see each new leaf (asking by name or key type)."""
     if rt.config.postfix.probe is None or not rt.config.postfix.reload:
         return {i.lineage: True for i in items}
     # An SNI lineage is asked for under a concrete name its table entry serves
     # (never "*.example.net"); the key algorithm picks its chain where an RSA
     # and an ECDSA lineage share the name.
-    chains = _deployed(rt, items)
     probe_names = build_probe_names(
         build_sni_certificates(rt.config, chains, rt.postfix),
         lineages={i.lineage for i in items},

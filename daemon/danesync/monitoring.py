@@ -28,6 +28,9 @@ class RenewalNotices:
         self._ari_next_check: dict[str, dt.datetime] = {}
         # lineage -> (fingerprint, end of the CA's renewal window for that leaf)
         self._ari_window_end: dict[str, tuple[str, dt.datetime]] = {}
+        # lineage -> fingerprint of a leaf ARI cannot ask about (no Authority Key
+        # Identifier): said once for that leaf, not at every pass for every lineage.
+        self._ari_unaskable: dict[str, str] = {}
         self._service_certificates_logged = False
 
     def warn_service_certificates(self) -> None:
@@ -99,6 +102,8 @@ class RenewalNotices:
                 continue
             if self._ari_next_check.get(lineage, now) > now:
                 continue
+            if self._ari_unaskable.get(lineage) == candidate.fingerprint:
+                continue
             if time.monotonic() > give_up:
                 break
             directory = read_acme_server(self.config.certbot.config_dir, lineage)
@@ -112,6 +117,9 @@ class RenewalNotices:
                 )
             except AriError as error:
                 log.warning("renewal.unknown", lineage=lineage, reason=str(error))
+                if candidate.identifier is None:  # a property of the leaf: no retry helps
+                    self._ari_unaskable[lineage] = candidate.fingerprint
+                    continue
                 # RFC 9773 4.3.3: a Retry-After on an error is honoured too.
                 self._ari_next_check[lineage] = (
                     ari.build_next_check(error.retry_after, now)

@@ -49,22 +49,78 @@ class Holding:
     certificate: CertificateConfig | None  # None: no longer configured
 
 
+@dataclass(frozen=True)
+class ConfigIndex:
+    """What a pass looks up in the configured certificates, built once per list
+    of certificates: a renewal among 10,000 then walks none of them."""
+
+    certificates: tuple[CertificateConfig, ...]  # the first of each lineage, in order
+    lineages: frozenset[str]
+    position: Mapping[str, int]  # lineage -> its place in the configuration
+    # owner name (as configured, and absolute) -> the lineages with a TLSA name there
+    by_name: Mapping[str, tuple[str, ...]]
+    defaults: tuple[CertificateConfig, ...]  # those with sni = false
+    sni: tuple[CertificateConfig, ...]  # those with sni = true
+    sni_lineages: frozenset[str]
+
+
+def build_config_index(config: Config) -> ConfigIndex:
+    """The index of `config.certificates` (remembered while they are equal)."""
+    return build_index_of(config.certificates)
+
+
+def build_index_of(certificates: tuple[CertificateConfig, ...]) -> ConfigIndex:
+    return _INDEX.get(None, certificates, _build_config_index)
+
+
+def _build_config_index(configured: tuple[CertificateConfig, ...]) -> ConfigIndex:
+    first: dict[str, CertificateConfig] = {}
+    for certificate in configured:
+        first.setdefault(certificate.lineage, certificate)  # as Config.certificate()
+    certificates = tuple(first.values())
+    by_name: dict[str, list[str]] = {}
+    for certificate in certificates:
+        for name in certificate.tlsa:
+            for key in dict.fromkeys((name, absolute_name(name))):
+                by_name.setdefault(key, []).append(certificate.lineage)
+    return ConfigIndex(
+        certificates,
+        frozenset(first),
+        {lineage: index for index, lineage in enumerate(first)},
+        {name: tuple(dict.fromkeys(lineages)) for name, lineages in by_name.items()},
+        tuple(c for c in certificates if not c.sni),
+        tuple(c for c in certificates if c.sni),
+        frozenset(c.lineage for c in certificates if c.sni),
+    )
+
+
 def build_holdings(
-    config: Config, state: State, held: Mapping[str, ChainInfo | None]
+    config: Config,
+    state: State,
+    held: Mapping[str, ChainInfo | None],
+    lineages: Iterable[str] | None = None,
 ) -> tuple[Holding, ...]:
     """Per lineage, the chains whose records are needed.
 
     `held` maps the lineages decided in this pass to their candidate when it
     is held or deploying (None: no candidate to keep); the other lineages keep
-    the candidate the state says is pending.
+    the candidate the state says is pending. `lineages`: only these configured
+    lineages (None: every one); the holdings come in configuration order, and
+    every lineage dropped from the configuration is always among them.
     """
+    index = build_config_index(config)
+    if lineages is None:
+        certificates: Iterable[CertificateConfig] = index.certificates
+    else:
+        wanted = sorted(
+            (index.position[n] for n in set(lineages) if n in index.position),
+        )
+        certificates = [index.certificates[i] for i in wanted]
     holdings = []
-    configured = set()
-    lineages = state.lineages
-    for certificate in config.certificates:
+    states = state.lineages
+    for certificate in certificates:
         lineage = certificate.lineage
-        configured.add(lineage)
-        lineage_state = lineages.get(lineage)
+        lineage_state = states.get(lineage)
         if lineage_state is None:
             deployed = inflight = None
             candidate = held.get(lineage)
@@ -78,9 +134,9 @@ def build_holdings(
     # A lineage dropped from the config is served until the next deploy rewrites
     # Postfix's parameters: its records, as captured, stay needed until then.
     dropped = [
-        (lineage, lineage_state.deployed)
-        for lineage, lineage_state in state.lineages.items()
-        if lineage not in configured and lineage_state.deployed is not None
+        (lineage, info)
+        for lineage in states.keys() - index.lineages
+        if (info := states[lineage].deployed) is not None
     ]
     for lineage, info in sorted(dropped, key=lambda item: item[0]):
         names = tuple(sorted({r.name for r in info.tlsa}))
@@ -100,6 +156,7 @@ def _holding(
 # a pass over 10,000 lineages rebuilds only the lineages whose chains or
 # config changed (docs/benchmarks.md, "One SNI renewal pass").
 _HOLDINGS: SlotMemo[str, Holding] = SlotMemo()
+_INDEX: SlotMemo[None, ConfigIndex] = SlotMemo()
 _HOLDING_RECORDS: SlotMemo[str, tuple[tuple[str, frozenset[TlsaRecord]], ...]] = SlotMemo()
 
 

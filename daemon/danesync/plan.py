@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from danesync.config import Config, DnsMode
 from danesync.decisions import (
@@ -35,12 +34,12 @@ from danesync.decisions import (
     Verb,
 )
 from danesync.families import build_holding_family_records
-from danesync.history import RRset, is_never, possible_versions
-from danesync.matching import rrset_accepts
-from danesync.needs import Holding, build_holdings, build_needed_records
+from danesync.gate import FORCE_MARGIN, GATE, Context, gate_decision, hold_verb
+from danesync.history import RRset
+from danesync.needs import Holding, build_config_index, build_holdings, build_needed_records
 from danesync.records import plan_publish, plan_retire
 from danesync.state import ChainInfo, State
-from danesync.tlsa import TlsaRecord
+from danesync.tlsa import TlsaRecord, absolute_name
 
 __all__ = [
     "FORCE_MARGIN",
@@ -61,11 +60,6 @@ __all__ = [
     "plan_pass",
     "plan_recovery",
 ]
-
-# A chain that expires before its successor is safe is replaced this long
-# before its notAfter: the last safe moment, with room for a reload and probe.
-FORCE_MARGIN = dt.timedelta(minutes=5)
-_GATE = "to be gated"  # a first-round DEPLOY that still has to pass the DNS gate
 
 
 def primary_key(config: Config) -> str | None:
@@ -98,44 +92,61 @@ def build_query_names(config: Config, state: State, lineages: set[str] | None) -
     """The owner names a pass looks up: those of its lineages (all, for a full
     pass) and, on a full pass, every name where danesync owns records."""
     names: set[str] = set()
-    for certificate in config.certificates:
-        if lineages is None or certificate.lineage in lineages:
-            names.update(certificate.tlsa)
     if lineages is None:
+        for configured in config.certificates:
+            names.update(configured.tlsa)
         names.update(n for n, h in state.names.items() if h.owned or h.intent)
+    else:  # a renewal: its own names, not a walk over 10,000 certificates
+        for lineage in lineages:
+            certificate = config.certificate(lineage)
+            names.update(certificate.tlsa if certificate is not None else ())
     return frozenset(names)
 
 
-@dataclass
-class _Context:
-    config: Config
-    state: State
-    obs: Observations
-    now: dt.datetime
-    floor: int
-    primary: str | None
+def build_relevant_lineages(config: Config, obs: Observations) -> set[str] | None:
+    """The configured lineages whose holdings a pass over `obs.candidates` reads
+    (None: all of them, a full pass).
 
-    def current(self, name: str) -> RRset:
-        history = self.state.names.get(name)
-        found = history.current(self.primary) if history and self.primary else None
-        return found or RRset.of((), 0)
-
-    def everywhere(self, name: str) -> frozenset[TlsaRecord]:
-        history = self.state.names.get(name)
-        if history is None or not history.servers:
-            return frozenset()
-        sets = [v.records for v in history.servers.values()]
-        return frozenset.intersection(*sets)
+    The planner reads the needed records only at the names just observed and
+    at the candidates' own names; a lineage matters only if it has a TLSA name
+    among those (shared names included), or records of its own to add.
+    """
+    index = build_config_index(config)
+    if len(obs.candidates) >= len(index.certificates):
+        return None
+    names = set(obs.fresh)
+    for lineage in obs.candidates:
+        certificate = config.certificate(lineage)
+        names.update(certificate.tlsa if certificate is not None else ())
+    relevant = set(obs.candidates) | set(obs.extra_records or {})
+    for name in names | {absolute_name(n) for n in names}:
+        relevant.update(index.by_name.get(name, ()))
+    return relevant
 
 
 def plan_pass(config: Config, state: State, obs: Observations, now: dt.datetime) -> Plan:
-    """Decide one pass over the lineages in `obs.candidates` (the others keep their state)."""
-    ctx = _Context(config, state, obs, now, config.dns.rollover_wait, primary_key(config))
+    """Decide one pass over the lineages in `obs.candidates` (the others keep their state).
+
+    Its cost follows the candidates, not the configuration: only the lineages
+    `build_relevant_lineages` names are looked at (all of them on a full pass).
+    """
+    return plan_pass_over(config, state, obs, now, build_relevant_lineages(config, obs))
+
+
+def plan_pass_over(
+    config: Config,
+    state: State,
+    obs: Observations,
+    now: dt.datetime,
+    relevant: set[str] | None,
+) -> Plan:
+    """`plan_pass`, looking at the holdings of `relevant` lineages only (None: all)."""
+    ctx = Context(config, state, obs, now, config.dns.rollover_wait, primary_key(config))
     mode = config.dns.mode
     first = [_decide_candidate(ctx, lineage, c) for lineage, c in sorted(obs.candidates.items())]
     first = _refuse_duplicate_algorithms(config, state, first)
     held = {d.lineage: d.chain if (d.verb.holds or d.verb.deploys) else None for d in first}
-    holdings = build_holdings(config, state, held)
+    holdings = build_holdings(config, state, held, relevant)
     by_name: dict[str, list[Holding]] = {}
     for holding in holdings:
         for owner in holding.names:
@@ -162,10 +173,8 @@ def plan_pass(config: Config, state: State, obs: Observations, now: dt.datetime)
                 publishes[name] = RRset.of(ctx.current(name).records | set(step.add), step.ttl)
 
     # The gate again, now knowing what this pass publishes.
-    decisions = [
-        _gate_decision(ctx, d, publishes, needed) if d.reason is _GATE else d for d in first
-    ]
-    decisions = [_hold_verb(ctx, d, publishes) if d.verb is Verb.PUBLISH else d for d in decisions]
+    decisions = [gate_decision(ctx, d, publishes, needed) if d.reason is GATE else d for d in first]
+    decisions = [hold_verb(ctx, d, publishes) if d.verb is Verb.PUBLISH else d for d in decisions]
     items = [
         DeployItem(
             d.lineage,
@@ -226,7 +235,7 @@ def _plan_repairs(decisions: list[Decision], obs: Observations) -> list[DeployIt
     ]
 
 
-def _served_at(ctx: _Context, holdings: Sequence[Holding]) -> tuple[list[ChainInfo], bool]:
+def _served_at(ctx: Context, holdings: Sequence[Holding]) -> tuple[list[ChainInfo], bool]:
     """The chains Postfix may present to clients of one owner name (`holdings`:
     the lineages with that name), and whether an unknown one (not deployed by
     danesync, not identified by the probe) is among them."""
@@ -250,7 +259,7 @@ def _served_at(ctx: _Context, holdings: Sequence[Holding]) -> tuple[list[ChainIn
     return known, unknown
 
 
-def _decide_candidate(ctx: _Context, lineage: str, candidate: Candidate) -> Decision:
+def _decide_candidate(ctx: Context, lineage: str, candidate: Candidate) -> Decision:
     """What to do with one lineage's candidate, before the DNS gate."""
     if isinstance(candidate, Problem):
         verb = Verb.PENDING if candidate.pending else Verb.INVALID
@@ -286,126 +295,7 @@ def _decide_candidate(ctx: _Context, lineage: str, candidate: Candidate) -> Deci
             f"the deployed chain (serial {deployed.serial}) expired at "
             f"{deployed.not_after:%Y-%m-%d %H:%M}Z",
         )
-    return Decision(lineage, Verb.DEPLOY, chain, _GATE)
-
-
-def _gate_decision(
-    ctx: _Context,
-    decision: Decision,
-    publishes: Mapping[str, RRset],
-    needed: Mapping[str, frozenset[TlsaRecord]],
-) -> Decision:
-    """Deploy only if every RRset version a cache may hold at its names accepts it."""
-    chain = decision.chain
-    certificate = ctx.config.certificate(decision.lineage)
-    assert chain is not None and certificate is not None
-    lineage = decision.lineage
-    proceed: dt.datetime | None = ctx.now
-    served_now = True  # no blocking version is still served by some server
-    unknown = False
-    for name in certificate.tlsa:
-        if name not in ctx.obs.fresh:
-            unknown = True
-            continue
-        history = ctx.state.name(name)
-        versions = list(possible_versions(history, ctx.now, ctx.floor))
-        if name in publishes:
-            versions.append((publishes[name], dt.datetime.max.replace(tzinfo=dt.UTC)))
-        for rrset, until in versions:
-            if rrset_accepts(rrset.records, chain.matches):
-                continue
-            if is_never(until):
-                served_now = False
-                proceed = None
-            elif proceed is not None:
-                proceed = max(proceed, until)
-    if not unknown and served_now and proceed is not None and proceed <= ctx.now:
-        return Decision(lineage, Verb.DEPLOY, chain, "every RRset a cache may hold accepts it")
-    missing = tuple(
-        sorted(
-            r
-            for name in certificate.tlsa
-            for r in needed.get(name, frozenset())
-            if r.data in (chain.leaf_spki, chain.issuer_spki) and r not in ctx.everywhere(name)
-        )
-    )
-    if unknown:
-        verb, reason = Verb.DNS_UNKNOWN, "the DNS servers could not be asked"
-        proceed = None
-    elif not served_now:
-        verb = Verb.MISSING if ctx.config.dns.mode is DnsMode.CHECK else Verb.PUBLISH
-        reason = "a server still serves a TLSA RRset that does not match it"
-    else:
-        verb, reason = Verb.WAIT_AGE, "waiting for DNS caches to drop RRsets that do not match it"
-    return _emergency(ctx, Decision(lineage, verb, chain, reason, proceed, missing))
-
-
-def _hold_verb(ctx: _Context, decision: Decision, publishes: Mapping[str, RRset]) -> Decision:
-    """PUBLISH when this pass publishes a record it needs, else it waits to be seen."""
-    certificate = ctx.config.certificate(decision.lineage)
-    publishing = certificate is not None and any(
-        r in publishes[name].records
-        for name in certificate.tlsa
-        if name in publishes
-        for r in decision.missing
-    )
-    if publishing:
-        return decision
-    return Decision(
-        decision.lineage,
-        Verb.WAIT_VISIBLE,
-        decision.chain,
-        decision.reason,
-        decision.proceed_at,
-        decision.missing,
-        decision.forced_at,
-    )
-
-
-def _emergency(ctx: _Context, decision: Decision) -> Decision:
-    """The deployed chain expires before the candidate is safe: deploy at the last
-    safe moment before it expires, not at once."""
-    lineage_state = ctx.state.lineages.get(decision.lineage)
-    deployed = lineage_state.deployed if lineage_state else None
-    if deployed is None:
-        return decision
-    forced_at = deployed.not_after - FORCE_MARGIN
-    if decision.proceed_at is not None and decision.proceed_at <= forced_at:
-        return decision
-    if ctx.now >= forced_at:
-        return Decision(
-            decision.lineage,
-            Verb.FORCE,
-            decision.chain,
-            f"the deployed chain (serial {deployed.serial}) expires at "
-            f"{deployed.not_after:%Y-%m-%d %H:%M:%S}Z, before the rollover could finish",
-        )
-    if decision.proceed_at is None and ctx.now + _least_wait(ctx, decision) <= forced_at:
-        # When it will be safe is not known yet (its record is not out, or not
-        # seen everywhere): nothing says it cannot be before the chain expires.
-        return decision
-    return Decision(
-        decision.lineage,
-        decision.verb,
-        decision.chain,
-        decision.reason,
-        forced_at,
-        decision.missing,
-        forced_at,
-    )
-
-
-def _least_wait(ctx: _Context, decision: Decision) -> dt.timedelta:
-    """The shortest a hold whose end is not known yet can still take: every
-    RRset a cache may hold at the chain's names must age out (the floor, the
-    configured TTL of what it publishes, and the TTL each version was served with)."""
-    certificate = ctx.config.certificate(decision.lineage)
-    ttls = [ctx.floor, ctx.config.dns.ttl]
-    for name in certificate.tlsa if certificate is not None else ():
-        history = ctx.state.names.get(name)
-        if history is not None:
-            ttls += [rrset.ttl for rrset, _ in possible_versions(history, ctx.now, ctx.floor)]
-    return dt.timedelta(seconds=max(ttls))
+    return Decision(lineage, Verb.DEPLOY, chain, GATE)
 
 
 def _refuse_duplicate_algorithms(
@@ -413,9 +303,9 @@ def _refuse_duplicate_algorithms(
 ) -> list[Decision]:
     """Postfix takes one default chain per key algorithm: two are an error."""
     owners: dict[str, str] = {}
-    for configured in config.certificates:
+    for configured in build_config_index(config).defaults:  # sni = false, in order
         lineage_state = state.lineages.get(configured.lineage)
-        if configured.sni or lineage_state is None or lineage_state.deployed is None:
+        if lineage_state is None or lineage_state.deployed is None:
             continue
         owners.setdefault(lineage_state.deployed.key_algorithm, configured.lineage)
     result = []

@@ -18,6 +18,7 @@ from danesync.config import CertificateConfig, Config
 from danesync.errors import DanesyncError
 from danesync.history import restart_waits
 from danesync.monitoring import RenewalNotices
+from danesync.needs import build_config_index
 from danesync.observe import observe_dns, observe_on_disk, observe_served, read_on_disk
 from danesync.plan import (
     Candidate,
@@ -153,7 +154,10 @@ class Service:
     def _select(self, lineages: set[str] | None) -> list[CertificateConfig]:
         if lineages is None:
             return list(self.config.certificates)
-        return [c for c in self.config.certificates if c.lineage in lineages]
+        # A renewal's few, looked up (not a walk of 10,000), in configuration order.
+        position = build_config_index(self.config).position
+        found = sorted((n for n in lineages if n in position), key=position.__getitem__)
+        return [certificate for n in found if (certificate := self.config.certificate(n))]
 
     def _recover(self, result: PassResult) -> None:
         """A restart found deploys in flight: finish those whose file is in place."""

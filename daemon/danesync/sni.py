@@ -23,15 +23,19 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 
-from danesync.memo import SlotMemo
+if TYPE_CHECKING:
+    from danesync.snitable import TableIndex
 
 PROBE_LABEL = "danesync-probe"
+_LAST_TABLE: dict[None, TableIndex] = {}  # the last table built, with its index
 # What a table key cannot hold: postmap splits at white space; `#` starts a
 # comment; quotes, backslashes and commas are not written into keys.
 _NOT_IN_KEY = re.compile(r'[\s#"\\,]')
@@ -61,8 +65,13 @@ class SniTable:
     entries: tuple[SniEntry, ...]  # sorted by key
     problems: tuple[str, ...]  # conflicts and names that cannot be keys, one line each
 
-    def files(self) -> dict[str, tuple[Path, ...]]:
-        return {entry.key: entry.files for entry in self.entries}
+    def files(self) -> Mapping[str, tuple[Path, ...]]:
+        """{table key: chain files}: built once per table (read-only, shared)."""
+        return self._files
+
+    @functools.cached_property
+    def _files(self) -> Mapping[str, tuple[Path, ...]]:
+        return MappingProxyType({entry.key: entry.files for entry in self.entries})
 
     def entry(self, key: str) -> SniEntry | None:
         return self.by_key.get(key)
@@ -109,25 +118,29 @@ def build_sni_key(name: str) -> str:
     return key
 
 
-def _covers(wildcard_key: str, key: str) -> bool:
+def covers(wildcard_key: str, key: str) -> bool:
     """Whether a wildcard keyed `.example.net` covers the exact name `key` (one label)."""
     head, _, rest = key.partition(".")
     return bool(head) and not key.startswith(".") and f".{rest}" == wildcard_key
 
 
-# The last table built, with the certificates it was built from: a deploy asks
-# for it several times, and a renewal that keeps its names, key algorithm and
-# file (the usual one) leaves the table as it was.
-_TABLE: SlotMemo[None, SniTable] = SlotMemo()
-
-
 def build_sni_table(certificates: Iterable[SniCertificate]) -> SniTable:
-    """The table for these SNI lineages, in configuration order (the first wins a conflict)."""
+    """The table for these SNI lineages, in configuration order (the first wins a conflict).
+
+    The last table is kept with its index (snitable.py): a list that differs
+    in a few lineages' certificates updates only the keys they name.
+    """
+    from danesync.snitable import build_table_index, update_table_index
+
     inputs = tuple(certificates)
-    return _TABLE.get(None, inputs, _build_sni_table)
+    last = _LAST_TABLE.get(None)
+    index = build_table_index(inputs) if last is None else update_table_index(last, inputs)
+    _LAST_TABLE[None] = index
+    return index.table
 
 
-def _build_sni_table(certificates: Sequence[SniCertificate]) -> SniTable:
+def build_sni_table_afresh(certificates: Sequence[SniCertificate]) -> SniTable:
+    """The definition of the table, from scratch (`build_sni_table` keeps it up to date)."""
     # key -> algorithm -> the lineage serving it
     chosen: dict[str, dict[str, SniCertificate]] = {}
     problems: list[str] = []
@@ -154,7 +167,7 @@ def _build_sni_table(certificates: Sequence[SniCertificate]) -> SniTable:
         by_algorithm = dict(chosen[key])
         # At most one wildcard covers a name (one label): look it up, not through them all.
         wildcard_key = f".{key.partition('.')[2]}"
-        if wildcard_key in wildcards and _covers(wildcard_key, key):
+        if wildcard_key in wildcards and covers(wildcard_key, key):
             for algorithm, certificate in wildcards[wildcard_key].items():
                 by_algorithm.setdefault(algorithm, certificate)
         served = [by_algorithm[algorithm] for algorithm in sorted(by_algorithm)]
@@ -168,7 +181,7 @@ def _build_sni_table(certificates: Sequence[SniCertificate]) -> SniTable:
     return SniTable(tuple(entries), tuple(dict.fromkeys(problems)))
 
 
-def build_sni_entries(certificates: Iterable[SniCertificate]) -> dict[str, tuple[Path, ...]]:
+def build_sni_entries(certificates: Iterable[SniCertificate]) -> Mapping[str, tuple[Path, ...]]:
     """{table key: chain files} for `postfix.write_sni_table`; see `build_sni_table`."""
     return build_sni_table(certificates).files()
 

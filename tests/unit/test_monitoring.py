@@ -9,6 +9,7 @@ from structlog.testing import capture_logs
 
 from danesync.config import build_config
 from danesync.monitoring import RenewalNotices as Monitor
+from danesync.ports import AriTarget
 from danesync.state import ChainInfo, State
 from tests.harness.certs import NOW
 
@@ -59,3 +60,37 @@ class TestShortLived:
         lineage.pending = info("b" * 64, NOW + 80 * HOUR)
         (held,) = expiring(state, NOW + 100 * HOUR)
         assert "danesync holds the new certificate" in str(held["reason"])
+
+
+class TestRenewalInfoWithoutIdentifier:
+    """A leaf without an Authority Key Identifier cannot be asked about (RFC 9773 4.1)."""
+
+    def notices(
+        self, monitor: Monitor, state: State, fingerprint: str, later: dt.timedelta = HOUR * 0
+    ) -> list[str]:
+        target = AriTarget(
+            fingerprint=fingerprint,
+            not_after=NOW + LIFETIME,
+            identifier=None,
+            problem="the leaf has no Authority Key Identifier",
+        )
+        with capture_logs() as logs:
+            monitor.check_renewal_info(state, {"mx": target}, NOW + LIFETIME / 2 + later)
+        return [str(e["reason"]) for e in logs if e["event"] == "renewal.unknown"]
+
+    def test_said_once_per_leaf_not_at_every_pass(self, tmp_path: Path) -> None:
+        (tmp_path / "renewal").mkdir()
+        (tmp_path / "renewal" / "mx.conf").write_text("server = https://acme.test/dir\n")
+        config = build_config(
+            {"dns": {"mode": "off"}, "certbot": {"config_dir": str(tmp_path)}},
+            tmp_path / "danesync.toml",
+        )
+        monitor = Monitor(config)
+        state = State()
+        state.lineage("mx").deployed = info("a" * 64, NOW)
+        (first,) = self.notices(monitor, state, "a" * 64)
+        assert "Authority Key Identifier" in first
+        for hours in (1, 2, 30):  # the next passes: silent
+            assert self.notices(monitor, state, "a" * 64, HOUR * hours) == []
+        state.lineage("mx").deployed = info("b" * 64, NOW + HOUR)
+        assert len(self.notices(monitor, state, "b" * 64, HOUR * 30)) == 1  # a renewed leaf

@@ -17,7 +17,9 @@ import functools
 import hashlib
 import os
 from collections.abc import Mapping, Sequence, Set
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 from danesync.actions import postfix
 from danesync.sni import build_sni_key
@@ -55,6 +57,77 @@ def build_sni_shards(
     return shards
 
 
+@dataclass(frozen=True)
+class ShardSplit:
+    """The entries split in `count` tables, and which chain files each table names."""
+
+    entries: Mapping[str, Path | Sequence[Path]]  # what was split (read-only)
+    shards: tuple[dict[str, Path | Sequence[Path]], ...]
+    paths: tuple[frozenset[str], ...]  # per table: os.fspath of every chain file it names
+
+    def holding(self, path: Path) -> list[int]:
+        """The tables that name the chain file `path`."""
+        name = os.fspath(path)
+        return [index for index, paths in enumerate(self.paths) if name in paths]
+
+
+def build_shard_split(entries: Mapping[str, Path | Sequence[Path]], count: int) -> ShardSplit:
+    """`build_sni_shards` with the files of each table, updated from the last
+    split for the keys whose entry changed (at 10,000 lineages, splitting all
+    entries again was most of a renewal's table work)."""
+    # A read-only view is taken as it is; anything else is copied, so that what
+    # is kept cannot change under it.
+    frozen = entries if isinstance(entries, MappingProxyType) else MappingProxyType(dict(entries))
+    last = _SPLITS.get(count)
+    if last is not None and (last.entries is frozen or last.entries == frozen):
+        return last
+    split = _split(frozen, count) if last is None else _update(last, frozen, count)
+    _SPLITS[count] = split
+    return split
+
+
+def _split(entries: Mapping[str, Path | Sequence[Path]], count: int) -> ShardSplit:
+    shards = build_sni_shards(entries, count)
+    return ShardSplit(entries, tuple(shards), tuple(_files_of(shard) for shard in shards))
+
+
+def _update(
+    last: ShardSplit, entries: Mapping[str, Path | Sequence[Path]], count: int
+) -> ShardSplit:
+    old = last.entries
+    changed = [key for key, value in entries.items() if old.get(key) is not value]
+    changed += old.keys() - entries.keys()
+    if len(changed) > len(entries) // 4:  # much changed: as cheap to split it all
+        return _split(entries, count)
+    shards = list(last.shards)
+    paths = list(last.paths)
+    copied: set[int] = set()
+    for key in changed:
+        index = build_sni_shard(key, count)
+        if index not in copied:  # the last split's tables stay as they were
+            shards[index] = dict(shards[index])
+            copied.add(index)
+        if key in entries:
+            shards[index][key] = entries[key]
+        else:
+            del shards[index][key]
+    for index in copied:
+        paths[index] = _files_of(shards[index])
+    return ShardSplit(entries, tuple(shards), tuple(paths))
+
+
+def _files_of(shard: Mapping[str, Path | Sequence[Path]]) -> frozenset[str]:
+    return frozenset(os.fspath(path) for value in shard.values() for path in _paths_of(value))
+
+
+def _paths_of(value: Path | Sequence[Path]) -> list[Path]:
+    return [value] if isinstance(value, (str, os.PathLike)) else list(value)
+
+
+_SPLITS: dict[int, ShardSplit] = {}  # table count -> the last split
+_WRITTEN: dict[tuple[Path, int], ShardSplit] = {}  # the split last written to each place
+
+
 def build_sni_maps_values(deploy_dir: Path, count: int) -> str:
     """The `tls_server_sni_maps` value naming every table."""
     return ", ".join(
@@ -88,17 +161,20 @@ def write_sni_tables(
     `main.cf` names every table, and a name must never point at nothing.
     """
     deploy_dir = Path(deploy_dir)
-    touched = None if changed is None else {os.fspath(path) for path in changed}
-    written = []
-    for name, shard in zip(
-        build_sni_table_names(count), build_sni_shards(entries, count), strict=True
-    ):
-        if touched is not None and _compiled(deploy_dir, name).exists():
-            paths = (
-                [value] if isinstance(value, (str, os.PathLike)) else list(value)
-                for value in shard.values()
-            )
-            if not any(os.fspath(path) in touched for group in paths for path in group):
-                continue
-        written.append(postfix.write_sni_table(deploy_dir, shard, config_dir=config_dir, name=name))
+    split = build_shard_split(entries, count)
+    names = build_sni_table_names(count)
+    if changed is None:
+        wanted = set(range(count))
+    else:  # the tables naming a changed file, by lookup (not a scan of 10,000 entries)
+        wanted = {i for path in changed for i in split.holding(path)}
+        wanted |= {i for i, name in enumerate(names) if not _compiled(deploy_dir, name).exists()}
+        # An entry that left a table (a renewal with other names) changes it too.
+        previous = _WRITTEN.get((deploy_dir, count))
+        if previous is not None and previous is not split:
+            wanted |= {i for i in range(count) if previous.shards[i] != split.shards[i]}
+    written = [
+        postfix.write_sni_table(deploy_dir, split.shards[i], config_dir=config_dir, name=names[i])
+        for i in sorted(wanted)
+    ]
+    _WRITTEN[(deploy_dir, count)] = split  # only once all are written: a failure retries them
     return written
