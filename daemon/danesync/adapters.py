@@ -16,7 +16,7 @@ from danesync.actions import files, postfix, probe, snitables
 from danesync.certbot import read_deploy_pem, read_validated
 from danesync.chain import Chain, LineageFiles, validate_chain
 from danesync.config import CertificateConfig, Config
-from danesync.errors import ChainError, DnsError, LineagePending, ProbeError
+from danesync.errors import ChainError, DnsError, LineagePending, PostfixError, ProbeError
 from danesync.history import RRset
 from danesync.pem import PemError, split_pem
 from danesync.plan import Problem
@@ -214,12 +214,22 @@ class RealPostfix:
         if endpoint is None or not requests:
             return {r.lineage: True for r in requests}
 
+        # One resolution of the endpoint's name for the batch, not one a probe.
+        target = probe.Endpoint(endpoint.host, endpoint.port)
+
         def confirm(request: ProbeRequest) -> bool:
-            return _wait_for_fingerprint(endpoint.host, endpoint.port, request)
+            return _wait_for_fingerprint(target, request)
 
         with ThreadPoolExecutor(max_workers=min(PROBE_WORKERS, len(requests))) as pool:
             outcomes = list(pool.map(confirm, requests))
         return {r.lineage: ok for r, ok in zip(requests, outcomes, strict=True)}
+
+    def sni_maps_in_effect(self) -> bool:
+        try:
+            values = postfix.read_parameters(self.config_dir, ["tls_server_sni_maps"])
+        except PostfixError:
+            return True  # unknown: ask every name, as before
+        return bool(values.get("tls_server_sni_maps", "").strip())
 
     def probe_served(self, servername: str | None) -> str | None:
         endpoint = self.config.postfix.probe
@@ -241,7 +251,7 @@ def _stat_key(path: Path) -> tuple[int, int, int, int, int] | None:
 
 
 def _wait_for_fingerprint(
-    host: str, port: int, request: ProbeRequest, deadline: float = 10, interval: float = 0.25
+    endpoint: probe.Endpoint, request: ProbeRequest, deadline: float = 10, interval: float = 0.25
 ) -> bool:
     """Probe until the leaf with `request.fingerprint` is served, or `deadline` passes.
 
@@ -251,7 +261,7 @@ def _wait_for_fingerprint(
     while True:
         try:
             der = probe.probe_starttls(
-                host, port, request.servername, 5, key_algorithm=request.key_algorithm
+                endpoint, endpoint.port, request.servername, 5, key_algorithm=request.key_algorithm
             )
             if hashlib.sha256(der).hexdigest() == request.fingerprint:
                 return True

@@ -83,6 +83,11 @@ def observe_served(
     if rt.config.postfix.probe is None or rt.config.dns.mode is DnsMode.OFF:
         return served
     certificates = list(certificates)
+    # Without tls_server_sni_maps Postfix serves every SNI name its default
+    # chain, so one probe answers for all (10,000 handshakes were minutes of
+    # a cold start); with any map in effect, each name is asked.
+    by_name: bool | None = None
+    answers: dict[str | None, str | None] = {}
     for done, certificate in enumerate(certificates, 1):
         rt.progress(PROBING, done, len(certificates))
         lineage_state = rt.state.lineages.get(certificate.lineage)
@@ -90,7 +95,15 @@ def observe_served(
             continue
         if not isinstance(candidates.get(certificate.lineage), Offer):
             continue
-        fingerprint = rt.postfix.probe_served(certificate.hostnames[0] if certificate.sni else None)
+        servername = certificate.hostnames[0] if certificate.sni else None
+        if servername is not None:
+            if by_name is None:
+                by_name = rt.postfix.sni_maps_in_effect()
+            if not by_name:
+                servername = None
+        if servername not in answers:
+            answers[servername] = rt.postfix.probe_served(servername)
+        fingerprint = answers[servername]
         if fingerprint is not None:
             served[certificate.lineage] = fingerprint
     return served

@@ -148,6 +148,11 @@ class PostfixPort(Protocol):
         """The fingerprint of the leaf Postfix serves now; None if it cannot be asked."""
         ...
 
+    def sni_maps_in_effect(self) -> bool:
+        """Postfix may serve an SNI name a chain of its own (tls_server_sni_maps is
+        set, or cannot be read); False: every name is served the default chain."""
+        ...
+
 
 class DnsPort(Protocol):
     primary: str | None  # the server updates go to, as history keys it

@@ -316,6 +316,9 @@ class SimPostfix:
     def probe_served(self, servername: str | None) -> str | None:
         return None  # adoption through the probe is tested elsewhere
 
+    def sni_maps_in_effect(self) -> bool:
+        return bool(self.loaded.get("tls_server_sni_maps"))
+
 
 # --- certbot and the state ------------------------------------------------------------
 
