@@ -37,7 +37,8 @@ def require_root() -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # pytest-xdist >= 3.7 sorts files by their number of tests unless told not to.
+    # Recent pytest-xdist (3.8 in the venv) sorts files by their number of tests
+    # unless told not to; older ones keep the collection order.
     if hasattr(config.option, "loadscopereorder"):
         config.option.loadscopereorder = False
 
