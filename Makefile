@@ -8,6 +8,13 @@ PY := $(VENV)/bin/python
 DEBIAN_PY := /usr/bin/python3
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 PYTEST_ARGS ?=
+# The lanes run pytest in TEST_WORKERS processes (pytest-xdist), a test file
+# per worker at a time (--dist loadfile: a module's fixtures, such as its
+# Postfix instance, start once). Most integration tests wait on TTLs and
+# polls, not on the CPU, so 4 workers overlap their waits on 2 cores.
+# `make test TEST_WORKERS=0` runs everything in one process. See docs/ci.md.
+TEST_WORKERS ?= 4
+XDIST = $$($(1) -c 'import xdist' 2>/dev/null && [ "$(TEST_WORKERS)" != 0 ] && echo "-n $(TEST_WORKERS) --dist loadfile")
 
 .PHONY: all deps venv lint types test test-pypi test-debian test-trixie trixie-root-prefetch demo deb deb-check bench soak clean
 
@@ -33,7 +40,7 @@ types: venv
 
 # Lane 1: current PyPI releases of every library.
 test-pypi: deps venv
-	$(PY) -m pytest --cov --cov-report=term:skip-covered $(PYTEST_ARGS)
+	$(PY) -m pytest $(call XDIST,$(PY)) --cov --cov-report=term:skip-covered $(PYTEST_ARGS)
 
 # Lane 2: Debian 12's own python3-* packages (cryptography 38, dnspython 2.3,
 # watchdog 2.2, structlog 22.3), as the .deb runs.
@@ -51,14 +58,14 @@ DEBIAN_TESTS ?= -m "not slow" tests/unit tests/sim \
 	tests/integration/test_dns_status.py tests/integration/test_find_zone.py \
 	tests/integration/test_postfix_actions.py tests/integration/test_watcher.py
 test-debian: deps
-	DANESYNC_SIM_EXAMPLES=$${DANESYNC_SIM_EXAMPLES:-300} $(DEBIAN_PY) -m pytest -p no:cacheprovider $(DEBIAN_TESTS) $(PYTEST_ARGS)
+	DANESYNC_SIM_EXAMPLES=$${DANESYNC_SIM_EXAMPLES:-300} $(DEBIAN_PY) -m pytest -p no:cacheprovider $(call XDIST,$(DEBIAN_PY)) $(DEBIAN_TESTS) $(PYTEST_ARGS)
 
 # Lane 3: Debian 13 (trixie) in a container on a cached debootstrapped root:
 # its python3-* packages, Postfix 3.10, BIND 9.20, OpenSSL 3.5; the demo; the
 # .deb built and linted there; the unit booted under its systemd 257.
 # Needs root. TRIXIE_STEPS="tests deb" runs a subset (tests demo deb lab).
 test-trixie: deps
-	$(SUDO) .ci/trixie-lane $(PYTEST_ARGS)
+	$(SUDO) env TEST_WORKERS=$(TEST_WORKERS) .ci/trixie-lane $(PYTEST_ARGS)
 
 # A missing trixie root (the first run on a machine, or a changed
 # .ci/install-deps) takes minutes to build, mostly downloading and

@@ -25,3 +25,38 @@ def require_root() -> None:
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
+
+
+# -- parallel runs (pytest-xdist, docs/ci.md) ------------------------------------
+# `make test` hands whole test files to its workers in collection order
+# (--dist loadfile). The longest files go first, so that no worker starts one
+# at the end while the others are idle: the simulation (one long, CPU-bound
+# test), then the integration files with a `slow` test, then the other
+# integration files, then the many short unit files that fill the gaps.
+# Only the order of files changes; the tests of a file keep theirs.
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Recent pytest-xdist (3.8 in the venv) sorts files by their number of tests
+    # unless told not to; older ones keep the collection order.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def _file_rank(item: pytest.Item) -> int:
+    parts = item.path.parts
+    if "sim" in parts:
+        return 0
+    if "integration" in parts:
+        return 1 if item.get_closest_marker("slow") else 2
+    return 3
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # one process: the usual order
+    rank: dict[object, int] = {}
+    for item in items:
+        rank[item.path] = min(rank.get(item.path, 3), _file_rank(item))
+    order = {path: index for index, path in enumerate(dict.fromkeys(i.path for i in items))}
+    items.sort(key=lambda item: (rank[item.path], order[item.path]))

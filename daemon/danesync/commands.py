@@ -130,7 +130,8 @@ def _mailhost_rows(
     sni_certificates: list[SniCertificate],
 ) -> list[tuple[str, str]]:
     """The names an SNI certificate serves, and a rollover_wait too long for its lifetime."""
-    from danesync.ari import build_rollover_wait_warning, build_validity
+    from danesync.ari import build_validity
+    from danesync.expiry import build_rollover_wait_warning
 
     rows: list[tuple[str, str]] = []
     if certificate.sni:

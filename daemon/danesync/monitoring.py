@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import structlog
 
-from danesync import ari
+from danesync import ari, expiry
 from danesync.certbot import read_acme_server
 from danesync.chain import format_time
 from danesync.config import Config
@@ -52,7 +52,7 @@ class RenewalNotices:
             log.warning("postfix.service_tls", reason=notice)
 
     def warn_expiring(self, state: State, now: dt.datetime) -> None:
-        """`cert.expiring` once certbot's renewal is late or little is left (ari.py)."""
+        """`cert.expiring` once certbot's renewal is late or little is left (expiry.py)."""
         rollover_wait = dt.timedelta(seconds=self.config.dns.rollover_wait)
         for name, lineage_state in sorted(state.lineages.items()):
             deployed = lineage_state.deployed
@@ -60,7 +60,7 @@ class RenewalNotices:
                 continue
             pending = lineage_state.pending
             window = self._ari_window_end.get(name)
-            warning = ari.plan_expiry_warnings(
+            warning = expiry.plan_expiry_warnings(
                 deployed.not_after,
                 now,
                 not_before=deployed.not_before,

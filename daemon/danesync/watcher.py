@@ -28,9 +28,8 @@ from __future__ import annotations
 import inspect
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -44,26 +43,29 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
-from watchdog.utils import BaseThread
 
 from danesync.debounce import Debouncer, read_certbot_done
 from danesync.errors import WatchError
 from danesync.log import get_logger
+from danesync.watchhooks import (
+    OverflowCallback,
+    add_overflow_listener,
+    install_overflow_hook,
+    install_thread_death_hook,
+    remove_overflow_listener,
+)
 
 log = get_logger()
 
 __all__ = ["Debouncer", "LineageWatcher", "read_certbot_done"]
 
 ChangeCallback = Callable[[str], None]
-OverflowCallback = Callable[[], None]
 
 # Reads (ours included) must not look like changes: watchdog >= 5 reports opens.
 _IGNORED_EVENT_TYPES = frozenset({"opened", "closed_no_write"})
 _STRUCTURAL_EVENT_TYPES = frozenset({"created", "deleted", "moved"})
 # certbot writes live/README once; it is not a lineage.
 _NOT_LINEAGES = frozenset({"README"})
-
-_IN_Q_OVERFLOW = 0x4000
 
 # What certbot's link updates (and live/ appearing or being replaced) make.
 # watchdog >= 4 passes this on to inotify_add_watch; older ones never ask
@@ -76,84 +78,6 @@ _EVENT_FILTER: list[type[FileSystemEvent]] = [
     DirMovedEvent,
     FileMovedEvent,
 ]
-
-# watchdog drops the kernel's IN_Q_OVERFLOW record (wd -1) without telling
-# its users (up to 6.x; 7.x only logs it). The only place to see it is the
-# static method that parses the raw buffer, so it is wrapped once per process
-# and reports to every running watcher. A dying watchdog thread is reported
-# the same way.
-_overflow_lock = threading.Lock()
-_overflow_listeners: dict[int, OverflowCallback] = {}
-_overflow_hook: bool | None = None
-
-
-def _notify_overflow() -> None:
-    with _overflow_lock:
-        listeners = list(_overflow_listeners.values())
-    for listener in listeners:
-        listener()
-
-
-def _install_overflow_hook() -> bool:
-    """Make watchdog's inotify parser report overflow; False if this watchdog has none."""
-    global _overflow_hook  # noqa: PLW0603 - one hook per process
-    with _overflow_lock:
-        if _overflow_hook is not None:
-            return _overflow_hook
-        _overflow_hook = False
-        try:
-            from watchdog.observers import inotify_c  # Linux only
-        except ImportError:
-            return False
-        # InotifyFD in watchdog >= 7, Inotify before.
-        owner = getattr(inotify_c, "InotifyFD", None) or getattr(inotify_c, "Inotify", None)
-        parse = getattr(owner, "_parse_event_buffer", None)
-        if owner is None or parse is None:
-            return False
-
-        def parse_reporting_overflow(event_buffer: bytes) -> Iterator[Any]:
-            for record in parse(event_buffer):
-                if record[0] == -1 and record[1] & _IN_Q_OVERFLOW:
-                    _notify_overflow()
-                yield record
-
-        setattr(owner, "_parse_event_buffer", staticmethod(parse_reporting_overflow))  # noqa: B010
-        _overflow_hook = True
-        return True
-
-
-_last_death: list[BaseException | None] = [None]
-
-
-def _install_thread_death_hook() -> None:
-    """Report a watchdog thread that dies of an exception as lost events.
-
-    watchdog's reader and dispatch threads end silently on an unexpected
-    error, and with them all watching; `threading.excepthook` is the one
-    place that sees it. Installed again if something replaced it since.
-    """
-    with _overflow_lock:
-        previous = threading.excepthook
-        if getattr(previous, "_danesync_watcher", False):
-            return
-
-        def hook(args: threading.ExceptHookArgs) -> None:
-            # A chain of hooks may hold this one twice: report each death once.
-            if (
-                isinstance(args.thread, BaseThread)
-                and _overflow_listeners
-                and args.exc_value is not _last_death[0]
-            ):
-                _last_death[0] = args.exc_value
-                name = args.thread.name if args.thread is not None else "?"
-                log.error(
-                    "watcher.failed", reason=f"watchdog thread {name} died: {args.exc_value!r}"
-                )
-                _notify_overflow()
-            previous(args)
-
-        hook._danesync_watcher = True  # type: ignore[attr-defined]
-        threading.excepthook = hook
 
 
 def _fspath(path: bytes | str) -> str:
@@ -224,8 +148,8 @@ class LineageWatcher:
             if self._observer is not None:
                 raise RuntimeError("watcher already started")
             self._stopping = False
-            self._overflow_hook = _install_overflow_hook()
-            _install_thread_death_hook()
+            self._overflow_hook = install_overflow_hook()
+            install_thread_death_hook()
             if not self._overflow_hook:
                 log.warning(
                     "watcher.overflow_unreported",
@@ -242,13 +166,11 @@ class LineageWatcher:
                 self._observer = None
                 self._watches.clear()
                 raise WatchError(str(self.live_dir), str(error)) from error
-        with _overflow_lock:
-            _overflow_listeners[id(self)] = self._overflowed
+        add_overflow_listener(id(self), self._overflowed)
 
     def stop(self) -> None:
         """Stop watching and wait for watchdog's threads to end."""
-        with _overflow_lock:
-            _overflow_listeners.pop(id(self), None)
+        remove_overflow_listener(id(self))
         with self._lock:
             observer = self._observer
             self._stopping = True

@@ -14,18 +14,20 @@ from hypothesis import strategies as st
 from danesync.ari import (
     RenewalWindow,
     ari_support,
-    build_little_left,
     build_next_check,
-    build_renewal_due,
     build_renewal_identifier,
     build_renewal_window,
-    build_rollover_wait_warning,
     parse_rfc3339,
-    plan_expiry_warnings,
     plan_renewal_notice,
 )
 from danesync.chain import format_time
 from danesync.errors import AriError
+from danesync.expiry import (
+    build_little_left,
+    build_renewal_due,
+    build_rollover_wait_warning,
+    plan_expiry_warnings,
+)
 from tests.harness.certs import NOW, Hierarchy, make_key
 
 DAY = dt.timedelta(days=1)

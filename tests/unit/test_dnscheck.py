@@ -11,14 +11,14 @@ from danesync.actions.dns import Server, SoaAnswer
 from danesync.certbot import read_chain
 from danesync.chain import Chain
 from danesync.config import CertificateConfig
-from danesync.dnscheck import (
+from danesync.dnsjudge import build_root_index, judge_tlsa_rrset
+from danesync.serverjudge import (
     judge_policy,
     judge_primary_soa,
     judge_signed,
     judge_validation,
     judge_verify_server,
 )
-from danesync.dnsjudge import build_root_index, judge_tlsa_rrset
 from danesync.tlsa import TlsaRecord, spki_sha256
 from danesync.tsigkey import TsigKey
 from tests.harness.certs import Hierarchy

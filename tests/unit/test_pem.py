@@ -172,6 +172,9 @@ class TestReasons:
                 "f.pem: PEM block 1 (CERTIFICATE) is empty",
             ),
         ],
+        # Named by the reason: the generated certificates differ between
+        # processes, and pytest-xdist's workers must collect the same ids.
+        ids=lambda value: value if isinstance(value, str) else "data",
     )
     def test_split(self, data: bytes, reason: str) -> None:
         with pytest.raises(PemError) as caught:
@@ -220,6 +223,7 @@ class TestReasons:
             ),
             (pem("DSA PRIVATE KEY", b"\x30\x00"), "k.pem: DSA PRIVATE KEY keys are not supported"),
         ],
+        ids=lambda value: value if isinstance(value, str) else "data",  # as test_split's
     )
     def test_private_key(self, data: bytes, reason: str) -> None:
         with pytest.raises(PemError) as caught:
