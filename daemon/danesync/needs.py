@@ -36,7 +36,12 @@ def build_chain_records(
             number, data = 3, chain.leaf_spki
         for name in certificate.tlsa:
             records.add(TlsaRecord(absolute_name(name), number, 1, 1, data))
-    return frozenset(records)
+    built = frozenset(records)
+    # The records the chain was read with, when they are these (the usual
+    # case): the state's own objects, not a copy of each record and its name
+    # per lineage (about 2 MiB kept between passes at 10,000 lineages).
+    captured = frozenset(chain.tlsa)
+    return captured if captured == built else built
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,13 @@ def _group(
     inputs: tuple[Holding, tuple[TlsaRecord, ...]],
 ) -> tuple[tuple[str, frozenset[TlsaRecord]], ...]:
     holding, extra = inputs
+    if len(holding.chains) == 1 and holding.certificate is not None:
+        # One chain (the usual case between renewals): its records as built,
+        # grouped without a second frozenset of each group.
+        records = build_chain_records(holding.certificate, holding.chains[0], extra)
+        names = {record.name for record in records}
+        if len(names) == 1:
+            return ((names.pop(), records),)
     by_name: dict[str, set[TlsaRecord]] = {}
     for chain in holding.chains:
         if holding.certificate is None:
