@@ -69,8 +69,8 @@ class ChainInfo:
         return {
             "fingerprint": self.fingerprint,
             "serial": self.serial,
-            "not_before": _time_to_json(self.not_before),
-            "not_after": _time_to_json(self.not_after),
+            "not_before": time_to_json(self.not_before),
+            "not_after": time_to_json(self.not_after),
             "issuer": self.issuer,
             "key_algorithm": self.key_algorithm,
             "version": self.version,
@@ -87,8 +87,8 @@ class ChainInfo:
             cls(
                 fingerprint=str(data["fingerprint"]),
                 serial=str(data["serial"]),
-                not_before=_time_from_json(data["not_before"]),
-                not_after=_time_from_json(data["not_after"]),
+                not_before=time_from_json(data["not_before"]),
+                not_after=time_from_json(data["not_after"]),
                 issuer=sys.intern(str(data["issuer"])),
                 key_algorithm=sys.intern(str(data["key_algorithm"])),
                 version=int(data["version"]),
@@ -206,13 +206,13 @@ def _intern(text: object) -> str | None:
     return None if text is None else sys.intern(str(text))
 
 
-def _time_to_json(moment: dt.datetime | None) -> str | None:
+def time_to_json(moment: dt.datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(dt.UTC).isoformat()
 
 
-def _time_from_json(text: Any) -> dt.datetime:
+def time_from_json(text: Any) -> dt.datetime:
     return dt.datetime.fromisoformat(str(text))
 
 
-def _optional_time_from_json(text: Any) -> dt.datetime | None:
-    return None if text is None else _time_from_json(text)
+def optional_time_from_json(text: Any) -> dt.datetime | None:
+    return None if text is None else time_from_json(text)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from danesync.chaininfo import optional_time_from_json, time_from_json, time_to_json
 from danesync.errors import StateError
 
 FILENAME = "health.json"
@@ -54,7 +55,7 @@ class DaneCheck:
             "source": self.source,
             "outcome": self.outcome,
             "reason": self.reason,
-            "checked_at": _time(self.checked_at),
+            "checked_at": time_to_json(self.checked_at),
             "key_algorithm": self.key_algorithm,
             "serial": self.serial,
             "issuer": self.issuer,
@@ -69,7 +70,7 @@ class DaneCheck:
             source=str(data["source"]),
             outcome=str(data["outcome"]),
             reason=str(data["reason"]),
-            checked_at=_parse_time(data["checked_at"]),
+            checked_at=time_from_json(data["checked_at"]),
             key_algorithm=data.get("key_algorithm"),
             serial=data.get("serial"),
             issuer=data.get("issuer"),
@@ -94,10 +95,10 @@ class Health:
         return {
             "version": VERSION,
             "pid": self.pid,
-            "started_at": _time(self.started_at),
-            "last_pass": _time(self.last_pass),
-            "last_success": _time(self.last_success),
-            "last_check": _time(self.last_check),
+            "started_at": time_to_json(self.started_at),
+            "last_pass": time_to_json(self.last_pass),
+            "last_success": time_to_json(self.last_success),
+            "last_check": time_to_json(self.last_check),
             "failures": dict(sorted(self.failures.items())),
             "lineage_failures": dict(sorted(self.lineage_failures.items())),
             "lineage_warnings": dict(sorted(self.lineage_warnings.items())),
@@ -111,28 +112,16 @@ class Health:
             raise ValueError(f"version {data.get('version')!r}, expected {VERSION}")
         return cls(
             pid=data.get("pid"),
-            started_at=_parse_optional(data.get("started_at")),
-            last_pass=_parse_optional(data.get("last_pass")),
-            last_success=_parse_optional(data.get("last_success")),
-            last_check=_parse_optional(data.get("last_check")),
+            started_at=optional_time_from_json(data.get("started_at")),
+            last_pass=optional_time_from_json(data.get("last_pass")),
+            last_success=optional_time_from_json(data.get("last_success")),
+            last_check=optional_time_from_json(data.get("last_check")),
             failures={str(k): int(v) for k, v in data.get("failures", {}).items()},
             lineage_failures={str(k): str(v) for k, v in data.get("lineage_failures", {}).items()},
             lineage_warnings={str(k): str(v) for k, v in data.get("lineage_warnings", {}).items()},
             dns_failure=data.get("dns_failure"),
             dane=tuple(DaneCheck.from_json(c) for c in data.get("dane", ())),
         )
-
-
-def _time(moment: dt.datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(dt.UTC).isoformat()
-
-
-def _parse_time(text: Any) -> dt.datetime:
-    return dt.datetime.fromisoformat(str(text))
-
-
-def _parse_optional(text: Any) -> dt.datetime | None:
-    return None if text is None else _parse_time(text)
 
 
 def read_health(directory: Path) -> Health | None:

@@ -27,10 +27,10 @@ from typing import Any
 
 from danesync.chaininfo import (
     ChainInfo,
-    _optional_time_from_json,
-    _time_from_json,
-    _time_to_json,
+    optional_time_from_json,
     share_chain_info,
+    time_from_json,
+    time_to_json,
 )
 from danesync.errors import StateError
 from danesync.history import NameHistory
@@ -75,8 +75,8 @@ class LineageState:
         return {
             "deployed": self.deployed.to_json() if self.deployed else None,
             "pending": self.pending.to_json() if self.pending else None,
-            "pending_since": _time_to_json(self.pending_since),
-            "proceed_at": _time_to_json(self.proceed_at),
+            "pending_since": time_to_json(self.pending_since),
+            "proceed_at": time_to_json(self.proceed_at),
             "inflight": self.inflight.to_json() if self.inflight else None,
             "failed_fingerprint": self.failed_fingerprint,
             "failed_reason": self.failed_reason,
@@ -90,8 +90,8 @@ class LineageState:
         return cls(
             deployed=info("deployed"),
             pending=info("pending"),
-            pending_since=_optional_time_from_json(data.get("pending_since")),
-            proceed_at=_optional_time_from_json(data.get("proceed_at")),
+            pending_since=optional_time_from_json(data.get("pending_since")),
+            proceed_at=optional_time_from_json(data.get("proceed_at")),
             inflight=info("inflight"),
             failed_fingerprint=data.get("failed_fingerprint"),
             failed_reason=data.get("failed_reason"),
@@ -114,7 +114,7 @@ class Failure:
             "step": self.step,
             "target": self.target,
             "reason": self.reason,
-            "since": _time_to_json(self.since),
+            "since": time_to_json(self.since),
             "attempts": self.attempts,
             "lineage": self.lineage,
         }
@@ -125,7 +125,7 @@ class Failure:
             str(data["step"]),
             str(data["target"]),
             str(data["reason"]),
-            _time_from_json(data["since"]),
+            time_from_json(data["since"]),
             int(data.get("attempts", 1)),
             data.get("lineage"),
         )
@@ -161,7 +161,7 @@ class State:
         return {
             "version": SCHEMA_VERSION,
             "reload_pending": self.reload_pending,
-            "last_wall": _time_to_json(self.last_wall),
+            "last_wall": time_to_json(self.last_wall),
             "last_monotonic": self.last_monotonic,
             "boot": self.boot,
             "failures": {k: f.to_json() for k, f in sorted(self.failures.items())},
@@ -255,7 +255,7 @@ def build_state_from_documents(documents: dict[str, Any]) -> State:
 
 def _build_global(data: dict[str, Any]) -> State:
     state = State(
-        last_wall=_optional_time_from_json(data.get("last_wall")),
+        last_wall=optional_time_from_json(data.get("last_wall")),
         last_monotonic=data.get("last_monotonic"),
         boot=data.get("boot"),
     )
