@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import structlog
 
@@ -40,7 +39,7 @@ def build_sni_certificates(
 
 def build_sni_entries(
     config: Config, chains: Mapping[str, ChainInfo], path_of: PostfixPort
-) -> Mapping[str, tuple[Path, ...]]:
+) -> Mapping[str, tuple[str, ...]]:
     """The SNI table: table key -> the chain files served for it (one per algorithm)."""
     return build_sni_table(build_sni_certificates(config, chains, path_of)).files()
 

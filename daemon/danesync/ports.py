@@ -11,7 +11,6 @@ import datetime as dt
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 from danesync.actions.dns import UpdateResult
@@ -108,7 +107,7 @@ class Clock(Protocol):
 
 
 class PostfixPort(Protocol):
-    def chain_path(self, lineage: str) -> Path: ...
+    def chain_path(self, lineage: str) -> str: ...
 
     def read_chain_file(self, lineage: str) -> bytes | None: ...
 
@@ -129,7 +128,7 @@ class PostfixPort(Protocol):
     def sni_maps_value(self) -> str: ...
 
     def write_sni_table(
-        self, entries: Mapping[str, Sequence[Path]], changed: Set[str] | None = None
+        self, entries: Mapping[str, Sequence[str]], changed: Set[str] | None = None
     ) -> None: ...
 
     def write_parameter_changes(self, wanted: Mapping[str, str | None]) -> dict[str, str | None]:

@@ -29,8 +29,8 @@ DEPLOY = Path("/etc/postfix/danesync")
 class _Paths:
     """The PostfixPort methods that build_sni_entries and build_wanted_parameters ask."""
 
-    def chain_path(self, lineage: str) -> Path:
-        return DEPLOY / f"{lineage}.pem"
+    def chain_path(self, lineage: str) -> str:
+        return str(DEPLOY / f"{lineage}.pem")
 
     def sni_maps_value(self) -> str:
         return f"hash:{DEPLOY}/sni"
