@@ -44,7 +44,7 @@ def build_chain_records(
     return captured if captured == built else built
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Holding:
     """The chains a lineage may serve now or soon: deployed, in flight, candidate."""
 
@@ -189,8 +189,15 @@ def build_holding_records(
     everything they are built from is unchanged."""
     # Everything the records are built from, compared by value (the Holding's
     # chains and config, which build_chain_records reads, and the extra records).
-    inputs = (holding, extra)
-    return _HOLDING_RECORDS.get(holding.lineage, inputs, _group)
+    # Without extra records (the usual case) the holding alone is the inputs: no
+    # tuple kept per lineage (a Holding never equals a tuple).
+    if not extra:
+        return _HOLDING_RECORDS.get(holding.lineage, holding, _group_alone)
+    return _HOLDING_RECORDS.get(holding.lineage, (holding, extra), _group)
+
+
+def _group_alone(holding: Holding) -> tuple[tuple[str, frozenset[TlsaRecord]], ...]:
+    return _group((holding, ()))
 
 
 def _group(

@@ -21,7 +21,7 @@ from danesync.state import ChainInfo, Loaded, State
 from danesync.tlsa import TlsaRecord
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Offer:
     """A validated chain: what the planner reasons about, and the bytes to deploy.
 
@@ -48,7 +48,7 @@ class Offer:
         return self.source if isinstance(self.source, bytes) else self.source()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AriTarget:
     """What ARI monitoring needs of a candidate leaf between passes."""
 

@@ -40,7 +40,7 @@ _LAST_TABLE: dict[None, TableIndex] = {}  # the last table built, with its index
 _NOT_IN_KEY = re.compile(r'[\s#"\\,]')
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SniCertificate:
     """One SNI lineage as the table sees it."""
 
@@ -50,7 +50,7 @@ class SniCertificate:
     path: str  # its chain file (a str: 10,000 Path objects were 3.5 MiB)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SniEntry:
     """One line of the table: a lookup key and the lineages (and files) it serves."""
 
