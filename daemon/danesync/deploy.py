@@ -82,7 +82,7 @@ def _deployed(rt: Runtime, items: Iterable[DeployItem] = ()) -> dict[str, ChainI
 
 
 def _sni_touched(rt: Runtime, lineages: Iterable[str]) -> bool:
-    return not build_config_index(rt.config).sni_lineages.isdisjoint(lineages)
+    return build_config_index(rt.config).any_sni(lineages)
 
 
 def _dropped(rt: Runtime) -> set[str]:
