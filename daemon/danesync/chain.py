@@ -23,7 +23,9 @@ from danesync.keycache import CertificateKey, certificate_key, certified_key
 from danesync.pem import (
     PemError,
     PrivateKey,
+    certificate_ders,
     key_type_name,
+    parse_certificate_blocks,
     parse_certificates,
     parse_private_key,
 )
@@ -116,17 +118,30 @@ def validate_chain(
 
     try:
         key = parse_private_key(files.privkey, "privkey.pem")
-        certificates = parse_certificates(files.fullchain, "fullchain.pem")
-        cert_only = parse_certificates(files.cert, "cert.pem")
-        chain_only = parse_certificates(files.chain, "chain.pem") if files.chain.strip() else []
+        blocks = parse_certificate_blocks(files.fullchain, "fullchain.pem")
+        certificates = [certificate for certificate, _ in blocks]
+        ders = [der for _, der in blocks]
+        # cert.pem and chain.pem hold fullchain.pem's certificates: the same DER
+        # bytes are the same certificates, so they need no parsing of their own
+        # (a third of the X.509 parsing of a cold start). Any difference is
+        # parsed and compared as before, for the same reason in the same order.
+        same = (
+            certificate_ders(files.cert, "cert.pem") == ders[:1]
+            and (certificate_ders(files.chain, "chain.pem") if files.chain.strip() else [])
+            == ders[1:]
+        )
+        if not same:
+            cert_only = parse_certificates(files.cert, "cert.pem")
+            chain_only = parse_certificates(files.chain, "chain.pem") if files.chain.strip() else []
     except PemError as error:
         raise fail(str(error)) from None
 
     leaf, intermediates = certificates[0], tuple(certificates[1:])
-    if len(cert_only) != 1 or cert_only[0] != leaf:
-        raise fail("cert.pem is not the first certificate of fullchain.pem")
-    if tuple(chain_only) != intermediates:
-        raise fail("chain.pem is not the rest of fullchain.pem")
+    if not same:
+        if len(cert_only) != 1 or cert_only[0] != leaf:
+            raise fail("cert.pem is not the first certificate of fullchain.pem")
+        if tuple(chain_only) != intermediates:
+            raise fail("chain.pem is not the rest of fullchain.pem")
 
     try:
         for name in (leaf.subject, leaf.issuer):  # parsed lazily too; `check` prints both
