@@ -25,6 +25,7 @@ from danesync.readcache import Key, ReadCache, Validated
 from danesync.state import ChainInfo
 
 KINDS = ("cert", "privkey", "chain", "fullchain")
+Stat = tuple[int, int, int, int, int]  # dev, inode, size, mtime_ns, ctime_ns
 MAX_FILE_SIZE = 1024 * 1024
 
 
@@ -38,7 +39,15 @@ def list_lineages(config_dir: Path) -> list[str]:
 
 
 def read_lineage(config_dir: Path, lineage: str) -> LineageFiles:
-    """The four files of the version live/<lineage> points at.
+    """The four files of the version live/<lineage> points at (`_read_lineage`)."""
+    return _read_lineage(config_dir, lineage)[0]
+
+
+def _read_lineage(
+    config_dir: Path, lineage: str
+) -> tuple[LineageFiles, tuple[str, ...], tuple[Stat, ...]]:
+    """The four files of the version live/<lineage> points at, with where
+    they are and their stats (taken before the bytes were read).
 
     Raises LineagePending while certbot is mid-update (or creating the
     lineage), ChainError when the lineage is complete but unacceptable.
@@ -60,14 +69,16 @@ def read_lineage(config_dir: Path, lineage: str) -> LineageFiles:
         raise ChainError(lineage, f"the links point at different archive versions ({found})")
 
     contents = {kind: _read_regular_file(lineage, targets[kind]) for kind in KINDS}
-    return LineageFiles(
+    files = LineageFiles(
         lineage=lineage,
         version=versions["cert"],
-        privkey=contents["privkey"],
-        cert=contents["cert"],
-        chain=contents["chain"],
-        fullchain=contents["fullchain"],
+        privkey=contents["privkey"][0],
+        cert=contents["cert"][0],
+        chain=contents["chain"][0],
+        fullchain=contents["fullchain"][0],
     )
+    # Each file's stat as fstat gave it before its bytes were read (see read_validated).
+    return files, tuple(targets[k] for k in KINDS), tuple(contents[k][1] for k in KINDS)
 
 
 def _check_not_updating(live: str, lineage: str) -> None:
@@ -113,7 +124,8 @@ def _read_links(config_dir: Path, lineage: str) -> tuple[dict[str, str], dict[st
     return targets, versions
 
 
-def _read_regular_file(lineage: str, path: str) -> bytes:
+def _read_regular_file(lineage: str, path: str) -> tuple[bytes, Stat]:
+    """The file's bytes, and its (dev, inode, size, mtime_ns, ctime_ns) from before the read."""
     try:
         # O_NONBLOCK: a FIFO planted in the archive must not hang the daemon.
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -151,7 +163,7 @@ def _read_regular_file(lineage: str, path: str) -> bytes:
         os.close(fd)
     if len(data) > MAX_FILE_SIZE:
         raise ChainError(lineage, f"{path} is over the 1 MiB limit")
-    return data
+    return data, (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
 def read_acme_server(config_dir: Path, lineage: str) -> str | None:
@@ -186,13 +198,19 @@ def read_validated(
     them when a deploy needs them. At 10,000 lineages a warm start otherwise
     spent most of its time validating chains certbot had not touched.
     """
-    key = _cache_key(config_dir, certificate)
     cached = cache.get(certificate.lineage)
-    if key is not None and cached is not None and cached.usable(key, now):
-        return cached, None
-    # The key was taken before the read: a change in between makes it stale,
-    # so the next pass reads again; it never pairs new stats with old bytes.
-    chain = read_chain(config_dir, certificate, now)
+    if cached is not None:
+        key = _cache_key(config_dir, certificate)
+        if key is not None and cached.usable(key, now):
+            return cached, None
+    # No usable entry (always so at a cold start): the key comes from the read
+    # itself, each file's fstat taken on the descriptor its bytes came from,
+    # before they were read. A change after the fstat makes the key stale, so
+    # the next pass reads again; it never pairs new stats with old bytes. (A
+    # stat of every file by path first was half the reading of a cold start.)
+    files, targets, stats = _read_lineage(config_dir, certificate.lineage)
+    chain = validate_chain(files, certificate.hostnames, certificate.tlsa, certificate.usages, now)
+    key = _build_cache_key(config_dir, certificate, targets, stats)
     entry = build_validated(key, chain)
     if key is None:
         cache.drop(certificate.lineage)
@@ -282,6 +300,20 @@ def _cache_key(config_dir: Path, certificate: CertificateConfig) -> Key | None:
         return None
     if len(versions) != 1:
         return None
+    return _build_cache_key(config_dir, certificate, tuple(targets), tuple(stats))
+
+
+def _build_cache_key(
+    config_dir: Path,
+    certificate: CertificateConfig,
+    targets: tuple[str, ...],
+    stats: tuple[Stat, ...],
+) -> Key | None:
+    """The key of the files at `targets` with `stats` (the four kinds, in KINDS order)."""
+    for kind, target in zip(KINDS, targets, strict=True):
+        number = os.path.basename(target)[len(kind) : -len(".pem")]
+        if not (number.isdigit() and number.isascii()):
+            return None  # as _cache_key: never equal to a key it takes
     # With what validate_chain is given besides the files.
     settings = (
         str(config_dir),
@@ -290,5 +322,5 @@ def _cache_key(config_dir: Path, certificate: CertificateConfig) -> Key | None:
         certificate.tlsa,
         tuple(usage.value for usage in certificate.usages),
     )
-    described = repr((settings, tuple(targets), tuple(stats)))
+    described = repr((settings, targets, stats))
     return hashlib.sha256(described.encode()).digest()
