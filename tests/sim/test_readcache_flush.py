@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from danesync.config import CertificateConfig
 from danesync.errors import StateError
 from danesync.plan import Problem
-from danesync.ports import Offer, ProbeRequest
+from danesync.ports import Offer, ProbeRequest, ProbeResult
 from danesync.service import Service
 from danesync.state import State
 from tests.sim.machine import LINEAGES, DanesyncWorld
@@ -38,9 +38,11 @@ class RecordingLineages(SimLineages):
 class RecordingPostfix(SimPostfix):
     recorder: Recorder
 
-    def confirm_served(self, requests: Sequence[ProbeRequest]) -> dict[str, bool]:
+    def confirm_served(
+        self, requests: Sequence[ProbeRequest], on_result: ProbeResult | None = None
+    ) -> dict[str, bool]:
         self.recorder.events.append("probe")
-        return super().confirm_served(requests)
+        return super().confirm_served(requests, on_result)
 
 
 def _world() -> tuple[DanesyncWorld, Recorder]:
