@@ -288,10 +288,11 @@ def name_matches(pattern: str, hostname: str) -> bool:
 def _check_order_and_signatures(certificates: list[x509.Certificate], fail: Fail) -> None:
     for index in range(len(certificates) - 1):
         child, parent = certificates[index], certificates[index + 1]
-        position = f"certificate {index + 2} of fullchain.pem ({_describe(parent)})"
+        # Names are printed only for a message (each printed cost a cold start).
         if child.issuer != parent.subject:
             raise fail(
-                f"fullchain.pem is out of order: {position} did not issue certificate "
+                f"fullchain.pem is out of order: {_position(index + 2, parent)} "
+                f"did not issue certificate "
                 f"{index + 1} ({_describe(child)}), whose issuer is {child.issuer.rfc4514_string()}"
             )
         try:
@@ -300,12 +301,22 @@ def _check_order_and_signatures(certificates: list[x509.Certificate], fail: Fail
         except x509.ExtensionNotFound:
             is_ca = False
         if not is_ca:
-            raise fail(f"{position} is not a CA (basicConstraints CA:TRUE missing)")
+            raise fail(
+                f"{_position(index + 2, parent)} is not a CA (basicConstraints CA:TRUE missing)"
+            )
         if not verify_signature(child, parent):
             raise fail(
                 f"the signature on certificate {index + 1} ({_describe(child)}) "
-                f"does not verify with the key of {position}"
+                f"does not verify with the key of {_position(index + 2, parent)}"
             )
+
+
+def _position(number: int, cert: x509.Certificate) -> str:
+    return f"certificate {number} of fullchain.pem ({_describe(cert)})"
+
+
+def _what(index: int, cert: x509.Certificate) -> str:
+    return "the leaf" if index == 0 else _position(index + 1, cert)
 
 
 def verify_signature(child: x509.Certificate, issuer: x509.Certificate) -> bool:
@@ -335,16 +346,11 @@ def verify_signature(child: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 def _check_validity(certificates: list[x509.Certificate], now: dt.datetime, fail: Fail) -> None:
     for index, cert in enumerate(certificates):
-        what = (
-            "the leaf"
-            if index == 0
-            else f"certificate {index + 1} of fullchain.pem ({_describe(cert)})"
-        )
         not_before, not_after = _not_before(cert), _not_after(cert)
         if now < not_before:
-            raise fail(f"{what} is not valid before {format_time(not_before)}")
+            raise fail(f"{_what(index, cert)} is not valid before {format_time(not_before)}")
         if now >= not_after:
-            raise fail(f"{what} expired at {format_time(not_after)}")
+            raise fail(f"{_what(index, cert)} expired at {format_time(not_after)}")
 
 
 def format_time(moment: dt.datetime) -> str:
