@@ -82,7 +82,7 @@ def _read_lineage(
 
 
 def _check_not_updating(live: str, lineage: str) -> None:
-    # scandir, not Path.glob: glob compiled a pattern per call, a third of a
+    # listdir, not Path.glob: glob compiled a pattern per call, a third of a
     # full pass at 10,000 lineages.
     try:
         names = os.listdir(live)
@@ -146,10 +146,10 @@ def _read_regular_file(lineage: str, path: str) -> tuple[bytes, Stat]:
         # os.read of what fstat says, until the end: a buffered read(1 MiB + 1)
         # allocated a megabyte for every 2 kB file. A file that grows while it
         # is read is still cut at the limit.
-        parts = []
+        parts: list[bytes] = []
         total = 0
         while True:
-            part = os.read(fd, max(info.st_size - total, 0) + 1)
+            part = os.read(fd, info.st_size + 1 if not parts else 65536)
             if not part:
                 break
             parts.append(part)
