@@ -21,7 +21,7 @@ from danesync.errors import ChainError, DnsError, LineagePending, PostfixError, 
 from danesync.history import RRset
 from danesync.pem import PemError, split_pem
 from danesync.plan import Problem
-from danesync.ports import Answers, AriTarget, Offer, ProbeRequest
+from danesync.ports import Answers, AriTarget, Offer, ProbeRequest, ProbeResult
 from danesync.readcache import ReadCache, Validated
 from danesync.state import ChainInfo
 from danesync.tlsa import TlsaRecord
@@ -231,10 +231,16 @@ class RealPostfix:
     def reload(self) -> None:
         postfix.reload_postfix(self.config_dir)
 
-    def confirm_served(self, requests: Sequence[ProbeRequest]) -> dict[str, bool]:
+    def confirm_served(
+        self, requests: Sequence[ProbeRequest], on_result: ProbeResult | None = None
+    ) -> dict[str, bool]:
         endpoint = self.config.postfix.probe
         if endpoint is None or not requests:
-            return {r.lineage: True for r in requests}
+            outcomes = {r.lineage: True for r in requests}
+            for request in requests:
+                if on_result is not None:
+                    on_result(request.lineage, True)
+            return outcomes
 
         # One resolution of the endpoint's name for the batch, not one a probe.
         target = probe.Endpoint(endpoint.host, endpoint.port)
@@ -242,9 +248,16 @@ class RealPostfix:
         def confirm(request: ProbeRequest) -> bool:
             return _wait_for_fingerprint(target, request)
 
+        # One pool for the whole batch (it used to be drained every 256 probes);
+        # each outcome is handed to `on_result` here, in this thread, while the
+        # workers go on probing: a cold start logs as it probes, not after.
+        outcomes = {}
         with ThreadPoolExecutor(max_workers=min(PROBE_WORKERS, len(requests))) as pool:
-            outcomes = list(pool.map(confirm, requests))
-        return {r.lineage: ok for r, ok in zip(requests, outcomes, strict=True)}
+            for request, ok in zip(requests, pool.map(confirm, requests), strict=True):
+                outcomes[request.lineage] = ok
+                if on_result is not None:
+                    on_result(request.lineage, ok)
+        return outcomes
 
     def sni_maps_in_effect(self) -> bool:
         try:

@@ -25,6 +25,7 @@ from danesync.readcache import Key, ReadCache, Validated
 from danesync.state import ChainInfo
 
 KINDS = ("cert", "privkey", "chain", "fullchain")
+Stat = tuple[int, int, int, int, int]  # dev, inode, size, mtime_ns, ctime_ns
 MAX_FILE_SIZE = 1024 * 1024
 
 
@@ -38,13 +39,23 @@ def list_lineages(config_dir: Path) -> list[str]:
 
 
 def read_lineage(config_dir: Path, lineage: str) -> LineageFiles:
-    """The four files of the version live/<lineage> points at.
+    """The four files of the version live/<lineage> points at (`_read_lineage`)."""
+    return _read_lineage(config_dir, lineage)[0]
+
+
+def _read_lineage(
+    config_dir: Path, lineage: str
+) -> tuple[LineageFiles, tuple[str, ...], tuple[Stat, ...]]:
+    """The four files of the version live/<lineage> points at, with where
+    they are and their stats (taken before the bytes were read).
 
     Raises LineagePending while certbot is mid-update (or creating the
     lineage), ChainError when the lineage is complete but unacceptable.
+    Strings and os.path, not Path: a cold start reads every lineage (at
+    1,000 pathlib was a quarter of the reading).
     """
-    live = config_dir / "live" / lineage
-    if not live.is_dir():
+    live = os.path.join(config_dir, "live", lineage)
+    if not os.path.isdir(live):
         raise ChainError(lineage, f"{live} does not exist")
     _check_not_updating(live, lineage)
     targets, versions = _read_links(config_dir, lineage)
@@ -57,22 +68,24 @@ def read_lineage(config_dir: Path, lineage: str) -> LineageFiles:
         found = ", ".join(f"{kind}.pem -> {number}" for kind, number in versions.items())
         raise ChainError(lineage, f"the links point at different archive versions ({found})")
 
-    contents = {kind: _read_regular_file(lineage, Path(targets[kind])) for kind in KINDS}
-    return LineageFiles(
+    contents = {kind: _read_regular_file(lineage, targets[kind]) for kind in KINDS}
+    files = LineageFiles(
         lineage=lineage,
         version=versions["cert"],
-        privkey=contents["privkey"],
-        cert=contents["cert"],
-        chain=contents["chain"],
-        fullchain=contents["fullchain"],
+        privkey=contents["privkey"][0],
+        cert=contents["cert"][0],
+        chain=contents["chain"][0],
+        fullchain=contents["fullchain"][0],
     )
+    # Each file's stat as fstat gave it before its bytes were read (see read_validated).
+    return files, tuple(targets[k] for k in KINDS), tuple(contents[k][1] for k in KINDS)
 
 
-def _check_not_updating(live: Path, lineage: str) -> None:
-    # scandir, not Path.glob: glob compiled a pattern per call, a third of a
+def _check_not_updating(live: str, lineage: str) -> None:
+    # listdir, not Path.glob: glob compiled a pattern per call, a third of a
     # full pass at 10,000 lineages.
     try:
-        names = [entry.name for entry in os.scandir(live)]
+        names = os.listdir(live)
     except OSError:
         names = []
     previous = sorted(n for n in names if n.startswith("previous_") and n.endswith(".pem"))
@@ -80,14 +93,17 @@ def _check_not_updating(live: Path, lineage: str) -> None:
         raise LineagePending(lineage, f"certbot is updating it ({', '.join(previous)} present)")
 
 
+_TARGET_NAMES = {kind: re.compile(rf"{kind}(\d+)\.pem") for kind in KINDS}
+
+
 def _read_links(config_dir: Path, lineage: str) -> tuple[dict[str, str], dict[str, int]]:
     """Where each of the four links points (inside the archive) and its version."""
-    live = config_dir / "live" / lineage
-    archive = os.path.normpath(config_dir / "archive" / lineage)
+    live = os.path.join(config_dir, "live", lineage)
+    archive = os.path.normpath(os.path.join(config_dir, "archive", lineage))
     versions: dict[str, int] = {}
     targets: dict[str, str] = {}
     for kind in KINDS:
-        link = live / f"{kind}.pem"
+        link = f"{live}/{kind}.pem"
         try:
             target = os.readlink(link)
         except FileNotFoundError:
@@ -97,9 +113,10 @@ def _read_links(config_dir: Path, lineage: str) -> tuple[dict[str, str], dict[st
                 raise ChainError(lineage, f"{link} is not a symlink into {archive}") from None
             raise ChainError(lineage, f"{link} cannot be read: {error.strerror}") from None
         resolved = os.path.normpath(os.path.join(live, target))
-        if os.path.dirname(resolved) != archive:
+        directory, base = os.path.split(resolved)
+        if directory != archive:
             raise ChainError(lineage, f"{link} points outside {archive}: {target}")
-        match = re.fullmatch(rf"{kind}(\d+)\.pem", os.path.basename(resolved))
+        match = _TARGET_NAMES[kind].fullmatch(base)
         if match is None:
             raise ChainError(lineage, f"{link} points at {target}, not {kind}N.pem")
         versions[kind] = int(match.group(1))
@@ -107,7 +124,8 @@ def _read_links(config_dir: Path, lineage: str) -> tuple[dict[str, str], dict[st
     return targets, versions
 
 
-def _read_regular_file(lineage: str, path: Path) -> bytes:
+def _read_regular_file(lineage: str, path: str) -> tuple[bytes, Stat]:
+    """The file's bytes, and its (dev, inode, size, mtime_ns, ctime_ns) from before the read."""
     try:
         # O_NONBLOCK: a FIFO planted in the archive must not hang the daemon.
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -120,21 +138,32 @@ def _read_regular_file(lineage: str, path: Path) -> bytes:
             ) from None
         raise ChainError(lineage, f"{path} cannot be opened: {error.strerror}") from None
     try:
-        # fstat before fdopen: fdopen itself refuses a directory with an OSError.
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ChainError(lineage, f"{path} is not a regular file")
         if info.st_size > MAX_FILE_SIZE:
             raise ChainError(lineage, f"{path} is {info.st_size} bytes; the limit is 1 MiB")
-        with os.fdopen(fd, "rb", closefd=False) as file:
-            data = file.read(MAX_FILE_SIZE + 1)
+        # os.read of what fstat says, until the end: a buffered read(1 MiB + 1)
+        # allocated a megabyte for every 2 kB file. A file that grows while it
+        # is read is still cut at the limit.
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            part = os.read(fd, info.st_size + 1 if not parts else 65536)
+            if not part:
+                break
+            parts.append(part)
+            total += len(part)
+            if total > MAX_FILE_SIZE:
+                break
+        data = b"".join(parts)
     except OSError as error:
         raise ChainError(lineage, f"{path} cannot be read: {error.strerror}") from None
     finally:
         os.close(fd)
     if len(data) > MAX_FILE_SIZE:
         raise ChainError(lineage, f"{path} is over the 1 MiB limit")
-    return data
+    return data, (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
 def read_acme_server(config_dir: Path, lineage: str) -> str | None:
@@ -172,13 +201,19 @@ def read_validated(
     them when a deploy needs them. At 10,000 lineages a warm start otherwise
     spent most of its time validating chains certbot had not touched.
     """
-    key = _cache_key(config_dir, certificate)
     cached = cache.get(certificate.lineage)
-    if key is not None and cached is not None and cached.usable(key, now):
-        return cached, None
-    # The key was taken before the read: a change in between makes it stale,
-    # so the next pass reads again; it never pairs new stats with old bytes.
-    chain = read_chain(config_dir, certificate, now)
+    if cached is not None:
+        key = _cache_key(config_dir, certificate)
+        if key is not None and cached.usable(key, now):
+            return cached, None
+    # No usable entry (always so at a cold start): the key comes from the read
+    # itself, each file's fstat taken on the descriptor its bytes came from,
+    # before they were read. A change after the fstat makes the key stale, so
+    # the next pass reads again; it never pairs new stats with old bytes. (A
+    # stat of every file by path first was half the reading of a cold start.)
+    files, targets, stats = _read_lineage(config_dir, certificate.lineage)
+    chain = validate_chain(files, certificate.hostnames, certificate.tlsa, certificate.usages, now)
+    key = _build_cache_key(config_dir, certificate, targets, stats)
     entry = build_validated(key, chain)
     if key is None:
         cache.drop(certificate.lineage)
@@ -268,6 +303,20 @@ def _cache_key(config_dir: Path, certificate: CertificateConfig) -> Key | None:
         return None
     if len(versions) != 1:
         return None
+    return _build_cache_key(config_dir, certificate, tuple(targets), tuple(stats))
+
+
+def _build_cache_key(
+    config_dir: Path,
+    certificate: CertificateConfig,
+    targets: tuple[str, ...],
+    stats: tuple[Stat, ...],
+) -> Key | None:
+    """The key of the files at `targets` with `stats` (the four kinds, in KINDS order)."""
+    for kind, target in zip(KINDS, targets, strict=True):
+        number = os.path.basename(target)[len(kind) : -len(".pem")]
+        if not (number.isdigit() and number.isascii()):
+            return None  # as _cache_key: never equal to a key it takes
     # With what validate_chain is given besides the files.
     settings = (
         str(config_dir),
@@ -276,5 +325,5 @@ def _cache_key(config_dir: Path, certificate: CertificateConfig) -> Key | None:
         certificate.tlsa,
         tuple(usage.value for usage in certificate.usages),
     )
-    described = repr((settings, tuple(targets), tuple(stats)))
+    described = repr((settings, targets, stats))
     return hashlib.sha256(described.encode()).digest()

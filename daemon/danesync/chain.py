@@ -23,7 +23,9 @@ from danesync.keycache import CertificateKey, certificate_key, certified_key
 from danesync.pem import (
     PemError,
     PrivateKey,
+    certificate_ders,
     key_type_name,
+    parse_certificate_blocks,
     parse_certificates,
     parse_private_key,
 )
@@ -116,17 +118,30 @@ def validate_chain(
 
     try:
         key = parse_private_key(files.privkey, "privkey.pem")
-        certificates = parse_certificates(files.fullchain, "fullchain.pem")
-        cert_only = parse_certificates(files.cert, "cert.pem")
-        chain_only = parse_certificates(files.chain, "chain.pem") if files.chain.strip() else []
+        blocks = parse_certificate_blocks(files.fullchain, "fullchain.pem")
+        certificates = [certificate for certificate, _ in blocks]
+        ders = [der for _, der in blocks]
+        # cert.pem and chain.pem hold fullchain.pem's certificates: the same DER
+        # bytes are the same certificates, so they need no parsing of their own
+        # (a third of the X.509 parsing of a cold start). Any difference is
+        # parsed and compared as before, for the same reason in the same order.
+        same = (
+            certificate_ders(files.cert, "cert.pem") == ders[:1]
+            and (certificate_ders(files.chain, "chain.pem") if files.chain.strip() else [])
+            == ders[1:]
+        )
+        if not same:
+            cert_only = parse_certificates(files.cert, "cert.pem")
+            chain_only = parse_certificates(files.chain, "chain.pem") if files.chain.strip() else []
     except PemError as error:
         raise fail(str(error)) from None
 
     leaf, intermediates = certificates[0], tuple(certificates[1:])
-    if len(cert_only) != 1 or cert_only[0] != leaf:
-        raise fail("cert.pem is not the first certificate of fullchain.pem")
-    if tuple(chain_only) != intermediates:
-        raise fail("chain.pem is not the rest of fullchain.pem")
+    if not same:
+        if len(cert_only) != 1 or cert_only[0] != leaf:
+            raise fail("cert.pem is not the first certificate of fullchain.pem")
+        if tuple(chain_only) != intermediates:
+            raise fail("chain.pem is not the rest of fullchain.pem")
 
     try:
         for name in (leaf.subject, leaf.issuer):  # parsed lazily too; `check` prints both
@@ -273,10 +288,11 @@ def name_matches(pattern: str, hostname: str) -> bool:
 def _check_order_and_signatures(certificates: list[x509.Certificate], fail: Fail) -> None:
     for index in range(len(certificates) - 1):
         child, parent = certificates[index], certificates[index + 1]
-        position = f"certificate {index + 2} of fullchain.pem ({_describe(parent)})"
+        # Names are printed only for a message (each printed cost a cold start).
         if child.issuer != parent.subject:
             raise fail(
-                f"fullchain.pem is out of order: {position} did not issue certificate "
+                f"fullchain.pem is out of order: {_position(index + 2, parent)} "
+                f"did not issue certificate "
                 f"{index + 1} ({_describe(child)}), whose issuer is {child.issuer.rfc4514_string()}"
             )
         try:
@@ -285,12 +301,22 @@ def _check_order_and_signatures(certificates: list[x509.Certificate], fail: Fail
         except x509.ExtensionNotFound:
             is_ca = False
         if not is_ca:
-            raise fail(f"{position} is not a CA (basicConstraints CA:TRUE missing)")
+            raise fail(
+                f"{_position(index + 2, parent)} is not a CA (basicConstraints CA:TRUE missing)"
+            )
         if not verify_signature(child, parent):
             raise fail(
                 f"the signature on certificate {index + 1} ({_describe(child)}) "
-                f"does not verify with the key of {position}"
+                f"does not verify with the key of {_position(index + 2, parent)}"
             )
+
+
+def _position(number: int, cert: x509.Certificate) -> str:
+    return f"certificate {number} of fullchain.pem ({_describe(cert)})"
+
+
+def _what(index: int, cert: x509.Certificate) -> str:
+    return "the leaf" if index == 0 else _position(index + 1, cert)
 
 
 def verify_signature(child: x509.Certificate, issuer: x509.Certificate) -> bool:
@@ -320,16 +346,11 @@ def verify_signature(child: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 def _check_validity(certificates: list[x509.Certificate], now: dt.datetime, fail: Fail) -> None:
     for index, cert in enumerate(certificates):
-        what = (
-            "the leaf"
-            if index == 0
-            else f"certificate {index + 1} of fullchain.pem ({_describe(cert)})"
-        )
         not_before, not_after = _not_before(cert), _not_after(cert)
         if now < not_before:
-            raise fail(f"{what} is not valid before {format_time(not_before)}")
+            raise fail(f"{_what(index, cert)} is not valid before {format_time(not_before)}")
         if now >= not_after:
-            raise fail(f"{what} expired at {format_time(not_after)}")
+            raise fail(f"{_what(index, cert)} expired at {format_time(not_after)}")
 
 
 def format_time(moment: dt.datetime) -> str:

@@ -26,8 +26,6 @@ from danesync.state import ChainInfo
 
 log = structlog.get_logger("danesync")
 
-PROBE_SLICE = 256  # probes per confirm_served call (16 at a time): about 1 s at 1,000
-
 
 def build_sni_certificates(
     config: Config, chains: Mapping[str, ChainInfo], path_of: PostfixPort
@@ -246,24 +244,32 @@ def _confirm(
                 item.chain.key_algorithm,
             )
         )
-    # In slices, so that a pass probing thousands of new leaves still reports
-    # its progress (and pings systemd's watchdog) between them.
-    outcomes: dict[str, bool] = {}
-    for start in range(0, len(requests), PROBE_SLICE):
-        outcomes |= rt.postfix.confirm_served(requests[start : start + PROBE_SLICE])
-        rt.progress(
-            "confirming with the probe", min(start + PROBE_SLICE, len(requests)), len(requests)
-        )
-    for item in items:
-        if outcomes.get(item.lineage, False):
-            log.info("probe.ok", lineage=item.lineage, serial=item.chain.serial)
+    # Each outcome is logged (and the progress reported, which pings systemd's
+    # watchdog) as soon as it is known, while the other probes go on.
+    items_of = {item.lineage: item for item in items}
+    endpoint = rt.config.postfix.probe
+    reported: list[str] = []
+
+    def record(lineage: str, ok: bool) -> None:
+        item = items_of[lineage]
+        if ok:
+            log.info("probe.ok", lineage=lineage, serial=item.chain.serial)
         else:
             log.error(
                 "probe.failed",
-                lineage=item.lineage,
+                lineage=lineage,
                 serial=item.chain.serial,
-                reason=f"{rt.config.postfix.probe} does not serve the new leaf",
+                reason=f"{endpoint} does not serve the new leaf",
             )
+        reported.append(lineage)
+        rt.progress("confirming with the probe", len(reported), len(requests))
+
+    outcomes = dict(rt.postfix.confirm_served(requests, record))
+    done = set(reported)
+    for item in items:  # any outcome a port did not report (none: not confirmed)
+        if item.lineage not in done:
+            outcomes[item.lineage] = outcomes.get(item.lineage, False)
+            record(item.lineage, outcomes[item.lineage])
     return outcomes
 
 

@@ -110,6 +110,11 @@ def redact_text(text: str) -> str:
 
 
 def _redact_value(value: Any) -> Any:
+    kind = type(value)
+    if kind is str:
+        return redact_text(value)
+    if kind in _SCALARS:
+        return value
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, bytes | bytearray):
@@ -125,10 +130,25 @@ def _redact_value(value: Any) -> Any:
     return value
 
 
+def _secret_name(key: str) -> bool:
+    # A few dozen field names recur in every record: the regex once per name.
+    known = _SECRET_NAMES.get(key)
+    if known is None:
+        known = bool(_SECRET_NAME.search(key))
+        if len(_SECRET_NAMES) < 1024:
+            _SECRET_NAMES[key] = known
+    return known
+
+
+_SECRET_NAMES: dict[str, bool] = {}
+# Values that can hold no key material and need no conversion: passed as they are.
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
 def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """Processor: replace secret-named fields and private key material with "[redacted]"."""
     for key, value in list(event_dict.items()):
-        if _SECRET_NAME.search(key):
+        if _secret_name(key):
             event_dict[key] = REDACTED
         else:
             event_dict[key] = _redact_value(value)
@@ -136,6 +156,8 @@ def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) 
 
 
 def _plain(value: Any) -> Any:
+    if type(value) is str or type(value) in _SCALARS:
+        return value  # most values of most records
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
     if isinstance(value, enum.Enum):

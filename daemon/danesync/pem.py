@@ -98,6 +98,11 @@ def _split_headers(body: bytes) -> tuple[tuple[tuple[str, str], ...], bytes]:
 
 def parse_certificates(data: bytes, filename: str) -> list[x509.Certificate]:
     """The certificates of a PEM bundle, in file order; nothing else allowed."""
+    return [certificate for certificate, _ in parse_certificate_blocks(data, filename)]
+
+
+def parse_certificate_blocks(data: bytes, filename: str) -> list[tuple[x509.Certificate, bytes]]:
+    """`parse_certificates`, each certificate with the DER it was parsed from."""
     certificates = []
     for number, block in enumerate(split_pem(data, filename), start=1):
         if block.label != "CERTIFICATE":
@@ -105,13 +110,22 @@ def parse_certificates(data: bytes, filename: str) -> list[x509.Certificate]:
                 f"{filename}: block {number} is a {block.label}, where only certificates belong"
             )
         try:
-            certificates.append(x509.load_der_x509_certificate(block.der))
+            certificates.append((x509.load_der_x509_certificate(block.der), block.der))
         except (ValueError, x509.InvalidVersion) as error:
             # The library's wording changes between versions; the cause keeps it.
             raise PemError(
                 f"{filename}: certificate {number} is not a valid X.509 certificate"
             ) from error
     return certificates
+
+
+def certificate_ders(data: bytes, filename: str) -> list[bytes] | None:
+    """The DER of every block of a PEM bundle without parsing any certificate, or
+    None when a block is not a certificate (`parse_certificates` then says why)."""
+    blocks = split_pem(data, filename)
+    if any(block.label != "CERTIFICATE" for block in blocks):
+        return None
+    return [block.der for block in blocks]
 
 
 def parse_private_key(data: bytes, filename: str) -> PrivateKey:

@@ -84,6 +84,10 @@ class ProbeRequest:
     key_algorithm: str | None
 
 
+# Called with a lineage and whether its probe saw the new leaf.
+ProbeResult = Callable[[str, bool], None]
+
+
 @dataclass(frozen=True)
 class Answers:
     """One look at DNS: per owner name, per server, the RRset it serves."""
@@ -139,8 +143,11 @@ class PostfixPort(Protocol):
 
     def reload(self) -> None: ...
 
-    def confirm_served(self, requests: Sequence[ProbeRequest]) -> dict[str, bool]:
-        """Per lineage: did the probe see the expected leaf?"""
+    def confirm_served(
+        self, requests: Sequence[ProbeRequest], on_result: ProbeResult | None = None
+    ) -> dict[str, bool]:
+        """Per lineage: did the probe see the expected leaf? `on_result` is called
+        in the caller's thread with each lineage's outcome as soon as it is known."""
         ...
 
     def probe_served(self, servername: str | None) -> str | None:

@@ -22,7 +22,7 @@ from danesync.config import CertificateConfig
 from danesync.errors import DnsUpdateError, PostfixError
 from danesync.history import RRset
 from danesync.plan import Problem
-from danesync.ports import Answers, Offer, ProbeRequest
+from danesync.ports import Answers, Offer, ProbeRequest, ProbeResult
 from danesync.state import Loaded, State, build_state_from_documents
 from danesync.tlsa import TlsaRecord
 
@@ -306,12 +306,18 @@ class SimPostfix:
                     found.add(fp)
         return found
 
-    def confirm_served(self, requests: Sequence[ProbeRequest]) -> dict[str, bool]:
-        return {
+    def confirm_served(
+        self, requests: Sequence[ProbeRequest], on_result: ProbeResult | None = None
+    ) -> dict[str, bool]:
+        outcomes = {
             r.lineage: r.lineage not in self.fail_probe
             and fingerprint_of(self.files.get(r.lineage)) == r.fingerprint
             for r in requests
         }
+        for lineage, ok in outcomes.items():
+            if on_result is not None:
+                on_result(lineage, ok)
+        return outcomes
 
     def probe_served(self, servername: str | None) -> str | None:
         return None  # adoption through the probe is tested elsewhere

@@ -112,3 +112,50 @@ def test_certbot_at_work_is_pending(config_dir: Path, leaves: list[Leaf]) -> Non
     os.symlink(os.readlink(live / "cert.pem"), live / "previous_cert.pem")
     with pytest.raises(LineagePending):
         read_chain(config_dir, CERT, NOW)
+
+
+def test_a_file_changed_right_after_it_was_read_is_read_again(
+    config_dir: Path, leaves: list[Leaf], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cold read takes each file's stat from its descriptor before its bytes
+    (issue 15, coldread): a change just after the read never leaves an entry
+    whose stats describe bytes other than the ones validated."""
+    make_lineage(config_dir, NAME, leaves[0])
+    cert = config_dir / "archive" / NAME / "cert1.pem"
+    real_read = os.read
+    changed: list[int] = []
+
+    def read_then_change(fd: int, size: int) -> bytes:
+        data = real_read(fd, size)
+        if not changed and os.readlink(f"/proc/self/fd/{fd}") == str(cert):
+            # certbot's archive rewritten in place (another size, so the stat
+            # differs whatever the time stamps' granularity), once.
+            with cert.open("r+b") as file:
+                file.write(leaves[2].cert_pem + b"\n")
+            changed.append(fd)
+        return data
+
+    monkeypatch.setattr(os, "read", read_then_change)
+    first = read_chain(config_dir, CERT, NOW)  # validated from the bytes before the change
+    monkeypatch.setattr(os, "read", real_read)
+    assert (
+        changed
+        and first.info.fingerprint
+        == hashlib.sha256(leaves[0].cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    )
+    # The entry's stats are those from before the change: it is not used again.
+    with pytest.raises(ChainError, match=r"cert\.pem is not the first certificate"):
+        read_chain(config_dir, CERT, NOW)
+
+
+def test_a_cold_read_and_a_warm_look_take_the_same_key(
+    config_dir: Path, leaves: list[Leaf], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key taken from a read's own stats is the one `_cache_key` computes
+    for the same unchanged files, so the next pass reads nothing."""
+    make_lineage(config_dir, NAME, leaves[0])
+    entry, pem = read_validated(config_dir, CERT, NOW, CACHE)
+    assert pem is not None
+    assert entry.key == certbot._cache_key(config_dir, CERT)
+    again, pem = read_validated(config_dir, CERT, NOW, CACHE)
+    assert again is entry and pem is None

@@ -88,6 +88,21 @@ class TestRedaction:
         event = redact_secrets(None, "info", {"event": "x", "pem": cert})
         assert event["pem"] == cert
 
+    def test_secret_names_stay_redacted_record_after_record(self) -> None:
+        """The names' verdicts are remembered (issue 15, coldread): never the other way round."""
+        for _ in range(3):
+            event = redact_secrets(
+                None, "info", {"event": "x", "tsig_secret": "c2VjcmV0", "lineage": "mx", "n": 1}
+            )
+            assert event == {"event": "x", "tsig_secret": REDACTED, "lineage": "mx", "n": 1}
+
+    def test_a_key_inside_a_scalar_subclass_is_still_redacted(self, pems: dict[str, bytes]) -> None:
+        class Text(str):
+            pass
+
+        event = redact_secrets(None, "info", {"event": "x", "reason": Text(pems["pkcs8"].decode())})
+        assert event["reason"] == REDACTED
+
     def test_bind_secret(self) -> None:
         event = redact_secrets(None, "info", {"event": "x", "reason": f"cannot parse {TSIG_FILE}"})
         assert "c2VjcmV0" not in event["reason"]
