@@ -168,8 +168,11 @@ def _read_regular_file(lineage: str, path: str) -> tuple[bytes, Stat]:
 
 def read_acme_server(config_dir: Path, lineage: str) -> str | None:
     """The `server` of renewal/<lineage>.conf: the ACME directory for ARI."""
+    # os.path, not Path: asked for every lineage, and pathlib interns each part.
     try:
-        text = (config_dir / "renewal" / f"{lineage}.conf").read_text(errors="replace")
+        conf = os.path.join(config_dir, "renewal", f"{lineage}.conf")
+        with open(conf, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
     except OSError:
         return None
     for line in text.splitlines():

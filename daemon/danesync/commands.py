@@ -7,6 +7,7 @@ of its verdict; errors that end the program are raised to `__main__`.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -137,7 +138,7 @@ def _mailhost_rows(
     if certificate.sni:
         leaf_names = leaf_dns_names(chain.leaf)
         names = build_served_names(certificate.hostnames, certificate.hostnames_set, leaf_names)
-        path = config.postfix.deploy_dir / f"{certificate.lineage}.pem"
+        path = os.fspath(config.postfix.deploy_dir / f"{certificate.lineage}.pem")
         sni_certificates.append(
             SniCertificate(certificate.lineage, chain.key_algorithm, names, path)
         )

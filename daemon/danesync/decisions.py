@@ -44,7 +44,7 @@ class Verb(Enum):
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Problem:
     """Why a lineage has no usable candidate now."""
 
@@ -67,7 +67,7 @@ class Observations:
     extra_records: Mapping[str, tuple[TlsaRecord, ...]] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
     lineage: str
     verb: Verb
@@ -85,7 +85,7 @@ class DeployKind(Enum):
     REPAIR = "repair"  # the deployed chain's file is missing or altered
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeployItem:
     lineage: str
     chain: ChainInfo

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import structlog
 
@@ -38,7 +37,7 @@ def build_sni_certificates(
 
 def build_sni_entries(
     config: Config, chains: Mapping[str, ChainInfo], path_of: PostfixPort
-) -> Mapping[str, tuple[Path, ...]]:
+) -> Mapping[str, tuple[str, ...]]:
     """The SNI table: table key -> the chain files served for it (one per algorithm)."""
     return build_sni_table(build_sni_certificates(config, chains, path_of)).files()
 
@@ -81,7 +80,7 @@ def _deployed(rt: Runtime, items: Iterable[DeployItem] = ()) -> dict[str, ChainI
 
 
 def _sni_touched(rt: Runtime, lineages: Iterable[str]) -> bool:
-    return not build_config_index(rt.config).sni_lineages.isdisjoint(lineages)
+    return build_config_index(rt.config).any_sni(lineages)
 
 
 def _dropped(rt: Runtime) -> set[str]:

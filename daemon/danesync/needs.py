@@ -7,6 +7,7 @@ configuration, so they never disagree about what to publish or retire.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from danesync.config import CertificateConfig, Config
@@ -44,7 +45,7 @@ def build_chain_records(
     return captured if captured == built else built
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Holding:
     """The chains a lineage may serve now or soon: deployed, in flight, candidate."""
 
@@ -60,13 +61,22 @@ class ConfigIndex:
     of certificates: a renewal among 10,000 then walks none of them."""
 
     certificates: tuple[CertificateConfig, ...]  # the first of each lineage, in order
-    lineages: frozenset[str]
     position: Mapping[str, int]  # lineage -> its place in the configuration
     # owner name (as configured, and absolute) -> the lineages with a TLSA name there
     by_name: Mapping[str, tuple[str, ...]]
     defaults: tuple[CertificateConfig, ...]  # those with sni = false
     sni: tuple[CertificateConfig, ...]  # those with sni = true
-    sni_lineages: frozenset[str]
+
+    # The lineages are the keys of `position`, not a frozenset of their own
+    # (two of them were 1 MiB at 10,000 lineages).
+    @property
+    def lineages(self) -> AbstractSet[str]:
+        return self.position.keys()
+
+    def any_sni(self, lineages: Iterable[str]) -> bool:
+        """Whether one of `lineages` is a configured SNI lineage."""
+        position, certificates = self.position, self.certificates
+        return any(n in position and certificates[position[n]].sni for n in lineages)
 
 
 def build_config_index(config: Config) -> ConfigIndex:
@@ -90,12 +100,10 @@ def _build_config_index(configured: tuple[CertificateConfig, ...]) -> ConfigInde
                 by_name.setdefault(key, []).append(certificate.lineage)
     return ConfigIndex(
         certificates,
-        frozenset(first),
         {lineage: index for index, lineage in enumerate(first)},
         {name: tuple(dict.fromkeys(lineages)) for name, lineages in by_name.items()},
         tuple(c for c in certificates if not c.sni),
         tuple(c for c in certificates if c.sni),
-        frozenset(c.lineage for c in certificates if c.sni),
     )
 
 
@@ -134,8 +142,22 @@ def build_holdings(
             candidate = held.get(lineage, lineage_state.pending)
         # The same Holding object while nothing of it changed: what is built
         # from it (build_holding_records) is then found by identity.
-        inputs = (certificate, deployed, inflight, candidate)
-        holdings.append(_HOLDINGS.get(lineage, inputs, _holding))
+        kept = _KEPT.get(lineage)
+        if kept is None:
+            kept = _KEPT[lineage] = _Kept()
+        elif (
+            kept.holding is not None
+            and _same(kept.certificate, certificate)
+            and _same(kept.deployed, deployed)
+            and _same(kept.inflight, inflight)
+            and _same(kept.candidate, candidate)
+        ):
+            holdings.append(kept.holding)
+            continue
+        kept.certificate, kept.deployed = certificate, deployed
+        kept.inflight, kept.candidate = inflight, candidate
+        kept.holding = _holding(certificate, deployed, inflight, candidate)
+        holdings.append(kept.holding)
     # A lineage dropped from the config is served until the next deploy rewrites
     # Postfix's parameters: its records, as captured, stay needed until then.
     dropped = [
@@ -150,19 +172,46 @@ def build_holdings(
 
 
 def _holding(
-    inputs: tuple[CertificateConfig, ChainInfo | None, ChainInfo | None, ChainInfo | None],
+    certificate: CertificateConfig,
+    deployed: ChainInfo | None,
+    inflight: ChainInfo | None,
+    candidate: ChainInfo | None,
 ) -> Holding:
-    certificate, deployed, inflight, candidate = inputs
     chains = tuple(info for info in (deployed, inflight, candidate) if info is not None)
     return Holding(certificate.lineage, certificate.tlsa, chains, certificate)
+
+
+def _same(kept: object, given: object) -> bool:
+    """Equal inputs, as a tuple of them compares (identity first, then ==)."""
+    return kept is given or kept == given
+
+
+Groups = tuple[tuple[str, frozenset[TlsaRecord]], ...]
+
+
+@dataclass(slots=True, eq=False)
+class _Kept:
+    """What is remembered of one lineage between passes (memo.py's rule: a
+    result is reused only while every input it was built from is equal): its
+    Holding with the inputs it was built from, and its records by owner name
+    with theirs. One slotted object per lineage, not a tuple of inputs and a
+    tuple per result (about 1 MiB at 10,000 lineages)."""
+
+    certificate: CertificateConfig | None = None
+    deployed: ChainInfo | None = None
+    inflight: ChainInfo | None = None
+    candidate: ChainInfo | None = None
+    holding: Holding | None = None  # built from the four above
+    grouped: Holding | None = None  # what `groups` was built from, with `extra`
+    extra: tuple[TlsaRecord, ...] = ()
+    groups: Groups | None = None
 
 
 # Lineage -> its Holding and its records by owner name, with the inputs they were built from:
 # a pass over 10,000 lineages rebuilds only the lineages whose chains or
 # config changed (docs/benchmarks.md, "One SNI renewal pass").
-_HOLDINGS: SlotMemo[str, Holding] = SlotMemo()
+_KEPT: dict[str, _Kept] = {}
 _INDEX: SlotMemo[None, ConfigIndex] = SlotMemo()
-_HOLDING_RECORDS: SlotMemo[str, tuple[tuple[str, frozenset[TlsaRecord]], ...]] = SlotMemo()
 
 
 def build_needed_records(
@@ -189,14 +238,21 @@ def build_holding_records(
     everything they are built from is unchanged."""
     # Everything the records are built from, compared by value (the Holding's
     # chains and config, which build_chain_records reads, and the extra records).
-    inputs = (holding, extra)
-    return _HOLDING_RECORDS.get(holding.lineage, inputs, _group)
+    kept = _KEPT.get(holding.lineage)
+    if kept is None:
+        kept = _KEPT[holding.lineage] = _Kept()
+    elif (
+        kept.groups is not None
+        and kept.grouped is not None
+        and _same(kept.grouped, holding)
+        and _same(kept.extra, extra)
+    ):
+        return kept.groups
+    kept.grouped, kept.extra, kept.groups = holding, extra, _group(holding, extra)
+    return kept.groups
 
 
-def _group(
-    inputs: tuple[Holding, tuple[TlsaRecord, ...]],
-) -> tuple[tuple[str, frozenset[TlsaRecord]], ...]:
-    holding, extra = inputs
+def _group(holding: Holding, extra: tuple[TlsaRecord, ...]) -> Groups:
     if len(holding.chains) == 1 and holding.certificate is not None:
         # One chain (the usual case between renewals): its records as built,
         # grouped without a second frozenset of each group.

@@ -11,7 +11,6 @@ import datetime as dt
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 from danesync.actions.dns import UpdateResult
@@ -22,7 +21,7 @@ from danesync.state import ChainInfo, Loaded, State
 from danesync.tlsa import TlsaRecord
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Offer:
     """A validated chain: what the planner reasons about, and the bytes to deploy.
 
@@ -49,7 +48,7 @@ class Offer:
         return self.source if isinstance(self.source, bytes) else self.source()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AriTarget:
     """What ARI monitoring needs of a candidate leaf between passes."""
 
@@ -112,7 +111,7 @@ class Clock(Protocol):
 
 
 class PostfixPort(Protocol):
-    def chain_path(self, lineage: str) -> Path: ...
+    def chain_path(self, lineage: str) -> str: ...
 
     def read_chain_file(self, lineage: str) -> bytes | None: ...
 
@@ -133,7 +132,7 @@ class PostfixPort(Protocol):
     def sni_maps_value(self) -> str: ...
 
     def write_sni_table(
-        self, entries: Mapping[str, Sequence[Path]], changed: Set[str] | None = None
+        self, entries: Mapping[str, Sequence[str]], changed: Set[str] | None = None
     ) -> None: ...
 
     def write_parameter_changes(self, wanted: Mapping[str, str | None]) -> dict[str, str | None]:

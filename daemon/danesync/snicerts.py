@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from danesync.config import CertificateConfig
 from danesync.memo import SlotMemo
@@ -23,7 +22,7 @@ from danesync.state import ChainInfo
 
 
 def build_sni_certificate(
-    certificate: CertificateConfig, info: ChainInfo, path: Path
+    certificate: CertificateConfig, info: ChainInfo, path: str
 ) -> SniCertificate:
     """One SNI lineage: the same object while nothing it is built from changed (a
     renewal with the same names, key type and file), so that the table built
@@ -40,7 +39,7 @@ def build_sni_certificate(
 
 
 def _sni_certificate(
-    inputs: tuple[str, tuple[str, ...], bool, str, tuple[str, ...], Path],
+    inputs: tuple[str, tuple[str, ...], bool, str, tuple[str, ...], str],
 ) -> SniCertificate:
     lineage, hostnames, hostnames_set, key_algorithm, leaf_names, path = inputs
     names = build_served_names(hostnames, hostnames_set, leaf_names)
@@ -65,7 +64,7 @@ class _Built:
 def build_sni_certificates(
     configured: tuple[CertificateConfig, ...],
     chains: Mapping[str, ChainInfo],
-    chain_path: Callable[[str], Path],
+    chain_path: Callable[[str], str],
     path_of: object,
 ) -> tuple[SniCertificate, ...]:
     """The SNI certificates among `configured` that have a chain in `chains`, in order.
@@ -102,7 +101,7 @@ def build_sni_certificates(
 def _build(
     configured: tuple[CertificateConfig, ...],
     chains: Mapping[str, ChainInfo],
-    chain_path: Callable[[str], Path],
+    chain_path: Callable[[str], str],
     path_of: object,
 ) -> _Built:
     result: list[SniCertificate] = []

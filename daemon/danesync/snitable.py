@@ -17,7 +17,6 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 
 from danesync.sni import SniCertificate, SniEntry, SniTable, build_sni_key, covers
@@ -35,7 +34,7 @@ class TableIndex:
     members: dict[str, list[Slot]] = field(default_factory=dict)  # key -> slots, in order
     problems: dict[Slot, str] = field(default_factory=dict)
     entries: dict[str, SniEntry] = field(default_factory=dict)
-    files: dict[str, tuple[Path, ...]] = field(default_factory=dict)  # key -> its entry's files
+    files: dict[str, tuple[str, ...]] = field(default_factory=dict)  # key -> its entry's files
     keys: list[str] = field(default_factory=list)  # sorted
     ordered: list[SniEntry] = field(default_factory=list)  # the entries of `keys`, in order
     covered: dict[str, set[str]] = field(default_factory=dict)  # wildcard key -> exact keys

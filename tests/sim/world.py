@@ -195,8 +195,8 @@ class SimPostfix:
         self.fail_write: set[str] = set()  # lineages whose file write fails (ENOSPC)
         self.fail_probe: set[str] = set()
 
-    def chain_path(self, lineage: str) -> Path:
-        return DEPLOY_DIR / f"{lineage}.pem"
+    def chain_path(self, lineage: str) -> str:
+        return str(DEPLOY_DIR / f"{lineage}.pem")
 
     def _lineage(self, path: str) -> str:
         return Path(path).name.removesuffix(".pem")

@@ -51,7 +51,7 @@ def restart(config: Config) -> Counting:
 def deployed(config: Config, data: bytes = PEM) -> bytes:
     """The chain file written, checked once and the cache flushed; its digest."""
     postfix = restart(config)
-    path = postfix.chain_path(LINEAGE)
+    path = Path(postfix.chain_path(LINEAGE))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     digest = hashlib.sha256(data).digest()
@@ -70,7 +70,7 @@ def test_restart_with_the_file_unchanged_reads_nothing(config: Config) -> None:
 
 def test_file_changed_by_hand_while_down_is_seen(config: Config) -> None:
     digest = deployed(config)
-    path = restart(config).chain_path(LINEAGE)
+    path = Path(restart(config).chain_path(LINEAGE))
     before = path.stat()
     # The same size, and the mtime put back: only the ctime tells.
     path.write_bytes(PEM.replace(b"AAAA", b"BBBB"))
@@ -85,7 +85,7 @@ def test_file_changed_by_hand_while_down_is_seen(config: Config) -> None:
 
 def test_file_replaced_by_hand_with_the_same_bytes_is_read_once(config: Config) -> None:
     digest = deployed(config)
-    path = restart(config).chain_path(LINEAGE)
+    path = Path(restart(config).chain_path(LINEAGE))
     path.unlink()
     path.write_bytes(PEM)
     postfix = restart(config)
@@ -106,7 +106,7 @@ def test_another_digest_is_never_taken_for_the_file(config: Config) -> None:
 
 def test_removed_file_is_seen(config: Config) -> None:
     digest = deployed(config)
-    restart(config).chain_path(LINEAGE).unlink()
+    Path(restart(config).chain_path(LINEAGE)).unlink()
     assert not restart(config).chain_file_holds(LINEAGE, digest)
 
 

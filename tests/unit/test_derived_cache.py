@@ -15,7 +15,12 @@ import pytest
 from danesync.chain import LineageFiles, validate_chain
 from danesync.config import Config, build_config
 from danesync.deploy import build_sni_entries, build_wanted_parameters
-from danesync.needs import build_chain_records, build_holdings, build_needed_records
+from danesync.needs import (
+    build_chain_records,
+    build_config_index,
+    build_holdings,
+    build_needed_records,
+)
 from danesync.plan import Observations, Publish, plan_pass
 from danesync.state import ChainInfo, State
 from danesync.tlsa import TlsaRecord, absolute_name
@@ -29,8 +34,8 @@ DEPLOY = Path("/etc/postfix/danesync")
 class _Paths:
     """The PostfixPort methods that build_sni_entries and build_wanted_parameters ask."""
 
-    def chain_path(self, lineage: str) -> Path:
-        return DEPLOY / f"{lineage}.pem"
+    def chain_path(self, lineage: str) -> str:
+        return str(DEPLOY / f"{lineage}.pem")
 
     def sni_maps_value(self) -> str:
         return f"hash:{DEPLOY}/sni"
@@ -193,3 +198,16 @@ class TestSharedRecords:
         assert needed == reference(config, state)
         assert needed[NAME_A] != set(chains[A].tlsa)
         assert {r.usage for r in needed[NAME_A]} == {3}
+
+
+class TestConfigIndex:
+    """The index's lineages and SNI lookup answer as the configuration says
+    (issue 15, trim: no frozenset of their own)."""
+
+    def test_lineages_and_sni(self) -> None:
+        config = config_of({"sni": True}, {"sni": False})
+        index = build_config_index(config)
+        assert set(index.lineages) == {A, B}
+        assert {"gone", A} - index.lineages == {"gone"}
+        assert index.any_sni([A]) and index.any_sni(["gone", B, A])
+        assert not index.any_sni([B]) and not index.any_sni(["gone"]) and not index.any_sni([])

@@ -175,7 +175,7 @@ class TestSniCertificates:
                 c.lineage,
                 chains[c.lineage].key_algorithm,
                 build_served_names(c.hostnames, c.hostnames_set, chains[c.lineage].names),
-                where / f"{c.lineage}.pem",
+                str(where / f"{c.lineage}.pem"),
             )
             for c in configured
             if c.sni and c.lineage in chains
@@ -203,8 +203,8 @@ class TestSniCertificates:
             def __init__(self, where: Path) -> None:
                 self.where = where
 
-            def chain_path(self, lineage: str) -> Path:
-                return self.where / f"{lineage}.pem"
+            def chain_path(self, lineage: str) -> str:
+                return str(self.where / f"{lineage}.pem")
 
         paths, moved = Paths(one), Paths(other)
         steps: list[tuple[Config, dict[str, ChainInfo], Paths]] = [

@@ -122,9 +122,16 @@ def sync_directory(directory: Path) -> None:
 
 def chain_file_path(deploy_dir: Path, lineage: str) -> Path:
     """`<deploy_dir>/<lineage>.pem`; the lineage must be a plain file name."""
+    return Path(build_chain_file_name(deploy_dir, lineage))
+
+
+def build_chain_file_name(deploy_dir: Path | str, lineage: str) -> str:
+    """`chain_file_path` as a str (`deploy_dir` a Path or the str of one): no pathlib parse (and no
+    interned parts) for each of 10,000 lineages the daemon keeps a path of."""
     if not lineage or lineage.startswith(".") or "/" in lineage or "\0" in lineage:
         raise ValueError(f"lineage name {lineage!r} cannot be a file name")
-    return Path(deploy_dir) / f"{lineage}.pem"
+    directory = deploy_dir if isinstance(deploy_dir, str) else os.fspath(deploy_dir)
+    return os.path.join(directory, f"{lineage}.pem")
 
 
 def previous_chain_file_path(deploy_dir: Path, lineage: str) -> Path:

@@ -49,6 +49,9 @@ _SNI_TABLE_SUFFIX = ".db"  # what postmap adds for hash:
 _PARAMETER_NAME = re.compile(r"[A-Za-z0-9_]+")
 _LIST_SEPARATORS = re.compile(r"[\s,]+")
 
+# An SNI table value: one chain file or several (str or Path: os.fspath is written).
+ChainFiles = str | Path | Sequence[str | Path]
+
 
 def _run(argv: Sequence[str], timeout: float = 60, *, stderr_tty: bool = False) -> str:
     try:
@@ -272,7 +275,7 @@ def build_sni_maps_value(table: Path) -> str:
     return f"{SNI_TABLE_TYPE}:{os.fspath(table)}"
 
 
-def build_sni_table_source(entries: Mapping[str, Path | Sequence[Path]]) -> bytes:
+def build_sni_table_source(entries: Mapping[str, ChainFiles]) -> bytes:
     """The `postmap -F` source: one line per name, its chain file(s) as the value.
 
     Keys are names or table keys (`sni.build_sni_entries`); several files for
@@ -295,7 +298,7 @@ def build_sni_table_source(entries: Mapping[str, Path | Sequence[Path]]) -> byte
 
 def write_sni_table(
     deploy_dir: Path,
-    entries: Mapping[str, Path | Sequence[Path]],
+    entries: Mapping[str, ChainFiles],
     *,
     config_dir: Path | None = None,
     name: str = SNI_TABLE_NAME,

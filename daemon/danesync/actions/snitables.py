@@ -16,12 +16,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
 from danesync.actions import postfix
+from danesync.actions.postfix import ChainFiles
 from danesync.sni import build_sni_key
 
 SHARD_SIZE = 256  # names a table holds at most before the tables double
@@ -48,10 +49,8 @@ def build_sni_shard(hostname: str, count: int) -> int:
     return int.from_bytes(hashlib.sha256(key).digest()[:4], "big") % count
 
 
-def build_sni_shards(
-    entries: Mapping[str, Path | Sequence[Path]], count: int
-) -> list[dict[str, Path | Sequence[Path]]]:
-    shards: list[dict[str, Path | Sequence[Path]]] = [{} for _ in range(count)]
+def build_sni_shards(entries: Mapping[str, ChainFiles], count: int) -> list[dict[str, ChainFiles]]:
+    shards: list[dict[str, ChainFiles]] = [{} for _ in range(count)]
     for hostname, value in entries.items():
         shards[build_sni_shard(hostname, count)][hostname] = value
     return shards
@@ -61,17 +60,17 @@ def build_sni_shards(
 class ShardSplit:
     """The entries split in `count` tables, and which chain files each table names."""
 
-    entries: Mapping[str, Path | Sequence[Path]]  # what was split (read-only)
-    shards: tuple[dict[str, Path | Sequence[Path]], ...]
+    entries: Mapping[str, ChainFiles]  # what was split (read-only)
+    shards: tuple[dict[str, ChainFiles], ...]
     paths: tuple[frozenset[str], ...]  # per table: os.fspath of every chain file it names
 
-    def holding(self, path: Path) -> list[int]:
+    def holding(self, path: str | Path) -> list[int]:
         """The tables that name the chain file `path`."""
         name = os.fspath(path)
         return [index for index, paths in enumerate(self.paths) if name in paths]
 
 
-def build_shard_split(entries: Mapping[str, Path | Sequence[Path]], count: int) -> ShardSplit:
+def build_shard_split(entries: Mapping[str, ChainFiles], count: int) -> ShardSplit:
     """`build_sni_shards` with the files of each table, updated from the last
     split for the keys whose entry changed (at 10,000 lineages, splitting all
     entries again was most of a renewal's table work)."""
@@ -86,14 +85,12 @@ def build_shard_split(entries: Mapping[str, Path | Sequence[Path]], count: int) 
     return split
 
 
-def _split(entries: Mapping[str, Path | Sequence[Path]], count: int) -> ShardSplit:
+def _split(entries: Mapping[str, ChainFiles], count: int) -> ShardSplit:
     shards = build_sni_shards(entries, count)
     return ShardSplit(entries, tuple(shards), tuple(_files_of(shard) for shard in shards))
 
 
-def _update(
-    last: ShardSplit, entries: Mapping[str, Path | Sequence[Path]], count: int
-) -> ShardSplit:
+def _update(last: ShardSplit, entries: Mapping[str, ChainFiles], count: int) -> ShardSplit:
     old = last.entries
     changed = [key for key, value in entries.items() if old.get(key) is not value]
     changed += old.keys() - entries.keys()
@@ -116,11 +113,11 @@ def _update(
     return ShardSplit(entries, tuple(shards), tuple(paths))
 
 
-def _files_of(shard: Mapping[str, Path | Sequence[Path]]) -> frozenset[str]:
+def _files_of(shard: Mapping[str, ChainFiles]) -> frozenset[str]:
     return frozenset(os.fspath(path) for value in shard.values() for path in _paths_of(value))
 
 
-def _paths_of(value: Path | Sequence[Path]) -> list[Path]:
+def _paths_of(value: ChainFiles) -> list[str | Path]:
     return [value] if isinstance(value, (str, os.PathLike)) else list(value)
 
 
@@ -149,9 +146,9 @@ def _compiled(deploy_dir: Path, name: str) -> Path:
 
 def write_sni_tables(
     deploy_dir: Path,
-    entries: Mapping[str, Path | Sequence[Path]],
+    entries: Mapping[str, ChainFiles],
     count: int,
-    changed: Set[Path] | None = None,
+    changed: Set[str | Path] | None = None,
     *,
     config_dir: Path | None = None,
 ) -> list[Path]:
