@@ -262,6 +262,17 @@ def count_points(directory: Path, save: State) -> int:
     return len(seen)
 
 
+@pytest.fixture
+def no_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The crash tests are about the order of renames and unlinks, not durability:
+    no fsync or syncfs (hundreds of saves)."""
+    from danesync.actions import files
+
+    monkeypatch.setattr(files.os, "fsync", lambda fd: None)
+    monkeypatch.setattr(files, "_syncfs_available", lambda: False)
+
+
+@pytest.mark.usefixtures("no_flush")
 class TestMigration:
     """Schema 2 -> 3: the shards, then state.json saying 3, then the per-name files
     deleted. Whatever a crash leaves, the next start reads the whole state."""
@@ -289,17 +300,27 @@ class TestMigration:
         assert entries(load_state(tmp_path)) == entries(old)
         assert StateStore(tmp_path).load().digests  # read as schema 3
 
+    @staticmethod
+    def v2_directory(directory: Path, old: State, interrupted: bool) -> None:
+        """`old` in schema 2; `interrupted`: with the shards of an earlier migration
+        that a crash stopped before state.json said 3, holding lineages since gone."""
+        if interrupted:
+            StateStore(directory).save(a_state(24, names=6))
+            (directory / "state.json").unlink()
+        write_v2(directory, old)
+
+    @pytest.mark.parametrize("interrupted", [False, True])
     def test_a_crash_at_every_step_of_the_migration_leaves_a_whole_state(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupted: bool
     ) -> None:
-        old = a_state(60)
+        old = a_state(12)
         new = self.changed(old)
-        write_v2(tmp_path / "count", old)
+        self.v2_directory(tmp_path / "count", old, interrupted)
         points = count_points(tmp_path / "count", new)
         assert points > 10
         for at in range(1, points + 1):
             directory = tmp_path / f"crash{at}"
-            write_v2(directory, old)
+            self.v2_directory(directory, old, interrupted)
             store = StateStore(directory)
             store.load()
             for _ in crash_points(monkeypatch, at):
