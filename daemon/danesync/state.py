@@ -300,6 +300,7 @@ class StateStore:
 
     def load(self) -> Loaded:
         loaded = read_state(self.directory)
+        self._keys = {kind: {} for kind in KINDS}
         self._digests = dict(loaded.digests)
         self._stale, self._leftovers = set(loaded.stale), set(loaded.leftovers)
         if loaded.digests:  # schema 3, read as it is: each entry is in its shard's file
@@ -323,7 +324,7 @@ class StateStore:
         deleted: list[str] = []
         digests: dict[str, bytes] = {}
         for kind, values in state.kinds():
-            members: dict[str, dict[str, Any]] = {p: {} for p in dirty if p.startswith(kind)}
+            members: dict[str, dict[str, Any]] = {p: {} for p in dirty if p.startswith(f"{kind}/")}
             if not members:
                 continue
             homes = self._homes[kind]
