@@ -19,6 +19,7 @@ material.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -37,6 +38,7 @@ from danesync.errors import StateError
 from danesync.history import NameHistory
 from danesync.statefiles import (
     KINDS,
+    LEFTOVERS_PER_SAVE,
     LINEAGES,
     NAMES,
     build_shard_document,
@@ -306,6 +308,12 @@ class StateStore:
         if loaded.digests:  # schema 3, read as it is: each entry is in its shard's file
             for kind, values in loaded.state.kinds():
                 self._keys[kind] = {name: _key(kind, value) for name, value in values.items()}
+        elif loaded.note is None and (loaded.stale or loaded.leftovers):
+            # Schema 2: migrated now, not at the first change (a renewal, maybe
+            # weeks later, would pay it), so every later start reads shards. A
+            # failure: the next save migrates, or says why it cannot.
+            with contextlib.suppress(StateError):
+                self.save(loaded.state)
         return loaded
 
     def save(self, state: State) -> None:
@@ -344,8 +352,9 @@ class StateStore:
         data = _dump(state.global_json())
         digest = build_digest(data)
         document = None if self._digests.get(FILENAME) == digest else data
+        leftovers = sorted(self._leftovers)[:LEFTOVERS_PER_SAVE]
         try:
-            write_state_files(self.directory, changed, deleted, document, self._leftovers)
+            write_state_files(self.directory, changed, deleted, document, leftovers)
         except OSError as error:
             where = error.filename or self.directory
             raise StateError(
@@ -360,7 +369,7 @@ class StateStore:
         for relative in deleted:
             self._digests.pop(relative, None)
         self._stale.clear()
-        self._leftovers.clear()
+        self._leftovers.difference_update(leftovers)
 
     def _home(self, kind: str, name: str) -> str:
         # Remembered: a crc32 per name per save is a few ms at 10,000.

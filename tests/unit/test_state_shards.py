@@ -6,11 +6,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+import danesync.state
 from danesync.history import NameHistory, RRset, record_served
 from danesync.state import (
     SCHEMA_VERSION,
@@ -83,6 +84,10 @@ def write_v2(directory: Path, state: State) -> None:
         (directory / "lineages" / f"{name}.json").write_text(dump(lineage.to_json()))
     for name, named in state.names.items():
         (directory / "tlsa" / f"{name}json").write_text(dump(named.to_json()))
+
+
+def full_disk(*_: object) -> None:
+    raise OSError(28, "No space left on device")
 
 
 def files(directory: Path, sub: str) -> set[str]:
@@ -219,47 +224,31 @@ class Crash(BaseException):
     """The process dies here: nothing after it runs (BaseException: not an OSError)."""
 
 
-def crash_points(monkeypatch: pytest.MonkeyPatch, at: int) -> Iterator[None]:
+def crash_points(
+    monkeypatch: pytest.MonkeyPatch, at: int | None, seen: list[str]
+) -> Iterator[None]:
     """Every rename (os.replace) and unlink of the state's files is a point; the
-    process "dies" at the `at`-th. Yields once the patch is in place."""
-    seen = [0]
+    process "dies" at the `at`-th (None: counts them in `seen`)."""
     real_replace, real_unlink = os.replace, Path.unlink
 
-    def step() -> None:
-        seen[0] += 1
-        if seen[0] == at:
+    def step(path: str | Path) -> None:
+        seen.append(str(path))
+        if len(seen) == at:
             raise Crash(at)
 
     def replace(source: str | Path, target: str | Path) -> None:
-        step()
+        step(target)
         real_replace(source, target)
 
     def unlink(path: Path, missing_ok: bool = False) -> None:
         if not path.name.endswith(".tmp"):  # a temporary file left over changes nothing
-            step()
+            step(path)
         real_unlink(path, missing_ok=missing_ok)
 
     with monkeypatch.context() as patch:
         patch.setattr(os, "replace", replace)
         patch.setattr(Path, "unlink", unlink)
         yield
-
-
-def count_points(directory: Path, save: State) -> int:
-    """How many renames and unlinks one migration save makes."""
-    seen: list[str] = []
-    real_replace, real_unlink = os.replace, Path.unlink
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(os, "replace", lambda s, t: (seen.append(str(t)), real_replace(s, t)))
-        patch.setattr(
-            Path,
-            "unlink",
-            lambda p, missing_ok=False: (seen.append(str(p)), real_unlink(p, missing_ok)),
-        )
-        store = StateStore(directory)
-        store.load()
-        store.save(save)
-    return len(seen)
 
 
 @pytest.fixture
@@ -286,19 +275,29 @@ class TestMigration:
         del new.names[owner(0)]
         return new
 
-    def test_a_v2_directory_is_read_and_replaced_by_shards(self, tmp_path: Path) -> None:
-        old = a_state(60)
+    def test_a_v2_directory_is_migrated_at_the_start(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(danesync.state, "LEFTOVERS_PER_SAVE", 5)
+        old = a_state(20)
         write_v2(tmp_path, old)
         store = StateStore(tmp_path)
         loaded = store.load()
         assert loaded.note is None
         assert entries(loaded.state) == entries(old)
-        store.save(loaded.state)
         assert json.loads((tmp_path / "state.json").read_text())["version"] == SCHEMA_VERSION
+        assert entries(load_state(tmp_path)) == entries(old)
+        assert StateStore(tmp_path).load().digests  # read as schema 3 from now on
+        # Schema 2's files go a few at a time (an unlink is slow on some disks),
+        # never read meanwhile.
+        v2_files = {n for n in files(tmp_path, "lineages") if len(n) != len("000.json")}
+        assert 0 < len(v2_files) < len(old.lineages)
+        for lineage in old.lineages.values():
+            lineage.failed_reason = "changed"
+            store.save(old)
+        assert entries(StateStore(tmp_path).load().state) == entries(old)
         for sub in ("lineages", "tlsa"):
             assert all(len(name) == len("000.json") for name in files(tmp_path, sub)), sub
-        assert entries(load_state(tmp_path)) == entries(old)
-        assert StateStore(tmp_path).load().digests  # read as schema 3
 
     @staticmethod
     def v2_directory(directory: Path, old: State, interrupted: bool) -> None:
@@ -309,23 +308,40 @@ class TestMigration:
             (directory / "state.json").unlink()
         write_v2(directory, old)
 
+    @staticmethod
+    def migration(
+        directory: Path, monkeypatch: pytest.MonkeyPatch, new: State | None
+    ) -> Callable[[], object]:
+        """What migrates: the start (None), or, when that failed (a full disk),
+        the first save, of `new`."""
+        if new is None:
+            return lambda: StateStore(directory).load()
+        store = StateStore(directory)
+        with monkeypatch.context() as patch:
+            patch.setattr(danesync.state, "write_state_files", full_disk)
+            store.load()
+        return lambda: store.save(new)
+
     @pytest.mark.parametrize("interrupted", [False, True])
+    @pytest.mark.parametrize("at_start", [True, False])
     def test_a_crash_at_every_step_of_the_migration_leaves_a_whole_state(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupted: bool
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupted: bool, at_start: bool
     ) -> None:
         old = a_state(12)
-        new = self.changed(old)
+        new = old if at_start else self.changed(old)
         self.v2_directory(tmp_path / "count", old, interrupted)
-        points = count_points(tmp_path / "count", new)
-        assert points > 10
-        for at in range(1, points + 1):
+        migrate = self.migration(tmp_path / "count", monkeypatch, None if at_start else new)
+        points: list[str] = []
+        for _ in crash_points(monkeypatch, None, points):
+            migrate()
+        assert len(points) > 10
+        for at in range(1, len(points) + 1):
             directory = tmp_path / f"crash{at}"
             self.v2_directory(directory, old, interrupted)
-            store = StateStore(directory)
-            store.load()
-            for _ in crash_points(monkeypatch, at):
+            migrate = self.migration(directory, monkeypatch, None if at_start else new)
+            for _ in crash_points(monkeypatch, at, []):
                 with pytest.raises(Crash):
-                    store.save(new)
+                    migrate()
             self.assert_whole(directory, old, new, at)
             # The next start finishes the migration.
             store = StateStore(directory)
