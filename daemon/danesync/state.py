@@ -11,10 +11,10 @@ does not rewrite everything (statefiles.py names the files):
 
 Each file is replaced atomically (temporary file, fsync, rename, fsync of the
 directory) and only when its content changed; `state.json` last. Schema 2 (a
-file per lineage and per name) is read and replaced by the first save: the
-shards, then `state.json` saying 3, then the per-name files deleted; until
-`state.json` says 3 the per-name files are what counts. No file holds key
-material.
+file per lineage and per name) is read and migrated by `StateStore.load`: the
+shards, then `state.json` saying 3, then the per-name files deleted (a few a
+save); until `state.json` says 3 the per-name files are what counts, after it
+only the shards. No file holds key material.
 """
 
 from __future__ import annotations
