@@ -319,14 +319,25 @@ class StateStore:
     def save(self, state: State) -> None:
         dirty = set(self._stale)
         keys: dict[str, dict[str, tuple[object, ...]]] = {}
+        removed: dict[str, set[str]] = {}
+        is_ = operator.is_
         for kind, values in state.kinds():
             old, homes, new = self._keys[kind], self._homes[kind], {}
+            lineages = kind == LINEAGES
+            # The loop of a save that walks every entry: no Python call but key().
+            # Identity, not equality (an equal check would cost what serialising
+            # does); map(operator.is_) loops in C.
             for name, value in values.items():
-                new[name] = key = _key(kind, value)
+                new[name] = key = value.key() if lineages else (value,)
                 previous = old.get(name)
-                if previous is None or not _same(previous, key):
+                if (
+                    previous is None
+                    or len(previous) != len(key)
+                    or not all(map(is_, previous, key))
+                ):
                     dirty.add(homes.get(name) or self._home(kind, name))
-            dirty.update(homes.get(name) or self._home(kind, name) for name in old.keys() - new)
+            removed[kind] = old.keys() - new
+            dirty.update(homes.get(name) or self._home(kind, name) for name in removed[kind])
             keys[kind] = new
         changed: dict[str, bytes] = {}
         deleted: list[str] = []
@@ -360,8 +371,8 @@ class StateStore:
             raise StateError(
                 f"{where}: cannot write the state: {error.strerror or error}"
             ) from error
-        for kind, new in keys.items():
-            for name in self._keys[kind].keys() - new:
+        for kind, names in removed.items():
+            for name in names:
                 self._homes[kind].pop(name, None)
         self._keys = keys
         self._digests.update(digests)
@@ -380,9 +391,3 @@ class StateStore:
 def _key(kind: str, value: Any) -> tuple[object, ...]:
     """The values an entry's document is made of: equal keys, equal documents."""
     return value.key() if kind == LINEAGES else (value,)
-
-
-def _same(old: tuple[object, ...], new: tuple[object, ...]) -> bool:
-    # Identity, not equality: an equal check would cost what serialising does.
-    # map(operator.is_) loops in C: a save at 10,000 lineages walks every entry.
-    return len(old) == len(new) and all(map(operator.is_, old, new))
