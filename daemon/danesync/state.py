@@ -260,9 +260,9 @@ def _rebuilt(directory: Path, reason: str, bad: str | None = None) -> Loaded:
             pass
     where = f"; kept as {' and '.join(kept)}" if kept else ""
     note = f"{path}: {reason}{where}; rebuilding the state from what is observed"
-    # What remains of the old state is deleted by the first save, before state.json.
-    shards, others = list_state_files(directory)
-    return Loaded(State(), note, None, {}, shards | others)
+    # What remains of the old state is deleted by the first save: its shards
+    # before state.json, per-name files (never read under schema 3) after.
+    return Loaded(State(), note, None, {}, *list_state_files(directory))
 
 
 def load_state(directory: Path) -> State:
