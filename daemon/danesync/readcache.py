@@ -26,16 +26,15 @@ import datetime as dt
 import hashlib
 import json
 import os
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from danesync.state import ChainInfo
+from danesync.statefiles import SHARDS, build_shard
 
 SCHEMA = 1
 DIRECTORY = "readcache"
-SHARDS = 256  # about 40 entries a file at 10,000 lineages: a renewal rewrites ~50 KB
 
 # SHA-256 over the certbot directory, the configuration validation depends on,
 # the four link targets and each file's (dev, inode, size, mtime_ns, ctime_ns):
@@ -91,10 +90,6 @@ def _aware(text: Any) -> dt.datetime:
     if moment.tzinfo is None:
         raise ValueError(f"{text}: no time zone")
     return moment
-
-
-def build_shard(lineage: str) -> int:
-    return zlib.crc32(lineage.encode()) % SHARDS
 
 
 def build_file_key(stat: tuple[int, ...], digest: bytes) -> bytes:

@@ -1,26 +1,29 @@
 """What danesync remembers between passes and restarts.
 
-The state is a directory of small JSON files, so one lineage's change does
-not rewrite everything:
+The state is a directory of JSON files, in shards, so one lineage's change
+does not rewrite everything (statefiles.py names the files):
 
 - `state.json`: schema version, the last wall-clock time seen, last failures;
-- `lineages/<lineage>.json`: the deployed chain, the pending candidate, a
-  deploy in flight, a failed candidate;
-- `tlsa/<owner name>.json`: the RRset versions seen at that name and the
+- `lineages/NNN.json`: per lineage (256 shards by name), the deployed chain,
+  the pending candidate, a deploy in flight, a failed candidate;
+- `tlsa/NNN.json`: per owner name, the RRset versions seen there and the
   records danesync's own updates added there (history.py).
 
 Each file is replaced atomically (temporary file, fsync, rename, fsync of the
-directory) and only when its content changed. No file holds key material.
+directory) and only when its content changed; `state.json` last. Schema 2 (a
+file per lineage and per name) is read and migrated by `StateStore.load`: the
+shards, then `state.json` saying 3, then the per-name files deleted (a few a
+save); until `state.json` says 3 the per-name files are what counts, after it
+only the shards. No file holds key material.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import operator
-import os
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,106 +32,38 @@ from danesync.chaininfo import (
     ChainInfo,
     optional_time_from_json,
     share_chain_info,
-    time_from_json,
     time_to_json,
 )
 from danesync.errors import StateError
 from danesync.history import NameHistory
+from danesync.statefiles import (
+    KINDS,
+    LEFTOVERS_PER_SAVE,
+    LINEAGES,
+    NAMES,
+    build_shard_document,
+    build_state_shard,
+    is_shard_file,
+    list_state_files,
+    parse_shard_document,
+    read_v2_files,
+    write_state_files,
+)
+from danesync.staterecords import Failure, LineageState
 from danesync.tlsa import TlsaRecord
 
-__all__ = ["ChainInfo", "LineageState", "Loaded", "State", "StateStore", "share_chain_info"]
+__all__ = [
+    "ChainInfo",
+    "Failure",
+    "LineageState",
+    "Loaded",
+    "State",
+    "StateStore",
+    "share_chain_info",
+]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 2: one file per lineage and per name (read, then replaced)
 FILENAME = "state.json"
-LINEAGES = "lineages"
-NAMES = "tlsa"
-
-
-@dataclass
-class LineageState:
-    deployed: ChainInfo | None = None
-    # The candidate being rolled in, and since when it waits.
-    pending: ChainInfo | None = None
-    pending_since: dt.datetime | None = None
-    proceed_at: dt.datetime | None = None  # the earliest it can be deployed, as last planned
-    # A deploy in flight: set before its chain file is written, cleared when
-    # Postfix confirmed it or it was rolled back. A restart finishes it only if
-    # the file on disk is this chain.
-    inflight: ChainInfo | None = None
-    # A candidate whose deploy failed (reload or probe): not retried until it changes.
-    failed_fingerprint: str | None = None
-    failed_reason: str | None = None
-
-    def key(self) -> tuple[object, ...]:
-        """Every field, as an immutable value: equal keys, equal documents."""
-        return (
-            self.deployed,
-            self.pending,
-            self.pending_since,
-            self.proceed_at,
-            self.inflight,
-            self.failed_fingerprint,
-            self.failed_reason,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "deployed": self.deployed.to_json() if self.deployed else None,
-            "pending": self.pending.to_json() if self.pending else None,
-            "pending_since": time_to_json(self.pending_since),
-            "proceed_at": time_to_json(self.proceed_at),
-            "inflight": self.inflight.to_json() if self.inflight else None,
-            "failed_fingerprint": self.failed_fingerprint,
-            "failed_reason": self.failed_reason,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> LineageState:
-        def info(key: str) -> ChainInfo | None:
-            return ChainInfo.from_json(data[key]) if data.get(key) else None
-
-        return cls(
-            deployed=info("deployed"),
-            pending=info("pending"),
-            pending_since=optional_time_from_json(data.get("pending_since")),
-            proceed_at=optional_time_from_json(data.get("proceed_at")),
-            inflight=info("inflight"),
-            failed_fingerprint=data.get("failed_fingerprint"),
-            failed_reason=data.get("failed_reason"),
-        )
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A step that failed, for `status`: what, where, why, since when."""
-
-    step: str
-    target: str  # the path or server
-    reason: str
-    since: dt.datetime
-    attempts: int = 1
-    lineage: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "target": self.target,
-            "reason": self.reason,
-            "since": time_to_json(self.since),
-            "attempts": self.attempts,
-            "lineage": self.lineage,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Failure:
-        return cls(
-            str(data["step"]),
-            str(data["target"]),
-            str(data["reason"]),
-            time_from_json(data["since"]),
-            int(data.get("attempts", 1)),
-            data.get("lineage"),
-        )
 
 
 @dataclass
@@ -167,21 +102,18 @@ class State:
             "failures": {k: f.to_json() for k, f in sorted(self.failures.items())},
         }
 
-    def entries(self) -> Iterator[tuple[str, tuple[object, ...], Callable[[], Any]]]:
-        """Every file but `state.json`: its path relative to the state directory,
-        the values it is made of (immutable: the same objects, the same file),
-        and how to make its JSON value."""
-        for name, ls in self.lineages.items():
-            yield f"{LINEAGES}/{name}.json", ls.key(), ls.to_json
-        for owner, history in self.names.items():
-            # owner ends with "."
-            yield f"{NAMES}/{owner}json", (history,), history.to_json
-
     def documents(self) -> dict[str, bytes]:
         """Every file of the state, by path relative to the state directory."""
+        shards: dict[str, dict[str, Any]] = {}
+        for kind, values in self.kinds():
+            for name, value in values.items():
+                shards.setdefault(build_state_shard(kind, name), {})[name] = value.to_json()
         docs = {FILENAME: _dump(self.global_json())}
-        docs.update((path, _dump(make())) for path, _, make in self.entries())
+        docs.update((path, build_shard_document(entries)) for path, entries in shards.items())
         return docs
+
+    def kinds(self) -> tuple[tuple[str, dict[str, Any]], ...]:
+        return ((LINEAGES, self.lineages), (NAMES, self.names))
 
 
 def _dump(data: Any) -> bytes:
@@ -195,7 +127,18 @@ class Loaded:
     state: State
     note: str | None = None  # "migrated ..." or "rebuilt ..."
     legacy: dict[str, Any] | None = None  # a v1 document, for the service to migrate
-    digests: dict[str, bytes] = field(default_factory=dict)  # of each file as read
+    digests: dict[str, bytes] = field(default_factory=dict)  # of each file read as current
+    # Shard files on disk that the next save rewrites or deletes, before
+    # state.json (anything not read from them as schema 3), and the per-name
+    # files of schema 2 it deletes after.
+    stale: frozenset[str] = frozenset()
+    leftovers: frozenset[str] = frozenset()
+
+
+class _BadFile(ValueError):
+    def __init__(self, relative: str, error: Exception) -> None:
+        super().__init__(f"{relative}: {error}")
+        self.relative = relative
 
 
 def read_state(directory: Path) -> Loaded:
@@ -207,19 +150,25 @@ def read_state(directory: Path) -> Loaded:
         data = json.loads(raw)
         version = data.get("version") if isinstance(data, dict) else None
     except FileNotFoundError:
-        return Loaded(State())
+        return Loaded(State(), None, None, {}, *list_state_files(directory))
     except (OSError, ValueError) as error:
-        return _rebuilt(path, f"cannot read it: {error}")
+        return _rebuilt(directory, f"cannot read it: {error}")
     if version == 1:
-        return Loaded(State(), f"{path}: schema version 1, migrated to {SCHEMA_VERSION}", data)
-    if version != SCHEMA_VERSION:
-        return _rebuilt(path, f"schema version {version!r}, expected {SCHEMA_VERSION}")
-    digests = {FILENAME: build_digest(raw)}
+        note = f"{path}: schema version 1, migrated to {SCHEMA_VERSION}"
+        return Loaded(State(), note, data, {}, *list_state_files(directory))
+    if version not in (2, SCHEMA_VERSION):
+        return _rebuilt(directory, f"schema version {version!r}, expected {SCHEMA_VERSION}")
     try:
-        state = _parse(directory, data, digests)
+        shards, others = list_state_files(directory)
+        if version == 2:  # every shard file is stray until state.json says 3
+            return Loaded(_parse_v2(directory, data), None, None, {}, shards, others)
+        digests = {FILENAME: build_digest(raw)}
+        state, stale = _parse_v3(directory, data, shards, digests)
+    except _BadFile as error:
+        return _rebuilt(directory, f"not understood: {error}", error.relative)
     except (OSError, KeyError, TypeError, ValueError) as error:
-        return _rebuilt(path, f"not understood: {error}")
-    return Loaded(state, digests=digests)
+        return _rebuilt(directory, f"not understood: {error}")
+    return Loaded(state, None, None, digests, stale, others)
 
 
 def build_digest(data: bytes) -> bytes:
@@ -227,30 +176,53 @@ def build_digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-def _parse(directory: Path, data: dict[str, Any], digests: dict[str, bytes] | None = None) -> State:
-    # One file at a time, parsed and built before the next is read: all 10,000
-    # parsed documents at once left the heap fragmented (tens of MB of VmRSS).
+def _parse_v2(directory: Path, data: dict[str, Any]) -> State:
     state = _build_global(data)
-    for sub in (LINEAGES, NAMES):
+    for kind in KINDS:
+        for name, value in read_v2_files(directory, kind):
+            _add_entry(state, kind, name, value)
+    return _sorted(state)
+
+
+def _parse_v3(
+    directory: Path, data: dict[str, Any], shards: frozenset[str], digests: dict[str, bytes]
+) -> tuple[State, frozenset[str]]:
+    # One shard at a time, parsed and built before the next is read: all parsed
+    # documents at once left the heap fragmented (tens of MB of VmRSS at 10,000).
+    state = _build_global(data)
+    stale: set[str] = set()
+    misplaced: list[tuple[str, str, Any]] = []
+    for relative in sorted(shards):
+        kind = relative.partition("/")[0]
         try:
-            names = sorted(n for n in os.listdir(directory / sub) if n.endswith(".json"))
-        except FileNotFoundError:
-            continue
-        for name in names:
-            relative = f"{sub}/{name}"
-            raw = (directory / sub / name).read_bytes()
-            _add_document(state, relative, json.loads(raw))
-            if digests is not None:
-                digests[relative] = build_digest(raw)
-    return state
+            raw = (directory / relative).read_bytes()
+            for name, value in parse_shard_document(raw).items():
+                home = build_state_shard(kind, name)
+                if home != relative:  # edited by hand: read, and both rewritten by the next save
+                    stale.update((home, relative))
+                    misplaced.append((kind, name, value))
+                else:
+                    _add_entry(state, kind, name, value)
+        except (KeyError, TypeError, ValueError) as error:
+            raise _BadFile(relative, error) from error
+        digests[relative] = build_digest(raw)
+    for kind, name, value in misplaced:
+        if name not in state.kinds()[KINDS.index(kind)][1]:  # its own shard's entry wins
+            _add_entry(state, kind, name, value)
+    for relative in stale:
+        digests.pop(relative, None)
+    return _sorted(state), frozenset(stale)
 
 
 def build_state_from_documents(documents: dict[str, Any]) -> State:
-    """The state from its parsed files (relative path -> JSON value)."""
+    """The state from its parsed files (relative path -> JSON value), as `documents()` made them."""
     state = _build_global(documents[FILENAME])
-    for path, value in sorted(documents.items()):
-        _add_document(state, path, value)
-    return state
+    for path, entries in documents.items():
+        kind, _, filename = path.partition("/")
+        if kind in KINDS and is_shard_file(filename):
+            for name, value in entries.items():
+                _add_entry(state, kind, name, value)
+    return _sorted(state)
 
 
 def _build_global(data: dict[str, Any]) -> State:
@@ -263,23 +235,34 @@ def _build_global(data: dict[str, Any]) -> State:
     return state
 
 
-def _add_document(state: State, path: str, value: Any) -> None:
-    if path.startswith(f"{LINEAGES}/"):
-        name = path.removeprefix(f"{LINEAGES}/").removesuffix(".json")
+def _add_entry(state: State, kind: str, name: str, value: Any) -> None:
+    if kind == LINEAGES:
         state.lineages[name] = LineageState.from_json(value)
-    elif path.startswith(f"{NAMES}/"):
-        owner = path.removeprefix(f"{NAMES}/").removesuffix("json")
-        state.names[owner] = NameHistory.from_json(owner, value)
+    else:
+        state.names[name] = NameHistory.from_json(name, value)
 
 
-def _rebuilt(path: Path, reason: str) -> Loaded:
-    aside = path.with_name(path.name + ".bad")
-    try:
-        path.replace(aside)
-        where = f"; kept as {aside}"
-    except OSError:
-        where = ""
-    return Loaded(State(), f"{path}: {reason}{where}; rebuilding the state from what is observed")
+def _sorted(state: State) -> State:
+    # By name, as schema 2's sorted file names gave them: passes see one order.
+    state.lineages = dict(sorted(state.lineages.items()))
+    state.names = dict(sorted(state.names.items()))
+    return state
+
+
+def _rebuilt(directory: Path, reason: str, bad: str | None = None) -> Loaded:
+    path = directory / FILENAME
+    kept = []
+    for aside in (path, *([directory / bad] if bad else [])):
+        try:
+            aside.replace(aside.with_name(aside.name + ".bad"))
+            kept.append(f"{aside}.bad")
+        except OSError:
+            pass
+    where = f"; kept as {' and '.join(kept)}" if kept else ""
+    note = f"{path}: {reason}{where}; rebuilding the state from what is observed"
+    # What remains of the old state is deleted by the first save: its shards
+    # before state.json, per-name files (never read under schema 3) after.
+    return Loaded(State(), note, None, {}, *list_state_files(directory))
 
 
 def load_state(directory: Path) -> State:
@@ -291,13 +274,15 @@ def load_state(directory: Path) -> State:
         return State()
     except (OSError, ValueError) as error:
         raise StateError(f"{path}: cannot read the state: {error}") from error
-    if not isinstance(data, dict) or data.get("version") != SCHEMA_VERSION:
-        raise StateError(f"{path}: schema version {data.get('version')!r}; run the daemon")
+    version = data.get("version") if isinstance(data, dict) else None
+    if version not in (2, SCHEMA_VERSION):
+        raise StateError(f"{path}: schema version {version!r}; run the daemon")
     try:
-        state = _parse(directory, data)
+        if version == 2:
+            return _parse_v2(directory, data)
+        return _parse_v3(directory, data, list_state_files(directory)[0], {})[0]
     except (OSError, KeyError, TypeError, ValueError) as error:
         raise StateError(f"{directory}: the state is not understood: {error}") from error
-    return state
 
 
 class StateStore:
@@ -305,64 +290,104 @@ class StateStore:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        # Per file as last written (or read): the values it was made of, compared
-        # by identity (unchanged objects: not even serialised), and the digest of
-        # its bytes (new values that serialise the same: not rewritten). Not the
-        # bytes themselves: 1.7 KB a lineage, 16.5 MiB at 10,000.
-        self._written: dict[str, tuple[tuple[object, ...], bytes]] = {}
+        # Per entry as last written (or read): the values its document is made
+        # of, compared by identity (unchanged objects: not even serialised); per
+        # file, the digest of its bytes (a shard whose new values serialise the
+        # same: not rewritten). Not the bytes: 1.7 KB a lineage.
+        self._keys: dict[str, dict[str, tuple[object, ...]]] = {kind: {} for kind in KINDS}
+        self._digests: dict[str, bytes] = {}
+        self._homes: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}  # name -> shard
+        self._stale: set[str] = set()
+        self._leftovers: set[str] = set()
 
     def load(self) -> Loaded:
         loaded = read_state(self.directory)
-        if loaded.note is None:
-            digests = loaded.digests
-            self._written = {
-                relative: (key, digests[relative])
-                for relative, key, _ in loaded.state.entries()
-                if relative in digests
-            }
-            if FILENAME in digests:
-                self._written[FILENAME] = ((), digests[FILENAME])
+        self._keys = {kind: {} for kind in KINDS}
+        self._digests = dict(loaded.digests)
+        self._stale, self._leftovers = set(loaded.stale), set(loaded.leftovers)
+        if loaded.digests:  # schema 3, read as it is: each entry is in its shard's file
+            for kind, values in loaded.state.kinds():
+                self._keys[kind] = {name: _key(kind, value) for name, value in values.items()}
+        elif loaded.note is None and (loaded.stale or loaded.leftovers):
+            # Schema 2: migrated now, not at the first change (a renewal, maybe
+            # weeks later, would pay it), so every later start reads shards. A
+            # failure: the next save migrates, or says why it cannot.
+            with contextlib.suppress(StateError):
+                self.save(loaded.state)
         return loaded
 
     def save(self, state: State) -> None:
-        from danesync.actions.files import write_atomic, write_atomic_many
-
+        dirty = set(self._stale)
+        keys: dict[str, dict[str, tuple[object, ...]]] = {}
+        removed: dict[str, set[str]] = {}
+        is_ = operator.is_
+        for kind, values in state.kinds():
+            old, homes, new = self._keys[kind], self._homes[kind], {}
+            lineages = kind == LINEAGES
+            # The loop of a save that walks every entry: no Python call but key().
+            # Identity, not equality (an equal check would cost what serialising
+            # does); map(operator.is_) loops in C.
+            for name, value in values.items():
+                new[name] = key = value.key() if lineages else (value,)
+                previous = old.get(name)
+                if (
+                    previous is None
+                    or len(previous) != len(key)
+                    or not all(map(is_, previous, key))
+                ):
+                    dirty.add(homes.get(name) or self._home(kind, name))
+            removed[kind] = old.keys() - new
+            dirty.update(homes.get(name) or self._home(kind, name) for name in removed[kind])
+            keys[kind] = new
         changed: dict[str, bytes] = {}
-        written: dict[str, tuple[tuple[object, ...], bytes]] = {}
-        for relative, key, make in state.entries():
-            old = self._written.get(relative)
-            if old is not None and _same(old[0], key):
-                written[relative] = old
+        deleted: list[str] = []
+        digests: dict[str, bytes] = {}
+        for kind, values in state.kinds():
+            members: dict[str, dict[str, Any]] = {p: {} for p in dirty if p.startswith(f"{kind}/")}
+            if not members:
                 continue
-            data = _dump(make())
-            digest = build_digest(data)
-            if old is None or old[1] != digest:
-                changed[relative] = data
-            written[relative] = (key, digest)
+            homes = self._homes[kind]
+            for name, value in values.items():
+                group = members.get(homes.get(name) or self._home(kind, name))
+                if group is not None:
+                    group[name] = value
+            for relative, group in members.items():
+                if not group:
+                    if relative in self._digests or relative in self._stale:
+                        deleted.append(relative)
+                    continue
+                data = build_shard_document({n: v.to_json() for n, v in group.items()})
+                digests[relative] = digest = build_digest(data)
+                if self._digests.get(relative) != digest:
+                    changed[relative] = data
+        data = _dump(state.global_json())
+        digest = build_digest(data)
+        document = None if self._digests.get(FILENAME) == digest else data
+        leftovers = sorted(self._leftovers)[:LEFTOVERS_PER_SAVE]
         try:
-            for sub in (LINEAGES, NAMES):
-                (self.directory / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-            # Per-lineage and per-name files first (in one batch: one flush for
-            # all, not two fsyncs each), the global file last.
-            write_atomic_many({self.directory / r: d for r, d in changed.items()}, mode=0o600)
-            gone = set(self._written) - set(written) - {FILENAME}
-            self._written.update(written)
-            data = _dump(state.global_json())
-            digest = build_digest(data)
-            if self._written.get(FILENAME, ((), b""))[1] != digest:
-                write_atomic(self.directory / FILENAME, data, mode=0o600)
-                self._written[FILENAME] = ((), digest)
-            for relative in gone:
-                (self.directory / relative).unlink(missing_ok=True)
-                del self._written[relative]
+            write_state_files(self.directory, changed, deleted, document, leftovers)
         except OSError as error:
             where = error.filename or self.directory
             raise StateError(
                 f"{where}: cannot write the state: {error.strerror or error}"
             ) from error
+        for kind, names in removed.items():
+            for name in names:
+                self._homes[kind].pop(name, None)
+        self._keys = keys
+        self._digests.update(digests)
+        self._digests[FILENAME] = digest
+        for relative in deleted:
+            self._digests.pop(relative, None)
+        self._stale.clear()
+        self._leftovers.difference_update(leftovers)
+
+    def _home(self, kind: str, name: str) -> str:
+        # Remembered: a crc32 per name per save is a few ms at 10,000.
+        home = self._homes[kind][name] = build_state_shard(kind, name)
+        return home
 
 
-def _same(old: tuple[object, ...], new: tuple[object, ...]) -> bool:
-    # Identity, not equality: an equal check would cost what serialising does.
-    # map(operator.is_) loops in C: a save at 10,000 lineages walks every file.
-    return len(old) == len(new) and all(map(operator.is_, old, new))
+def _key(kind: str, value: Any) -> tuple[object, ...]:
+    """The values an entry's document is made of: equal keys, equal documents."""
+    return value.key() if kind == LINEAGES else (value,)

@@ -208,11 +208,12 @@ class Host:
         return self.deploy_dir / f"{lineage}.pem"
 
     def state(self) -> dict[str, Any]:
-        """state.json, with the per-lineage files under "lineages"."""
+        """state.json, with the lineages of every shard under "lineages"."""
         state: dict[str, Any] = json.loads((self.state_dir / "state.json").read_text())
         state["lineages"] = {
-            path.name.removesuffix(".json"): json.loads(path.read_text())
-            for path in (self.state_dir / "lineages").glob("*.json")
+            name: entry
+            for path in (self.state_dir / "lineages").glob("[0-9][0-9][0-9].json")
+            for name, entry in json.loads(path.read_text()).items()
         }
         return state
 

@@ -1,4 +1,4 @@
-"""The state directory: small files, only the changed ones rewritten, schema 2."""
+"""The state directory: shards, only the changed ones rewritten, schema 3."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from danesync.history import NameHistory, RRset, record_served
 from danesync.state import ChainInfo, State, StateStore, load_state, read_state
+from danesync.statefiles import build_state_shard
 from danesync.tlsa import TlsaRecord
 
 NOW = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
@@ -61,5 +62,5 @@ class TestStateStore:
         changed = {
             p.name for p in (tmp_path / "lineages").iterdir() if p.stat().st_ino != inodes[p.name]
         }
-        assert changed == {"l3.json"}
+        assert {f"lineages/{name}" for name in changed} == {build_state_shard("lineages", "l3")}
         assert load_state(tmp_path).lineages["l3"].deployed == info(9)

@@ -6,6 +6,9 @@ import dataclasses
 import datetime as dt
 
 from danesync.state import LineageState, State
+from danesync.statefiles import build_state_shard
+
+MX7 = build_state_shard("lineages", "mx7.example.test")
 
 
 def test_key_covers_every_field() -> None:
@@ -24,14 +27,14 @@ def test_documents_follow_every_change() -> None:
     lineage.failed_reason = "the probe did not see it"
     second = state.documents()
     changed = [path for path in first if first[path] != second[path]]
-    assert changed == ["lineages/mx7.example.test.json"]
-    assert b"the probe did not see it" in second["lineages/mx7.example.test.json"]
+    assert changed == [MX7]
+    assert b"the probe did not see it" in second[MX7]
     lineage.proceed_at = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
-    assert b"2026-11-28" in state.documents()["lineages/mx7.example.test.json"]
+    assert b"2026-11-28" in state.documents()[MX7]
     lineage.failed_reason = None
-    assert b"did not see" not in state.documents()["lineages/mx7.example.test.json"]
+    assert b"did not see" not in state.documents()[MX7]
     del state.lineages["mx7.example.test"]
-    assert "lineages/mx7.example.test.json" not in state.documents()
+    assert b"mx7.example.test" not in state.documents().get(MX7, b"")
 
 
 def test_equal_states_compare_equal_whatever_was_cached() -> None:

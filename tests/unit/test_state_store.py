@@ -7,6 +7,7 @@ import datetime as dt
 from pathlib import Path
 
 from danesync.state import ChainInfo, State, StateStore, load_state
+from danesync.statefiles import build_state_shard
 
 NOW = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 
@@ -29,7 +30,11 @@ def info(n: int) -> ChainInfo:
 
 
 def inodes(directory: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_ino for p in directory.rglob("*.json")}
+    return {str(p.relative_to(directory)): p.stat().st_ino for p in directory.rglob("*.json")}
+
+
+def shard(lineage: str) -> str:
+    return build_state_shard("lineages", lineage)
 
 
 def saved(directory: Path, count: int = 20) -> State:
@@ -58,14 +63,15 @@ def test_every_change_after_a_restart_is_written(tmp_path: Path) -> None:
     state.lineages["l4"].deployed = info(99)
     store.save(state)
     after = inodes(tmp_path)
-    assert {name for name in after if after[name] != before.get(name)} == {"l3.json", "l4.json"}
+    rewritten = {name for name in after if after[name] != before.get(name)}
+    assert rewritten == {shard("l3"), shard("l4")}
     loaded = load_state(tmp_path)
     assert loaded.lineages["l3"].failed_reason == "the probe did not see it"
     assert loaded.lineages["l4"].deployed == info(99)
     # The same values again: the file on disk already holds them.
     state.lineages["l3"].failed_reason = "the probe did not see it"[:]
     store.save(state)
-    assert inodes(tmp_path)["l3.json"] == after["l3.json"]
+    assert inodes(tmp_path)[shard("l3")] == after[shard("l3")]
 
 
 def test_a_change_back_and_forth_is_written_each_time(tmp_path: Path) -> None:
@@ -99,7 +105,8 @@ def test_removed_lineage_file_is_deleted_after_a_restart(tmp_path: Path) -> None
     state = store.load().state
     del state.lineages["l5"]
     store.save(state)
-    assert not (tmp_path / "lineages" / "l5.json").exists()
+    path = tmp_path / shard("l5")  # its shard rewritten without it, or deleted when empty
+    assert not path.exists() or '"l5"' not in path.read_text()
     assert "l5" not in load_state(tmp_path).lineages
 
 
@@ -109,6 +116,7 @@ def test_the_store_keeps_digests_not_documents(tmp_path: Path) -> None:
     loaded.load()
     for store in (StateStore(tmp_path), loaded):
         store.save(state)
-        kept = store._written  # what stays in memory between passes
-        assert len(kept) == 51
-        assert all(len(digest) == 16 for _, digest in kept.values())
+        kept = store._digests  # what stays in memory between passes, per file
+        assert len(kept) == len({shard(f"l{n}") for n in range(50)}) + 1
+        assert all(len(digest) == 16 for digest in kept.values())
+        assert not [v for v in vars(store).values() if isinstance(v, bytes)]

@@ -204,7 +204,7 @@ class TestFinding8EnvironmentErrors:
         assert "10.0.0.3:53" in str(events(logs, "dns.failed")[0]["reason"])
 
     def test_v1_state_is_migrated(self, tmp_path: Path) -> None:
-        from danesync.state import StateStore, read_state
+        from danesync.state import SCHEMA_VERSION, StateStore, read_state
 
         (tmp_path / "state.json").write_text(
             json.dumps({"version": 1, "lineages": {}, "records": {}, "reload_pending": False})
@@ -212,7 +212,7 @@ class TestFinding8EnvironmentErrors:
         loaded = read_state(tmp_path)
         assert loaded.legacy is not None and "migrated" in (loaded.note or "")
         StateStore(tmp_path).save(loaded.state)
-        assert json.loads((tmp_path / "state.json").read_text())["version"] == 2
+        assert json.loads((tmp_path / "state.json").read_text())["version"] == SCHEMA_VERSION
 
     def test_unknown_schema_is_rebuilt_not_a_crash_loop(self, tmp_path: Path) -> None:
         from danesync.state import read_state
