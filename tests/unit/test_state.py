@@ -10,26 +10,14 @@ from danesync.history import NameHistory, RRset, record_served
 from danesync.state import ChainInfo, State, StateStore, load_state, read_state
 from danesync.statefiles import build_state_shard
 from danesync.tlsa import TlsaRecord
+from tests.harness.chaininfos import chain_info
 
 NOW = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 NAME = "_25._tcp.mx.example.test."
 
 
 def info(n: int) -> ChainInfo:
-    fp = f"{n:064x}"
-    return ChainInfo(
-        fp,
-        f"{n:02X}",
-        NOW,
-        NOW + dt.timedelta(days=90),
-        "CN=CA",
-        "ecdsa",
-        n,
-        ("mx.example.test",),
-        fp,
-        fp,
-        frozenset({f"2 1 1 {fp}"}),
-    )
+    return chain_info(n, ("2 1 1",))
 
 
 class TestStateStore:

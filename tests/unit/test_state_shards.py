@@ -15,7 +15,6 @@ import danesync.state
 from danesync.history import NameHistory, RRset, record_served
 from danesync.state import (
     SCHEMA_VERSION,
-    ChainInfo,
     LineageState,
     State,
     StateStore,
@@ -24,25 +23,12 @@ from danesync.state import (
 )
 from danesync.statefiles import SHARDS, build_state_shard
 from danesync.tlsa import TlsaRecord
+from tests.harness.chaininfos import chain_info
 
 NOW = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 
 
-def info(n: int) -> ChainInfo:
-    fp = f"{n:064x}"
-    return ChainInfo(
-        fp,
-        f"{n:02X}",
-        NOW,
-        NOW + dt.timedelta(days=90),
-        "CN=CA",
-        "ecdsa",
-        n,
-        ("mx.example.test",),
-        fp,
-        fp,
-        frozenset({f"3 1 1 {fp}", f"2 1 1 {fp}"}),
-    )
+info = chain_info
 
 
 def owner(n: int) -> str:

@@ -6,27 +6,14 @@ import dataclasses
 import datetime as dt
 from pathlib import Path
 
-from danesync.state import ChainInfo, State, StateStore, load_state
+from danesync.state import State, StateStore, load_state
 from danesync.statefiles import build_state_shard
+from tests.harness.chaininfos import chain_info
 
 NOW = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 
 
-def info(n: int) -> ChainInfo:
-    fp = f"{n:064x}"
-    return ChainInfo(
-        fp,
-        f"{n:02X}",
-        NOW,
-        NOW + dt.timedelta(days=90),
-        "CN=CA",
-        "ecdsa",
-        n,
-        ("mx.example.test",),
-        fp,
-        fp,
-        frozenset({f"3 1 1 {fp}", f"2 1 1 {fp}"}),
-    )
+info = chain_info
 
 
 def inodes(directory: Path) -> dict[str, int]:
