@@ -133,6 +133,10 @@ class DanesyncWorld(RuleBasedStateMachine):
         raise Crash(point)
 
     def _start(self) -> Service:
+        return self.build_service(crash=self._crash)
+
+    def build_service(self, **hooks: Any) -> Service:
+        """A Service on this world's ports (`hooks`: crash, progress)."""
         return Service(
             self.config,
             postfix=self.postfix,
@@ -140,7 +144,7 @@ class DanesyncWorld(RuleBasedStateMachine):
             lineages=self.lineages,
             store=self.store,
             clock=self.clock,
-            crash=self._crash,
+            **hooks,
         )
 
     def _issue(self, lineage: str, not_after: dt.datetime | None = None) -> Offer:

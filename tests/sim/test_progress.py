@@ -10,7 +10,6 @@ from collections.abc import Mapping
 import pytest
 
 from danesync.runtime import STOPPABLE, PassStopped
-from danesync.service import Service
 from tests.sim.machine import LINEAGES, DanesyncWorld
 from tests.sim.world import SimPostfix
 
@@ -18,13 +17,7 @@ from tests.sim.world import SimPostfix
 def test_a_first_pass_reports_every_lineage_read_written_and_probed() -> None:
     world = DanesyncWorld()
     calls: list[tuple[str, int, int]] = []
-    service = Service(
-        world.config,
-        postfix=world.postfix,
-        dns=world.dns,
-        lineages=world.lineages,
-        store=world.store,
-        clock=world.clock,
+    service = world.build_service(
         progress=lambda phase, done, total: calls.append((phase, done, total)),
     )
     service.reconcile()
@@ -58,21 +51,10 @@ class CountingPostfix(SimPostfix):
         super().install_chain_file(lineage, pem)
 
 
-def _service(world: DanesyncWorld) -> Service:
-    return Service(
-        world.config,
-        postfix=world.postfix,
-        dns=world.dns,
-        lineages=world.lineages,
-        store=world.store,
-        clock=world.clock,
-    )
-
-
 def test_a_deploy_writes_its_chain_files_in_one_batch() -> None:
     world = DanesyncWorld()
     world.postfix = postfix = CountingPostfix(world.snakeoil)
-    service = _service(world)
+    service = world.build_service()
     service.reconcile()
     deployed = {name for name, s in service.state.lineages.items() if s.deployed}
     assert deployed == set(LINEAGES)
@@ -83,7 +65,7 @@ def test_a_file_that_cannot_be_written_fails_its_lineage_alone() -> None:
     world = DanesyncWorld()
     world.postfix = postfix = CountingPostfix(world.snakeoil)
     postfix.fail_write.add("sni1")
-    service = _service(world)
+    service = world.build_service()
     result = service.reconcile()
     assert result.failed
     deployed = {name for name, s in service.state.lineages.items() if s.deployed}
@@ -100,7 +82,7 @@ def test_a_file_that_cannot_be_written_fails_its_lineage_alone() -> None:
 def test_a_pass_stopped_while_it_reads_changes_nothing() -> None:
     """The daemon ends a reading pass on SIGTERM (loop.py): nothing is half done."""
     world = DanesyncWorld()
-    service = _service(world)
+    service = world.build_service()
     service.reconcile()  # everything deployed and saved
     saved = json.dumps(world.store.documents, sort_keys=True)
     files = dict(world.postfix.files)
@@ -110,13 +92,7 @@ def test_a_pass_stopped_while_it_reads_changes_nothing() -> None:
         if phase in STOPPABLE and done == 2:
             raise PassStopped(phase)
 
-    stopping = Service(
-        world.config,
-        postfix=world.postfix,
-        dns=world.dns,
-        lineages=world.lineages,
-        store=world.store,
-        clock=world.clock,
+    stopping = world.build_service(
         progress=stop,
     )
     with pytest.raises(PassStopped):

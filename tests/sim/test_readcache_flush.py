@@ -10,7 +10,6 @@ from danesync.config import CertificateConfig
 from danesync.errors import StateError
 from danesync.plan import Problem
 from danesync.ports import Offer, ProbeRequest, ProbeResult
-from danesync.service import Service
 from danesync.state import State
 from tests.sim.machine import LINEAGES, DanesyncWorld
 from tests.sim.world import SimLineages, SimPostfix
@@ -55,20 +54,9 @@ def _world() -> tuple[DanesyncWorld, Recorder]:
     return world, recorder
 
 
-def _service(world: DanesyncWorld) -> Service:
-    return Service(
-        world.config,
-        postfix=world.postfix,
-        dns=world.dns,
-        lineages=world.lineages,
-        store=world.store,
-        clock=world.clock,
-    )
-
-
 def test_a_first_pass_flushes_the_read_cache_once_after_its_deploy() -> None:
     world, recorder = _world()
-    service = _service(world)
+    service = world.build_service()
     service.reconcile()
     assert {n for n, s in service.state.lineages.items() if s.deployed} == set(LINEAGES)
     assert recorder.events.count("flush") == 1
@@ -78,7 +66,7 @@ def test_a_first_pass_flushes_the_read_cache_once_after_its_deploy() -> None:
 
 def test_a_pass_that_fails_still_flushes_what_it_validated() -> None:
     world, recorder = _world()
-    service = _service(world)
+    service = world.build_service()
 
     saves = world.store.save
 
