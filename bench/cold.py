@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,18 +57,46 @@ def _export(revision: str, workdir: Path) -> Path:
     return target / "daemon"
 
 
-def _cold(host: Host, workdir: Path, code: Path, name: str) -> tuple[float, float]:
+# Phases of a cold start from the daemon's JSON log: (label, event, first or last).
+PHASES = (
+    ("started", "daemon.started", "first"),
+    ("read", "lineage.changed", "last"),
+    ("reloaded", "postfix.reloaded", "first"),
+    ("first probe", "probe.ok", "first"),
+    ("last deployed", "chain.deployed", "last"),
+)
+
+
+def _phases(events: list[dict[str, Any]], wall_start: float) -> dict[str, float]:
+    """Seconds from exec to each phase's event (the log's wall-clock timestamps)."""
+    found: dict[str, float] = {}
+    for label, event, which in PHASES:
+        times = [
+            datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
+            for e in events
+            if e.get("event") == event and "timestamp" in e
+        ]
+        if times:
+            found[label] = (times[0] if which == "first" else times[-1]) - wall_start
+    return found
+
+
+def _cold(
+    host: Host, workdir: Path, code: Path, name: str
+) -> tuple[float, float, dict[str, float]]:
     daemon = Daemon(host.config, workdir, name=name, env={"PYTHONPATH": str(code)})
+    wall_start = time.time()
     daemon.start()
     try:
         ready = daemon.wait_ready(timeout=900)
         cpu = daemon.ready_cpu
-        deployed = daemon.count("chain.deployed")
+        events = daemon.events()
+        deployed = sum(1 for e in events if e.get("event") == "chain.deployed")
         if deployed != len(host.lineages):
             raise RuntimeError(f"{name}: {deployed} of {len(host.lineages)} deployed")
     finally:
         daemon.stop()
-    return ready, cpu
+    return ready, cpu, _phases(events, wall_start) | {"READY=1": ready}
 
 
 def _profile(host: Host, code: Path, output: Path) -> None:
@@ -106,16 +135,18 @@ def run(
 ) -> dict[str, Any]:
     ca = Hierarchy("Bench Cold")
     codes = {"this": REPO / "daemon", "baseline": _export(revision, workdir)}
-    figures: dict[str, Any] = {name: {"ready": [], "cpu": []} for name in codes}
+    figures: dict[str, Any] = {name: {"ready": [], "cpu": [], "phases": []} for name in codes}
     with PostfixInstance() as postfix:
         host = make_host(workdir / "host", postfix, ca, size - 1)
         for round_ in range(rounds):
             order = list(codes) if round_ % 2 == 0 else list(reversed(codes))
             for name in order:
                 _reset(host)
-                ready, cpu = _cold(host, workdir, codes[name], f"cold-{name}-{round_}")
+                ready, cpu, phases = _cold(host, workdir, codes[name], f"cold-{name}-{round_}")
                 figures[name]["ready"].append(ready)
                 figures[name]["cpu"].append(cpu)
+                load = " ".join(Path("/proc/loadavg").read_text().split()[:1])
+                figures[name]["phases"].append((round_, load, phases))
                 progress(f"{size}: {name}: READY=1 after {seconds(ready)} (CPU {seconds(cpu)})")
         if size <= 1000:  # everything deployed: time handshakes with SNI
             for name, code in codes.items():
@@ -166,7 +197,19 @@ def main(argv: list[str] | None = None) -> int:
         if key in this:
             label = f"STARTTLS handshakes/s, {workers} at a time"
             print(f"| {label} | {this[key]:.0f} | {base[key]:.0f} |")
+    _print_phases(figures)
     return 0
+
+
+def _print_phases(figures: dict[str, Any]) -> None:
+    labels = [label for label, _, _ in PHASES] + ["READY=1"]
+    print()
+    print("| round (load) | " + " | ".join(labels) + " |")
+    print("|---" * (len(labels) + 1) + "|")
+    for name, figure in figures.items():
+        for round_, load, phases in figure["phases"]:
+            cells = " | ".join(f"{phases[k]:.2f}" if k in phases else "-" for k in labels)
+            print(f"| {name}, {round_ + 1} ({load}) | {cells} |")
 
 
 if __name__ == "__main__":
