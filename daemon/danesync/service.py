@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from danesync.config import CertificateConfig, Config
+from danesync.config import CertificateConfig, Config, DnsMode
 from danesync.errors import DanesyncError
 from danesync.history import restart_waits
 from danesync.monitoring import RenewalNotices
@@ -46,7 +46,7 @@ from danesync.tlsa import TlsaRecord
 
 log = structlog.get_logger("danesync")
 
-ROUNDS = 4  # a deploy is followed by a round that retires what the old chains needed
+ROUNDS = 4  # a deploy is followed by a round that publishes or retires (DNS on)
 CLOCK_TOLERANCE = dt.timedelta(seconds=30)  # wall-clock drift from monotonic taken as a jump
 
 __all__ = ["PassResult", "Service", "run_sync"]
@@ -161,7 +161,10 @@ class Service:
             plan = plan_pass(self.config, rt.state, observations, now)
             record_decisions(rt, plan, now, result, self.logs)
             execute_plan(rt, plan, pems, result)
-            if not plan.deploys:
+            # The round after a deploy publishes and retires what it changed
+            # (design.md: deploy first, publish after); with DNS off there is
+            # neither, and it only walked every lineage again before READY=1.
+            if not plan.deploys or self.config.dns.mode is DnsMode.OFF:
                 break
 
     def _select(self, lineages: set[str] | None) -> list[CertificateConfig]:
