@@ -10,9 +10,9 @@ import time
 from collections.abc import Mapping, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from danesync import readcache
-from danesync.actions import dns as dns_actions
 from danesync.actions import files, postfix, probe, snitables
 from danesync.certbot import read_deploy_pem, read_validated
 from danesync.chain import Chain, LineageFiles, validate_chain
@@ -25,8 +25,12 @@ from danesync.ports import Answers, AriTarget, Offer, ProbeRequest, ProbeResult
 from danesync.readcache import ReadCache, Validated
 from danesync.state import ChainInfo
 from danesync.tlsa import TlsaRecord
-from danesync.tsigkey import TsigKey
-from danesync.tsigkeyfile import current_tsig_key
+
+if TYPE_CHECKING:
+    # dnspython (0.15 s of imports) only where DNS is used: not before a
+    # DNS-off daemon is started (issue 15, coldtail).
+    from danesync.actions import dns as dns_actions
+    from danesync.tsigkey import TsigKey
 
 PROBE_WORKERS = 16  # concurrent STARTTLS probes after a deploy
 
@@ -311,12 +315,18 @@ class RealDns:
     def __init__(self, config: Config) -> None:
         self.config = config
         server = config.dns.server
-        self._primary = None if server is None else dns_actions.Server(server.host, server.port)
+        self._primary = None
+        if server is not None:
+            from danesync.actions import dns as dns_actions
+
+            self._primary = dns_actions.Server(server.host, server.port)
         self.primary = None if server is None else str(server)
         self._verify: list[dns_actions.Server] | None = None
         self._key: TsigKey | None = None
 
     def _servers(self) -> list[dns_actions.Server]:
+        from danesync.actions import dns as dns_actions
+
         if self._verify is None:
             configured = self.config.dns.verify_servers
             if configured:
@@ -341,6 +351,8 @@ class RealDns:
             servers = self._servers()
         except DnsError as error:
             return Answers({}, (str(error),))
+        from danesync.actions import dns as dns_actions
+
         visibility = dns_actions.query_visibility(servers, names)
         rrsets: dict[str, dict[str, RRset]] = {}
         for name in visibility.names:
@@ -364,6 +376,9 @@ class RealDns:
         ttl: int,
         expected: Mapping[str, frozenset[TlsaRecord]],
     ) -> dns_actions.UpdateResult:
+        from danesync.actions import dns as dns_actions
+        from danesync.tsigkeyfile import current_tsig_key
+
         zone = self.config.dns.zone
         if self._primary is None or zone is None:
             raise DnsError("dns.server and dns.zone are needed to publish")

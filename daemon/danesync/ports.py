@@ -11,14 +11,16 @@ import datetime as dt
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from danesync.actions.dns import UpdateResult
 from danesync.config import CertificateConfig
 from danesync.history import RRset
 from danesync.plan import Problem
 from danesync.state import ChainInfo, Loaded, State
 from danesync.tlsa import TlsaRecord
+
+if TYPE_CHECKING:  # dnspython only where DNS is used (adapters.RealDns)
+    from danesync.actions.dns import UpdateResult
 
 
 @dataclass(frozen=True, slots=True)

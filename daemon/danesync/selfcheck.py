@@ -19,18 +19,21 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from danesync.actions import dns as dns_actions
 from danesync.actions import probe
 from danesync.config import Config
 from danesync.dane import Outcome, base_domain, judge_dane
 from danesync.errors import DnsError, ProbeError
 from danesync.health import DaneCheck
 from danesync.tlsa import TlsaRecord
+
+if TYPE_CHECKING:
+    from danesync.actions import dns as dns_actions
 
 log = structlog.get_logger("danesync")
 
@@ -162,6 +165,9 @@ def read_published(
     servers: Sequence[dns_actions.Server], name: str, resolver: str = "system"
 ) -> list[Published]:
     """The RRset from each verify server, and from the system resolver if it validates."""
+    # dnspython here, not at import: a DNS-off daemon starts without it (issue 15).
+    from danesync.actions import dns as dns_actions
+
     answers = []
     for server in servers:
         try:
@@ -238,6 +244,8 @@ def _is_loopback(address: str) -> bool:
 
 def verify_servers(config: Config) -> list[dns_actions.Server]:
     """Where the self-check asks: the configured verify servers, else the zone's NS set."""
+    from danesync.actions import dns as dns_actions
+
     if config.dns.verify_servers:
         return [dns_actions.Server(e.host, e.port) for e in config.dns.verify_servers]
     if config.dns.server is None:

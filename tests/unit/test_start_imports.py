@@ -39,3 +39,11 @@ def test_no_acme_or_requests_at_start() -> None:
         )
     )
     assert not (loaded - by_dnspython) & {"acme", "josepy", "requests", "urllib3", "OpenSSL"}
+
+
+def test_no_dnspython_at_start() -> None:
+    """dnspython (0.15 s of imports; with Debian 12's 2.3 also requests) loads
+    where DNS is used, not before a daemon with DNS off starts (issue 15, coldtail)."""
+    loaded = _loaded(CODE.replace("danesync.status", "danesync.status, danesync.adapters"))
+    assert "danesync" in loaded
+    assert "dns" not in loaded
