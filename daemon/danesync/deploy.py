@@ -182,8 +182,7 @@ def run_deploy(
             log.info("postfix.reloaded", reason=", ".join(lineages))
             rt.progress("reloading Postfix", 1, 1)
         rt.crash("after-reload")
-        announced: set[str] = set()  # chain.deployed logged as its probe confirmed it
-        confirmed = _confirm(rt, written, chains, announced)
+        confirmed = _confirm(rt, written, chains)
     except (DanesyncError, OSError, ValueError) as error:
         log.error("postfix.failed", reason=_why(error))
         _roll_back(rt, written, checkpoint, _why(error), result, all_of_them=True)
@@ -200,8 +199,7 @@ def run_deploy(
         ):
             lineage_state.pending = lineage_state.pending_since = lineage_state.proceed_at = None
         lineage_state.failed_fingerprint = lineage_state.failed_reason = None
-        if item.lineage not in announced:
-            log_deployed(rt, item)
+        log_deployed(rt, item)
     # Lineages no longer configured are no longer named by Postfix's parameters:
     # nothing serves them now, so nothing needs their records.
     for name in _dropped(rt):
@@ -222,17 +220,9 @@ def run_deploy(
 
 
 def _confirm(
-    rt: Runtime,
-    items: list[DeployItem],
-    chains: Mapping[str, ChainInfo],
-    announced: set[str],
+    rt: Runtime, items: list[DeployItem], chains: Mapping[str, ChainInfo]
 ) -> dict[str, bool]:
-    """The STARTTLS probe must see each new leaf (asking by name or key type).
-
-    A lineage its own probe confirmed is deployed: its `chain.deployed` is
-    logged then (added to `announced`), while the other probes still run,
-    not in one burst of 1,000 records after the last probe (issue 15).
-    """
+    """The STARTTLS probe must see each new leaf (asking by name or key type)."""
     if rt.config.postfix.probe is None or not rt.config.postfix.reload:
         return {i.lineage: True for i in items}
     # An SNI lineage is asked for under a concrete name its table entry serves
@@ -264,8 +254,6 @@ def _confirm(
         item = items_of[lineage]
         if ok:
             log.info("probe.ok", lineage=lineage, serial=item.chain.serial)
-            log_deployed(rt, item)
-            announced.add(lineage)
         else:
             log.error(
                 "probe.failed",

@@ -2,24 +2,18 @@
 probe and before READY=1.
 
 The round after a deploy retires or publishes what the deploy changed; with
-DNS off there is neither, and the round only walked every lineage again.
-`chain.deployed` is logged as each lineage's own probe confirms it, while
-the other probes run, not in one burst after the last."""
+DNS off there is neither, and the round only walked every lineage again."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 from danesync import service as service_module
 from danesync.config import DnsMode
-from danesync.ports import ProbeRequest, ProbeResult
 from tests.sim.machine import LINEAGES, DanesyncWorld
-from tests.sim.world import SimPostfix
 
 
 def _rounds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -78,47 +72,3 @@ def test_with_rfc2136_the_deploy_is_followed_by_a_round(monkeypatch: pytest.Monk
     rounds = _rounds(monkeypatch)
     service.reconcile()
     assert len(rounds) >= 2  # deploy first, publish after (docs/design.md)
-
-
-class SnapshotPostfix(SimPostfix):
-    """Takes the log records so far just before the last probe's outcome."""
-
-    logs: list[dict[str, Any]]
-    before_last: list[dict[str, Any]]
-
-    def confirm_served(
-        self, requests: Sequence[ProbeRequest], on_result: ProbeResult | None = None
-    ) -> dict[str, bool]:
-        last = requests[-1].lineage
-
-        def snapshot(lineage: str, ok: bool) -> None:
-            if lineage == last:
-                self.before_last = list(self.logs)
-            assert on_result is not None
-            on_result(lineage, ok)
-
-        return super().confirm_served(requests, snapshot)
-
-
-@pytest.mark.parametrize("failing", [False, True])
-def test_chain_deployed_is_logged_as_its_probe_confirms_it(failing: bool) -> None:
-    world = _world(DnsMode.OFF)
-    postfix = SnapshotPostfix(world.snakeoil)
-    if failing:
-        postfix.fail_probe = {LINEAGES[1]}
-    world.postfix = postfix
-    service = world.build_service()
-    with capture_logs() as logs:
-        postfix.logs = logs
-        service.reconcile()
-    deployed = [e["lineage"] for e in logs if e["event"] == "chain.deployed"]
-    ok = [n for n in LINEAGES if not (failing and n == LINEAGES[1])]
-    assert sorted(deployed) == sorted(ok)  # each once; never the one that failed
-    early = [e["lineage"] for e in postfix.before_last if e["event"] == "chain.deployed"]
-    assert early and set(early) <= set(ok)
-    for lineage in ok:  # each right after its own probe.ok
-        events = [e["event"] for e in logs if e.get("lineage") == lineage]
-        assert events.index("chain.deployed") == events.index("probe.ok") + 1
-    assert {n for n, s in service.state.lineages.items() if s.deployed} == set(ok)
-    if failing:
-        assert any(e["event"] == "chain.rolled_back" for e in logs)
