@@ -14,6 +14,9 @@ CODE = """
 import sys
 import danesync.__main__, danesync.loop, danesync.service, danesync.watcher
 import danesync.commands, danesync.status
+from danesync import selfcheck
+# What the monitoring's self-check imports when it runs (no resolver listed: no network).
+selfcheck.read_validated("_25._tcp.mx.example.test.", resolv_conf="/nonexistent")
 print(" ".join(sorted({m.split(".")[0] for m in sys.modules})))
 """
 
