@@ -9,7 +9,7 @@ from typing import Any
 from danesync.chaininfo import ChainInfo, optional_time_from_json, time_from_json, time_to_json
 
 
-@dataclass
+@dataclass(slots=True)
 class LineageState:
     deployed: ChainInfo | None = None
     # The candidate being rolled in, and since when it waits.
