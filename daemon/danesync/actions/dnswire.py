@@ -165,7 +165,6 @@ def _udp_exchange(
     family = socket.AF_INET6 if ":" in where else socket.AF_INET
     deadline = time.monotonic() + timeout
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(timeout)
         sock.sendto(wire, (where, server.port))
         expected = (ipaddress.ip_address(where), server.port)
         while True:
