@@ -45,7 +45,7 @@ class ChainInfo:
 
         try:
             san = chain.leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-            names = tuple(san.value.get_values_for_type(x509.DNSName))
+            names = tuple(sys.intern(n) for n in san.value.get_values_for_type(x509.DNSName))
         except x509.ExtensionNotFound:
             names = ()
         return share_chain_info(
@@ -92,7 +92,7 @@ class ChainInfo:
                 issuer=sys.intern(str(data["issuer"])),
                 key_algorithm=sys.intern(str(data["key_algorithm"])),
                 version=int(data["version"]),
-                names=tuple(str(n) for n in data["names"]),
+                names=tuple(sys.intern(str(n)) for n in data["names"]),  # as the config's
                 leaf_spki=str(data["leaf_spki"]),
                 issuer_spki=_intern(data.get("issuer_spki")),
                 matches=MatchSet.of(str(m) for m in data["matches"]),

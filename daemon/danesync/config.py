@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,7 @@ class MonitorConfig:
     resolver: str = "system"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CertificateConfig:
     lineage: str
     hostnames: tuple[str, ...]
@@ -294,6 +295,9 @@ def _in_zone(name: str, zone: str) -> bool:
     return name == zone or name.endswith("." + zone)
 
 
+_DEFAULT_USAGES = (Usage.DANE_TA,)  # one tuple for every certificate that does not say
+
+
 def _build_certificates(raw: Any, problems: list[str]) -> list[CertificateConfig]:
     if not isinstance(raw, list):
         problems.append("certificate: must be an array of tables ([[certificate]])")
@@ -311,21 +315,24 @@ def _build_certificates(raw: Any, problems: list[str]) -> list[CertificateConfig
             problems.append(f"{prefix}lineage: required")
         if len(problems) > before:
             continue
-        lineage: str = values["lineage"]
+        # Interned: the state, the read cache and the leaves' names hold the
+        # same strings, one object each instead of four (10,000 lineages: MiBs).
+        lineage: str = sys.intern(values["lineage"])
         if lineage in seen:
             problems.append(f"{prefix}lineage: {lineage!r} is configured twice")
             continue
         seen.add(lineage)
-        hostnames: tuple[str, ...] = values.get("hostnames", (lineage.lower(),))
+        hostnames: tuple[str, ...] = values.get("hostnames", (sys.intern(lineage.lower()),))
         try:
             checks.check_hostname(hostnames[0])
         except checks.Invalid as error:
             problems.append(f"{prefix}hostnames: default from lineage: {error}")
             continue
-        tlsa: tuple[str, ...] = values.get(
-            "tlsa", (absolute_name(f"_25._tcp.{hostnames[0].lstrip('*.')}"),)
-        )
-        usages: tuple[Usage, ...] = values.get("usages", (Usage.DANE_TA,))
+        if "tlsa" in values:  # interned as the state's records' names
+            tlsa: tuple[str, ...] = tuple(sys.intern(name) for name in values["tlsa"])
+        else:
+            tlsa = (sys.intern(absolute_name(f"_25._tcp.{hostnames[0].lstrip('*.')}")),)
+        usages: tuple[Usage, ...] = values.get("usages", _DEFAULT_USAGES)
         certificates.append(
             CertificateConfig(
                 lineage,

@@ -26,6 +26,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,15 +75,23 @@ class Validated:
             value = data.get(name)
             return None if value is None else str(value)
 
+        info = ChainInfo.from_json(data["info"])
+        problem = optional("ari_problem")
         return cls(
             key=bytes.fromhex(data["key"]),
-            info=ChainInfo.from_json(data["info"]),
+            info=info,
             pem_sha256=bytes.fromhex(data["pem_sha256"]),
-            valid_from=_aware(data["valid_from"]),
-            valid_until=_aware(data["valid_until"]),
+            valid_from=_share(_aware(data["valid_from"]), info.not_before),
+            valid_until=_share(_aware(data["valid_until"]), info.not_after),
             ari_id=optional("ari_id"),
-            ari_problem=optional("ari_problem"),
+            # A few distinct reasons, each in thousands of entries: one string each.
+            ari_problem=None if problem is None else sys.intern(problem),
         )
+
+
+def _share(moment: dt.datetime, equal: dt.datetime) -> dt.datetime:
+    """`equal` itself when it is the same moment (the leaf's usually bounds the chain)."""
+    return equal if moment == equal and moment.tzinfo == equal.tzinfo else moment
 
 
 def _aware(text: Any) -> dt.datetime:
@@ -129,8 +138,11 @@ def parse_shard(data: bytes) -> tuple[dict[str, Validated], dict[str, bytes]]:
         document = json.loads(body)
         if document.get("schema") != SCHEMA:
             return {}, {}
-        entries = {str(n): Validated.from_json(e) for n, e in document["entries"].items()}
-        files = {str(n): bytes.fromhex(k) for n, k in document.get("files", {}).items()}
+        # Names interned: the configuration's strings, not two more copies per lineage.
+        entries = {
+            sys.intern(str(n)): Validated.from_json(e) for n, e in document["entries"].items()
+        }
+        files = {sys.intern(str(n)): bytes.fromhex(k) for n, k in document.get("files", {}).items()}
     except (ValueError, TypeError, KeyError, AttributeError):
         return {}, {}
     return entries, {n: k for n, k in files.items() if len(k) == 16}

@@ -24,6 +24,7 @@ import datetime as dt
 import hashlib
 import json
 import operator
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,6 +237,7 @@ def _build_global(data: dict[str, Any]) -> State:
 
 
 def _add_entry(state: State, kind: str, name: str, value: Any) -> None:
+    name = sys.intern(name)  # the configuration's string, not a copy per lineage
     if kind == LINEAGES:
         state.lineages[name] = LineageState.from_json(value)
     else:

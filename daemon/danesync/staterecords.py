@@ -9,7 +9,7 @@ from typing import Any
 from danesync.chaininfo import ChainInfo, optional_time_from_json, time_from_json, time_to_json
 
 
-@dataclass
+@dataclass(slots=True)
 class LineageState:
     deployed: ChainInfo | None = None
     # The candidate being rolled in, and since when it waits.
@@ -25,7 +25,21 @@ class LineageState:
     failed_reason: str | None = None
 
     def key(self) -> tuple[object, ...]:
-        """Every field, as an immutable value: equal keys, equal documents."""
+        """Every field, as an immutable value: equal keys, equal documents.
+
+        Between renewals only `deployed` is set: then the key is that alone (the
+        store keeps one key per lineage; a 1-tuple is half a 7-tuple's memory).
+        Lengths differ whenever the other fields do, so equal keys still mean
+        equal documents."""
+        if (
+            self.pending is None
+            and self.pending_since is None
+            and self.proceed_at is None
+            and self.inflight is None
+            and self.failed_fingerprint is None
+            and self.failed_reason is None
+        ):
+            return (self.deployed,)
         return (
             self.deployed,
             self.pending,

@@ -10,6 +10,7 @@ danesync publishes two kinds:
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from enum import Enum
 
@@ -25,7 +26,7 @@ class Usage(Enum):
     DANE_EE = "3 1 1"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class TlsaRecord:
     """One TLSA record: owner name (absolute, lower case) and rdata."""
 
@@ -51,7 +52,12 @@ class TlsaRecord:
     @classmethod
     def from_key(cls, key: str) -> TlsaRecord:
         name, usage, selector, matching_type, data = key.split()
-        return cls(absolute_name(name), int(usage), int(selector), int(matching_type), data.lower())
+        data = data.lower()
+        if usage == "2":  # an issuer's key: the same in thousands of lineages' records
+            data = sys.intern(data)
+        return cls(
+            sys.intern(absolute_name(name)), int(usage), int(selector), int(matching_type), data
+        )
 
 
 def absolute_name(name: str) -> str:

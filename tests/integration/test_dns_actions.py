@@ -146,6 +146,14 @@ class TestQueryTlsa:
         assert query_tlsa(server(bind), "_25._tcp.MX.example.test") == {one, two}
         assert bind.dig_tlsa(MX) == {one.rdata, two.rdata}
 
+    def test_a_truncated_answer_is_asked_again_over_tcp(self, bind: BindServer) -> None:
+        # 24 records do not fit the 512 bytes of a UDP answer without EDNS:
+        # BIND sets TC, and the whole set comes over TCP.
+        many = {record(MX, f"many {n}") for n in range(24)}
+        for one in many:
+            bind.add_record(MX, "TLSA", one.rdata)
+        assert query_tlsa(server(bind), MX) == many
+
     def test_refused_names_the_server(self, bind: BindServer) -> None:
         with pytest.raises(DnsError, match=rf"^{bind.address}: answered REFUSED"):
             query_tlsa(server(bind), "_25._tcp.mx.elsewhere.test")

@@ -489,20 +489,28 @@ class TestValidatingResolver:
         else:
             assert found is None  # not validated: no source
 
-    def test_system_resolver_only_on_loopback(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        import dns.query
-        import dns.resolver
-
+    def test_system_resolver_only_on_loopback(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
         from danesync import selfcheck
+        from danesync.actions import dnswire
 
-        class Remote:
-            nameservers = ("192.0.2.53",)
-
-            def __init__(self, configure: bool = True) -> None:
-                del configure
-
+        resolv_conf = tmp_path / "resolv.conf"
+        resolv_conf.write_text(
+            "# nameserver 127.0.0.1\nsearch example.test\nnameserver 192.0.2.53\n"
+        )
         asked: list[object] = []
-        monkeypatch.setattr(dns.resolver, "Resolver", Remote)
-        monkeypatch.setattr(dns.query, "udp", lambda *a, **k: asked.append(a))
-        assert selfcheck.read_validated(NAME) is None
+        monkeypatch.setattr(dnswire, "exchange", lambda *a, **k: asked.append(a))
+        assert selfcheck.read_validated(NAME, resolv_conf=str(resolv_conf)) is None
         assert asked == []  # a remote resolver's AD bit is not asked for
+
+    def test_nameservers_of_resolv_conf(self, tmp_path: Path) -> None:
+        from danesync.selfcheck import read_nameservers
+
+        resolv_conf = tmp_path / "resolv.conf"
+        resolv_conf.write_text(
+            "; a comment\n# nameserver 192.0.2.1\nnameserver 127.0.0.53\n"
+            "options edns0 trust-ad\nnameserver ::1  # local\nnameserver\n"
+        )
+        assert read_nameservers(str(resolv_conf)) == ["127.0.0.53", "::1"]
+        assert read_nameservers(str(tmp_path / "missing")) == []

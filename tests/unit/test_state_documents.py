@@ -13,7 +13,18 @@ MX7 = build_state_shard("lineages", "mx7.example.test")
 
 def test_key_covers_every_field() -> None:
     # A field left out of key() would be saved stale: the cache would not see it change.
-    assert len(LineageState().key()) == len(dataclasses.fields(LineageState))
+    fields = [f.name for f in dataclasses.fields(LineageState)]
+    for field in fields:
+        one = LineageState(**{field: "set"})  # type: ignore[arg-type]  # any non-None value
+        assert "set" in one.key(), field
+        assert one.key() != LineageState().key(), field
+    assert len(LineageState(failed_reason="x").key()) == len(fields)
+
+
+def test_key_of_a_deployed_lineage_alone_is_short() -> None:
+    # Between renewals (every lineage but a few): one value kept per lineage, not seven.
+    assert LineageState().key() == (None,)
+    assert LineageState(failed_reason="x").key() != (None,)
 
 
 def test_documents_follow_every_change() -> None:
