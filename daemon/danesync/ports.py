@@ -54,10 +54,17 @@ class Offer:
 class AriTarget:
     """What ARI monitoring needs of a candidate leaf between passes."""
 
-    fingerprint: str
-    not_after: dt.datetime
+    chain: ChainInfo  # the leaf (its own object: no fingerprint string per lineage)
     identifier: str | None  # RFC 9773 certificate identifier
     problem: str | None  # why there is none
+
+    @property
+    def fingerprint(self) -> str:
+        return self.chain.fingerprint
+
+    @property
+    def not_after(self) -> dt.datetime:
+        return self.chain.not_after
 
 
 class OfferPems(Mapping[str, bytes]):
