@@ -11,7 +11,7 @@ import pytest
 from danesync.adapters import CertbotLineages, open_read_cache
 from danesync.config import Config, build_config
 from danesync.plan import Problem
-from danesync.ports import Offer
+from danesync.ports import Offer, OfferPems
 from danesync.readcache import ReadCache
 from danesync.state import ChainInfo, LineageState, State
 from tests.harness.certs import NOW, Hierarchy
@@ -89,3 +89,15 @@ def test_a_pending_equal_to_the_deployed_is_one_object(config: Config) -> None:
     loaded = LineageState.from_json(held.to_json())
     assert loaded.pending is loaded.deployed and loaded.inflight is loaded.deployed
     assert loaded.to_json() == held.to_json()
+
+
+def test_offer_pems_are_indexed_only_when_looked_at(config: Config) -> None:
+    chains = infos(config, CertbotLineages(config, ReadCache(None)))
+    offers = [Offer(info, info.serial.encode()) for info in chains.values()]
+    pems = OfferPems(offers)
+    assert pems._given is not None  # a pass that deploys nothing makes no fingerprints
+    first = chains[NAMES[0]]
+    assert first.fingerprint in pems and pems[first.fingerprint] == first.serial.encode()
+    assert pems._given is None and len(pems) == len(NAMES)
+    assert set(pems) == {info.fingerprint for info in chains.values()}
+    assert "00" * 32 not in pems
