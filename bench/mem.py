@@ -163,6 +163,16 @@ def service_memory(config_path: Path, trace: bool) -> dict[str, Any]:
     return figures
 
 
+def _read_cache(config: Any, state: Any) -> Any:
+    """The read cache as the daemon opens it: sharing the state's chains where
+    the code measured can (memplan); a baseline's daemon/ opens it alone."""
+    from danesync import adapters
+
+    if hasattr(state, "chains_of"):
+        return adapters.open_read_cache(config, state.chains_of)
+    return adapters.open_read_cache(config)
+
+
 def memory(config_path: Path, trace: bool) -> dict[str, Any]:
     """What the daemon keeps between passes: the state and the reads, in this process."""
     import danesync.loop  # noqa: F401  (the daemon's imports)
@@ -184,7 +194,7 @@ def memory(config_path: Path, trace: bool) -> dict[str, Any]:
     figures["load_state_s"] = time.perf_counter() - started
     gc.collect()
     figures["state_mib"] = _rss_mib()
-    lineages = CertbotLineages(config)
+    lineages = CertbotLineages(config, _read_cache(config, state))
     started = time.perf_counter()
     offers = [lineages.read_candidate(c, now) for c in config.certificates]
     figures["read_s"] = time.perf_counter() - started

@@ -49,10 +49,11 @@ class SystemClock:
             return ""
 
 
-def open_read_cache(config: Config) -> ReadCache:
+def open_read_cache(config: Config, known: readcache.Known | None = None) -> ReadCache:
     """The read cache of the state directory: one per service, shared by the
-    lineages (validated chains) and Postfix (deployed chain files)."""
-    return ReadCache(config.state.dir / readcache.DIRECTORY)
+    lineages (validated chains) and Postfix (deployed chain files); `known`:
+    the state's chains of a lineage, whose equal objects its entries share."""
+    return ReadCache(config.state.dir / readcache.DIRECTORY, known)
 
 
 def offer_from_chain(chain: Chain) -> Offer:
@@ -77,9 +78,7 @@ class CertbotLineages:
             return Problem(error.reason)
         ari = None
         if entry.ari_id is not None or entry.ari_problem is not None:
-            ari = AriTarget(
-                entry.info.fingerprint, entry.info.not_after, entry.ari_id, entry.ari_problem
-            )
+            ari = AriTarget(entry.info, entry.ari_id, entry.ari_problem)
         if pem is None:
             reader = _PemReader(self.cache, config_dir, certificate, entry, now)
             return Offer(entry.info, reader, entry.pem_sha256, ari)

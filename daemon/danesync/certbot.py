@@ -218,7 +218,7 @@ def read_validated(
     if key is None:
         cache.drop(certificate.lineage)
     else:
-        cache.put(certificate.lineage, entry)
+        entry = cache.put(certificate.lineage, entry)
     return entry, chain.deploy_pem
 
 

@@ -14,7 +14,7 @@ from danesync.chain import format_time
 from danesync.config import Config
 from danesync.errors import AriError
 from danesync.ports import AriTarget
-from danesync.state import State
+from danesync.state import ChainInfo, State
 
 log = structlog.get_logger("danesync")
 
@@ -26,11 +26,13 @@ class RenewalNotices:
         self.config = config
         self._ari_notice_logged = False
         self._ari_next_check: dict[str, dt.datetime] = {}
-        # lineage -> (fingerprint, end of the CA's renewal window for that leaf)
-        self._ari_window_end: dict[str, tuple[str, dt.datetime]] = {}
-        # lineage -> fingerprint of a leaf ARI cannot ask about (no Authority Key
-        # Identifier): said once for that leaf, not at every pass for every lineage.
-        self._ari_unaskable: dict[str, str] = {}
+        # Leaves are kept as their ChainInfo, compared by fingerprint: that string
+        # is derived on each read, one kept per lineage would be a copy (memplan).
+        # lineage -> (leaf, end of the CA's renewal window for that leaf)
+        self._ari_window_end: dict[str, tuple[ChainInfo, dt.datetime]] = {}
+        # lineage -> a leaf ARI cannot ask about (no Authority Key Identifier):
+        # said once for that leaf, not at every pass for every lineage.
+        self._ari_unaskable: dict[str, ChainInfo] = {}
         self._service_certificates_logged = False
 
     def warn_service_certificates(self) -> None:
@@ -66,7 +68,9 @@ class RenewalNotices:
                 not_before=deployed.not_before,
                 held=pending is not None and pending.fingerprint != deployed.fingerprint,
                 rollover_wait=rollover_wait,
-                window_end=window[1] if window and window[0] == deployed.fingerprint else None,
+                window_end=window[1]
+                if window and window[0].fingerprint == deployed.fingerprint
+                else None,
             )
             if not warning:
                 continue
@@ -102,7 +106,8 @@ class RenewalNotices:
                 continue
             if self._ari_next_check.get(lineage, now) > now:
                 continue
-            if self._ari_unaskable.get(lineage) == candidate.fingerprint:
+            unaskable = self._ari_unaskable.get(lineage)
+            if unaskable is not None and unaskable.fingerprint == candidate.fingerprint:
                 continue
             if time.monotonic() > give_up:
                 break
@@ -118,7 +123,7 @@ class RenewalNotices:
             except AriError as error:
                 log.warning("renewal.unknown", lineage=lineage, reason=str(error))
                 if candidate.identifier is None:  # a property of the leaf: no retry helps
-                    self._ari_unaskable[lineage] = candidate.fingerprint
+                    self._ari_unaskable[lineage] = candidate.chain
                     continue
                 # RFC 9773 4.3.3: a Retry-After on an error is honoured too.
                 self._ari_next_check[lineage] = (
@@ -131,7 +136,7 @@ class RenewalNotices:
                 self._ari_next_check[lineage] = now + dt.timedelta(days=1)
                 continue
             self._ari_next_check[lineage] = window.next_check
-            self._ari_window_end[lineage] = (candidate.fingerprint, window.end)
+            self._ari_window_end[lineage] = (candidate.chain, window.end)
             reason = ari.plan_renewal_notice(
                 window, deployed.not_after, candidate.fingerprint == deployed.fingerprint, now
             )

@@ -27,7 +27,9 @@ import hashlib
 import json
 import os
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,7 @@ class Validated:
     """A lineage validated once, as long as `key` still describes its files."""
 
     key: Key
-    info: ChainInfo  # shared with the state's equal ChainInfo (state.share_chain_info)
+    info: ChainInfo  # the state's equal ChainInfo when it has one (ReadCache's `known`)
     pem_sha256: bytes  # the bytes to deploy (key, leaf, intermediates), by digest only
     valid_from: dt.datetime  # the latest not_before of the chain
     valid_until: dt.datetime  # the earliest not_after of the chain
@@ -70,12 +72,14 @@ class Validated:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Validated:
+    def from_json(
+        cls, data: dict[str, Any], share: Callable[[ChainInfo], ChainInfo] = lambda i: i
+    ) -> Validated:
         def optional(name: str) -> str | None:
             value = data.get(name)
             return None if value is None else str(value)
 
-        info = ChainInfo.from_json(data["info"])
+        info = share(ChainInfo.from_json(data["info"]))
         problem = optional("ari_problem")
         return cls(
             key=bytes.fromhex(data["key"]),
@@ -128,8 +132,11 @@ def parse_shard_document(data: bytes) -> dict[str, Validated]:
     return parse_shard(data)[0]
 
 
-def parse_shard(data: bytes) -> tuple[dict[str, Validated], dict[str, bytes]]:
-    """Every entry and chain file key of a shard file; nothing unless whole and current."""
+def parse_shard(
+    data: bytes, known: Known | None = None
+) -> tuple[dict[str, Validated], dict[str, bytes]]:
+    """Every entry and chain file key of a shard file; nothing unless whole and current.
+    An entry's ChainInfo is an equal one of `known` (the state's) when there is one."""
     checksum, _, body = data.partition(b"\n")
     body = body.removesuffix(b"\n")
     if hashlib.sha256(body).hexdigest().encode() != checksum:
@@ -139,13 +146,28 @@ def parse_shard(data: bytes) -> tuple[dict[str, Validated], dict[str, bytes]]:
         if document.get("schema") != SCHEMA:
             return {}, {}
         # Names interned: the configuration's strings, not two more copies per lineage.
-        entries = {
-            sys.intern(str(n)): Validated.from_json(e) for n, e in document["entries"].items()
-        }
+        entries = {}
+        for n, e in document["entries"].items():
+            name = sys.intern(str(n))
+            entries[name] = Validated.from_json(e, partial(share_known, known, name))
         files = {sys.intern(str(n)): bytes.fromhex(k) for n, k in document.get("files", {}).items()}
     except (ValueError, TypeError, KeyError, AttributeError):
         return {}, {}
     return entries, {n: k for n, k in files.items() if len(k) == 16}
+
+
+# The state's chains of a lineage (deployed, pending, in flight): an entry's
+# ChainInfo is the state's object when equal, not a copy of some twenty objects
+# (10,000 lineages: memory). Asked, not kept: the state may be replaced.
+Known = Callable[[str], Iterable[ChainInfo]]
+
+
+def share_known(known: Known | None, lineage: str, info: ChainInfo) -> ChainInfo:
+    """The equal ChainInfo `known` has for `lineage`, else `info`."""
+    for chain in known(lineage) if known is not None else ():
+        if chain == info:
+            return chain
+    return info
 
 
 class ReadCache:
@@ -155,19 +177,25 @@ class ReadCache:
     from that shard's ~40 names, not by hashing all 10,000 (issue 15).
     """
 
-    def __init__(self, directory: Path | None) -> None:
+    def __init__(self, directory: Path | None, known: Known | None = None) -> None:
         self.directory = directory  # None: in memory only
+        self.known = known
         self._shards: list[_Shard] | None = None
         self._dirty: set[int] = set()
 
     def get(self, lineage: str) -> Validated | None:
         return self._shard(lineage).entries.get(lineage)
 
-    def put(self, lineage: str, entry: Validated) -> None:
+    def put(self, lineage: str, entry: Validated) -> Validated:
+        """Keep `entry`; returns it as kept (its ChainInfo the state's when equal)."""
+        info = share_known(self.known, lineage, entry.info)
+        if info is not entry.info:
+            entry = replace(entry, info=info)
         shard = self._shard(lineage)
         if shard.entries.get(lineage) != entry:
             shard.entries[lineage] = entry
             self._dirty.add(build_shard(lineage))
+        return entry
 
     def drop(self, lineage: str) -> None:
         if self._shard(lineage).entries.pop(lineage, None) is not None:
@@ -211,7 +239,7 @@ class ReadCache:
                         data = (self.directory / f"{number:03d}.json").read_bytes()
                     except OSError:
                         continue
-                    entries, files = parse_shard(data)
+                    entries, files = parse_shard(data, self.known)
                     # A name found in another shard's file is not trusted there.
                     shard.entries.update(
                         (n, e) for n, e in entries.items() if build_shard(n) == number

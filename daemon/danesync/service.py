@@ -40,7 +40,7 @@ from danesync.ports import (
     StatePort,
 )
 from danesync.runtime import READING, PassResult, Progress, Runtime, crash_point, no_progress
-from danesync.state import State, StateStore
+from danesync.state import ChainInfo, State, StateStore
 from danesync.steps import DecisionLog, execute_plan, record_decisions
 from danesync.tlsa import TlsaRecord
 
@@ -72,7 +72,8 @@ class Service:
         self.config = config
         store = store or StateStore(config.state.dir)
         loaded = store.load()
-        cache = adapters.open_read_cache(config)  # one for both: they share its files
+        # One for both: they share its files. Its chains are the state's equal ones.
+        cache = adapters.open_read_cache(config, self._chains_of)
         self.rt = Runtime(
             config,
             loaded.state,
@@ -96,6 +97,9 @@ class Service:
     @property
     def state(self) -> State:
         return self.rt.state
+
+    def _chains_of(self, lineage: str) -> tuple[ChainInfo, ...]:
+        return self.rt.state.chains_of(lineage)  # the state of now: it may be replaced
 
     # --- one pass -----------------------------------------------------------
 

@@ -32,7 +32,6 @@ from typing import Any
 from danesync.chaininfo import (
     ChainInfo,
     optional_time_from_json,
-    share_chain_info,
     time_to_json,
 )
 from danesync.errors import StateError
@@ -60,7 +59,6 @@ __all__ = [
     "Loaded",
     "State",
     "StateStore",
-    "share_chain_info",
 ]
 
 SCHEMA_VERSION = 3  # 2: one file per lineage and per name (read, then replaced)
@@ -83,6 +81,13 @@ class State:
 
     def name(self, owner: str) -> NameHistory:
         return self.names.get(owner) or NameHistory(owner)
+
+    def chains_of(self, lineage: str) -> tuple[ChainInfo, ...]:
+        """The lineage's deployed, pending and in-flight chains (those set)."""
+        held = self.lineages.get(lineage)
+        if held is None:
+            return ()
+        return tuple(c for c in (held.deployed, held.pending, held.inflight) if c is not None)
 
     @property
     def reload_pending(self) -> bool:

@@ -63,11 +63,14 @@ class LineageState:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LineageState:
+        deployed = ChainInfo.from_json(data["deployed"]) if data.get("deployed") else None
+
         def info(key: str) -> ChainInfo | None:
-            return ChainInfo.from_json(data[key]) if data.get(key) else None
+            found = ChainInfo.from_json(data[key]) if data.get(key) else None
+            return deployed if found is not None and found == deployed else found  # one object
 
         return cls(
-            deployed=info("deployed"),
+            deployed=deployed,
             pending=info("pending"),
             pending_since=optional_time_from_json(data.get("pending_since")),
             proceed_at=optional_time_from_json(data.get("proceed_at")),

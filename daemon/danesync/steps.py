@@ -22,6 +22,7 @@ from danesync.errors import DanesyncError
 from danesync.history import RRset, record_owned, record_served
 from danesync.plan import ClearInflight, Decision, Deploy, Plan, Publish, Retire, Verb
 from danesync.runtime import PassResult, Runtime
+from danesync.state import ChainInfo
 
 log = structlog.get_logger("danesync")
 
@@ -118,7 +119,9 @@ class DecisionLog:
     """Logs what changed; a decision repeated at every poll is logged once."""
 
     def __init__(self) -> None:
-        self._last: dict[str, tuple[Verb, str | None]] = {}
+        # The chain itself, not its fingerprint: that string is derived on each
+        # read (ChainInfo), one kept per lineage would be a copy (10,000: 1 MiB).
+        self._last: dict[str, tuple[Verb, ChainInfo | str | None]] = {}
 
     def once(self, key: str, event: str, **fields: Any) -> None:
         marker = (Verb.MISSING, key)
@@ -129,10 +132,14 @@ class DecisionLog:
 
     def decision(self, rt: Runtime, decision: Decision) -> None:
         chain = decision.chain
-        marker = (decision.verb, chain.fingerprint if chain else decision.reason)
-        if self._last.get(decision.lineage) == marker:
+        last = self._last.get(decision.lineage)
+        if (
+            last is not None
+            and last[0] is decision.verb
+            and _same(last[1], chain or decision.reason)
+        ):
             return
-        self._last[decision.lineage] = marker
+        self._last[decision.lineage] = (decision.verb, chain or decision.reason)
         fields: dict[str, Any] = {"lineage": decision.lineage}
         if chain is not None:
             fields.update(serial=chain.serial, not_after=format_time(chain.not_after))
@@ -219,3 +226,10 @@ def record_decisions(
             )
     if changed:
         rt.save()
+
+
+def _same(last: ChainInfo | str | None, now: ChainInfo | str | None) -> bool:
+    """One decision line per chain (by fingerprint, as the marker always was) or reason."""
+    if isinstance(last, ChainInfo) and isinstance(now, ChainInfo):
+        return last.fingerprint == now.fingerprint
+    return not isinstance(last, ChainInfo) and not isinstance(now, ChainInfo) and last == now

@@ -3,11 +3,16 @@ frozenset it stands for (issue 15, mem)."""
 
 from __future__ import annotations
 
-import pytest
+import dataclasses
+import datetime as dt
+import hashlib
 
-from danesync.chaininfo import ChainInfo, MatchSet
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from danesync.chaininfo import _DERIVED, ChainInfo, MatchSet
 from danesync.matching import build_match_set, rrset_accepts
-from danesync.tlsa import TlsaRecord
+from danesync.tlsa import TlsaRecord, spki_sha256
 from tests.harness.certs import Hierarchy, Leaf
 
 NAME = "_25._tcp.mx.example.test."
@@ -105,3 +110,56 @@ def test_chain_info_round_trip(leaves: list[Leaf]) -> None:
     assert isinstance(info.matches, MatchSet)
     assert info.to_json()["matches"] == sorted(plain)
     assert info == ChainInfo.from_json(info.to_json())
+
+
+def _info(leaf: Leaf, fingerprint: str, leaf_spki: str) -> ChainInfo:
+    return ChainInfo(
+        fingerprint,
+        "01",
+        dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
+        dt.datetime(2027, 1, 1, tzinfo=dt.UTC),
+        "CN=CA",
+        "ecdsa",
+        1,
+        ("mx.example.test",),
+        leaf_spki,
+        None,
+        MatchSet.of(rdata_of(leaf)),
+    )
+
+
+def test_a_leafs_digests_are_kept_once(leaves: list[Leaf]) -> None:
+    """The fingerprint and leaf SPKI of a real leaf are read from the MatchSet
+    (issue 15, memplan); what the state writes and equality stay as they were."""
+    leaf = leaves[0]
+    fingerprint = hashlib.sha256(leaf.cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    info = _info(leaf, fingerprint, spki_sha256(leaf.cert))
+    assert [slot.__get__(info) for slot, _ in _DERIVED] == [None, None]  # no strings of its own
+    assert info.fingerprint == fingerprint and info.leaf_spki == spki_sha256(leaf.cert)
+    document = info.to_json()
+    assert document["fingerprint"] == fingerprint
+    assert document["leaf_spki"] == spki_sha256(leaf.cert)
+    again = ChainInfo.from_json(document)
+    assert again == info and hash(again) == hash(info)
+    assert again.to_json() == document
+
+
+def test_digests_the_matches_do_not_hold_are_kept(leaves: list[Leaf]) -> None:
+    leaf = leaves[0]
+    fingerprint = hashlib.sha256(leaf.cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    held = _info(leaf, fingerprint, spki_sha256(leaf.cert))
+    other_fingerprint = _info(leaf, "cd" * 32, spki_sha256(leaf.cert))
+    other_spki = _info(leaf, fingerprint, "cd" * 32)
+    for info, (fp, spki) in (
+        (other_fingerprint, ("cd" * 32, spki_sha256(leaf.cert))),
+        (other_spki, (fingerprint, "cd" * 32)),
+    ):
+        assert info.fingerprint == fp and info.leaf_spki == spki
+        assert None in [slot.__get__(info) for slot, _ in _DERIVED]  # the one derivable
+        assert info != held and held != info
+        assert info.to_json()["fingerprint"] == fp and info.to_json()["leaf_spki"] == spki
+        assert ChainInfo.from_json(info.to_json()) == info
+    assert other_fingerprint != other_spki
+    copied = dataclasses.replace(other_fingerprint, serial="02")
+    assert copied.fingerprint == "cd" * 32 and copied != other_fingerprint
+    assert dataclasses.replace(held, serial="01") == held

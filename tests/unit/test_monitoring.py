@@ -69,8 +69,7 @@ class TestRenewalInfoWithoutIdentifier:
         self, monitor: Monitor, state: State, fingerprint: str, later: dt.timedelta = HOUR * 0
     ) -> list[str]:
         target = AriTarget(
-            fingerprint=fingerprint,
-            not_after=NOW + LIFETIME,
+            chain=info(fingerprint, NOW),
             identifier=None,
             problem="the leaf has no Authority Key Identifier",
         )
