@@ -147,7 +147,9 @@ class Host:
         code, stdout, stderr = self.run("sync", env=env)
         return code, json_events(stdout + "\n" + stderr), stderr
 
-    def sync_until(self, event: str, limit: float = 30) -> list[Event]:
+    def sync_until(self, event: str, limit: float = 60) -> list[Event]:
+        # A deadline, not a measure: each `danesync sync` takes seconds on a loaded
+        # machine, and a rollover waits out real TTLs between them.
         end = time.monotonic() + limit
         seen: list[str] = []
         while time.monotonic() < end:
