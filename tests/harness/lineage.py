@@ -13,8 +13,12 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.harness.certs import Leaf
+
+if TYPE_CHECKING:
+    from danesync.config import Config
 
 KINDS = ("cert", "privkey", "chain", "fullchain")
 
@@ -112,3 +116,21 @@ def renew(config_dir: Path, name: str, leaf: Leaf, delay: float = 0.0) -> int:
     write_version(config_dir, name, leaf, version)
     update_links(config_dir, name, version, delay=delay)
     return version
+
+
+def build_dns_off_config(tmp_path: Path, names: list[str]) -> Config:
+    """DNS off, the lineages of `names` under tmp_path/letsencrypt, the first the
+    default chain and the rest SNI, the state under tmp_path/state."""
+    from danesync.config import build_config
+
+    return build_config(
+        {
+            "dns": {"mode": "off"},
+            "certbot": {"config_dir": str(tmp_path / "letsencrypt")},
+            "state": {"dir": str(tmp_path / "state")},
+            "certificate": [
+                {"lineage": name, "hostnames": [name], "sni": i > 0} for i, name in enumerate(names)
+            ],
+        },
+        tmp_path / "danesync.toml",
+    )

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from danesync.adapters import CertbotLineages, open_read_cache
-from danesync.config import Config, build_config
+from danesync.config import Config
 from danesync.plan import Problem
 from danesync.ports import Offer, OfferPems
 from danesync.readcache import ReadCache
 from danesync.state import ChainInfo, LineageState, State
 from tests.harness.certs import NOW, Hierarchy
-from tests.harness.lineage import make_lineage
+from tests.harness.lineage import build_dns_off_config, make_lineage
 
 NAMES = [f"mx{i}.example.test" for i in range(3)]
 
@@ -26,17 +26,7 @@ def config(tmp_path: Path) -> Config:
     config_dir = tmp_path / "letsencrypt"
     for name in NAMES:
         make_lineage(config_dir, name, ca.issue([name]))
-    return build_config(
-        {
-            "dns": {"mode": "off"},
-            "certbot": {"config_dir": str(config_dir)},
-            "state": {"dir": str(tmp_path / "state")},
-            "certificate": [
-                {"lineage": n, "hostnames": [n], "sni": i > 0} for i, n in enumerate(NAMES)
-            ],
-        },
-        tmp_path / "danesync.toml",
-    )
+    return build_dns_off_config(tmp_path, NAMES)
 
 
 def infos(config: Config, lineages: CertbotLineages) -> dict[str, ChainInfo]:

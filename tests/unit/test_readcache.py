@@ -17,14 +17,14 @@ from structlog.testing import capture_logs
 from danesync import ari, certbot
 from danesync.adapters import CertbotLineages
 from danesync.chain import LineageFiles
-from danesync.config import Config, build_config
+from danesync.config import Config
 from danesync.monitoring import RenewalNotices
 from danesync.plan import Problem
 from danesync.ports import Offer
 from danesync.readcache import DIRECTORY
 from danesync.state import State
 from tests.harness.certs import NOW, Hierarchy, Leaf
-from tests.harness.lineage import make_lineage, renew, write_version
+from tests.harness.lineage import build_dns_off_config, make_lineage, renew, write_version
 
 NAMES = [f"mx{i}.example.test" for i in range(6)]
 
@@ -44,17 +44,7 @@ def config(tmp_path: Path, leaves: dict[str, list[Leaf]]) -> Config:
     config_dir = tmp_path / "letsencrypt"
     for name in NAMES:
         make_lineage(config_dir, name, leaves[name][0])
-    return build_config(
-        {
-            "dns": {"mode": "off"},
-            "certbot": {"config_dir": str(config_dir)},
-            "state": {"dir": str(tmp_path / "state")},
-            "certificate": [
-                {"lineage": name, "hostnames": [name], "sni": i > 0} for i, name in enumerate(NAMES)
-            ],
-        },
-        tmp_path / "danesync.toml",
-    )
+    return build_dns_off_config(tmp_path, NAMES)
 
 
 @pytest.fixture
