@@ -16,9 +16,8 @@ from danesync import readcache
 from danesync.actions import files, postfix, probe, snitables
 from danesync.certbot import read_deploy_pem, read_validated
 from danesync.chain import Chain, LineageFiles, validate_chain
-from danesync.config import CertificateConfig, Config
+from danesync.config import CertificateConfig, Config, DnsMode
 from danesync.errors import ChainError, DnsError, LineagePending, PostfixError, ProbeError
-from danesync.history import RRset
 from danesync.pem import PemError, split_pem
 from danesync.plan import Problem
 from danesync.ports import Answers, AriTarget, Offer, ProbeRequest, ProbeResult
@@ -27,10 +26,8 @@ from danesync.state import ChainInfo
 from danesync.tlsa import TlsaRecord
 
 if TYPE_CHECKING:
-    # dnspython (0.15 s of imports) only where DNS is used: not before a
-    # DNS-off daemon is started (issue 15, coldtail).
-    from danesync.actions import dns as dns_actions
-    from danesync.tsigkey import TsigKey
+    from danesync.actions.dns import UpdateResult
+    from danesync.ports import DnsPort
 
 PROBE_WORKERS = 16  # concurrent STARTTLS probes after a deploy
 
@@ -310,63 +307,27 @@ def _wait_for_fingerprint(
         time.sleep(interval)
 
 
-class RealDns:
+def open_dns(config: Config) -> DnsPort:
+    """The DNS port: `realdns.RealDns`, and with it dnspython (0.15 s of
+    imports), only when DNS is on. A daemon with dns.mode "off" never asks
+    (observe and the planner look at the mode first) and starts without it
+    (issue 15, coldtail). A SIGHUP that turns DNS on builds a new service."""
+    if config.dns.mode is DnsMode.OFF:
+        return NoDns(config)
+    from danesync.realdns import RealDns
+
+    return RealDns(config)
+
+
+class NoDns:
+    """dns.mode "off": nothing is queried or published."""
+
     def __init__(self, config: Config) -> None:
-        self.config = config
         server = config.dns.server
-        self._primary = None
-        if server is not None:
-            from danesync.actions import dns as dns_actions
-
-            self._primary = dns_actions.Server(server.host, server.port)
         self.primary = None if server is None else str(server)
-        self._verify: list[dns_actions.Server] | None = None
-        self._key: TsigKey | None = None
-
-    def _servers(self) -> list[dns_actions.Server]:
-        from danesync.actions import dns as dns_actions
-
-        if self._verify is None:
-            configured = self.config.dns.verify_servers
-            if configured:
-                self._verify = [dns_actions.Server(e.host, e.port) for e in configured]
-            else:
-                zone = self.config.dns.zone
-                if self._primary is None:
-                    raise DnsError("no dns.verify_servers, and no dns.server to find them")
-                if zone is None:
-                    # Check mode may name only the server: its SOA answer names the zone.
-                    names = [n for c in self.config.certificates for n in c.tlsa]
-                    if not names:
-                        raise DnsError("no TLSA name to find the zone of")
-                    zone = dns_actions.find_zone(self._primary, names[0])
-                self._verify = dns_actions.find_verify_servers(zone, self._primary)
-            if self._primary is not None and self._primary not in self._verify:
-                self._verify.append(self._primary)  # what danesync's updates change
-        return self._verify
 
     def query(self, names: Sequence[str]) -> Answers:
-        try:
-            servers = self._servers()
-        except DnsError as error:
-            return Answers({}, (str(error),))
-        from danesync.actions import dns as dns_actions
-
-        visibility = dns_actions.query_visibility(servers, names)
-        rrsets: dict[str, dict[str, RRset]] = {}
-        for name in visibility.names:
-            per_server = visibility.answers.get(name, {})
-            ttls = visibility.ttls.get(name, {})
-            rrsets[name] = {
-                str(server): RRset.of(records, ttls.get(server, 0))
-                for server, records in per_server.items()
-            }
-        fresh = frozenset(n for n in visibility.names if not visibility.errors.get(n))
-        by_server: dict[str, str | None] = {str(s): None for s in visibility.servers}
-        for name in sorted(visibility.errors):
-            for server, reason in sorted(visibility.errors[name].items()):
-                by_server[str(server)] = by_server[str(server)] or f"{name}: {reason}"
-        return Answers(rrsets, visibility.problems(), fresh, by_server)
+        return Answers({}, ('dns.mode is "off"',))
 
     def update(
         self,
@@ -374,16 +335,5 @@ class RealDns:
         delete: Sequence[TlsaRecord],
         ttl: int,
         expected: Mapping[str, frozenset[TlsaRecord]],
-    ) -> dns_actions.UpdateResult:
-        from danesync.actions import dns as dns_actions
-        from danesync.tsigkeyfile import current_tsig_key
-
-        zone = self.config.dns.zone
-        if self._primary is None or zone is None:
-            raise DnsError("dns.server and dns.zone are needed to publish")
-        if self.config.dns.tsig_key_file is not None:
-            # Re-read when the file changed: a key fixed in place needs no SIGHUP.
-            self._key = current_tsig_key(self.config.dns.tsig_key_file)
-        return dns_actions.send_tlsa_update(
-            self._primary, zone, self._key, add=add, delete=delete, ttl=ttl, expected=expected
-        )
+    ) -> UpdateResult:
+        raise DnsError('dns.mode is "off": nothing is published')

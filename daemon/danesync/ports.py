@@ -19,7 +19,7 @@ from danesync.plan import Problem
 from danesync.state import ChainInfo, Loaded, State
 from danesync.tlsa import TlsaRecord
 
-if TYPE_CHECKING:  # dnspython only where DNS is used (adapters.RealDns)
+if TYPE_CHECKING:  # dnspython only where DNS is used (realdns.RealDns)
     from danesync.actions.dns import UpdateResult
 
 

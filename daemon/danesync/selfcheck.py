@@ -34,6 +34,7 @@ from danesync.tlsa import TlsaRecord
 
 if TYPE_CHECKING:
     from danesync.actions import dns as dns_actions
+    from danesync.published import Published
 
 log = structlog.get_logger("danesync")
 
@@ -41,7 +42,6 @@ WORKERS = 8  # names checked side by side
 # Seconds one run may take: the loop (and systemd's watchdog ping) waits for it.
 # A host with more names than fit is checked round-robin over several runs.
 BUDGET = 20.0
-RESOLV_CONF = "/etc/resolv.conf"
 ALGORITHMS = ("ecdsa", "rsa")  # Postfix serves at most one default chain of each
 
 
@@ -69,15 +69,6 @@ class Served:
     @property
     def fingerprint(self) -> str | None:
         return hashlib.sha256(self.chain[0]).hexdigest() if self.chain else None
-
-
-@dataclass(frozen=True)
-class Published:
-    """An RRset as one source answered it, or why it could not."""
-
-    source: str
-    records: frozenset[TlsaRecord] = frozenset()
-    error: str | None = None
 
 
 def build_checks(
@@ -162,118 +153,6 @@ def read_served(host: str, port: int, servername: str, timeout: float = 5) -> li
     return list(chains.values())
 
 
-def read_published(
-    servers: Sequence[dns_actions.Server], name: str, resolver: str = "system"
-) -> list[Published]:
-    """The RRset from each verify server, and from the system resolver if it validates."""
-    # dnspython here, not at import: a DNS-off daemon starts without it (issue 15).
-    from danesync.actions import dns as dns_actions
-
-    answers = []
-    for server in servers:
-        try:
-            records = dns_actions.query_tlsa(server, name)
-        except DnsError as error:
-            answers.append(Published(f"verify server {server}", error=str(error)))
-            continue
-        answers.append(Published(f"verify server {server}", records))
-    if resolver != "off":
-        validated = read_validated(name, None if resolver == "system" else resolver)
-        if validated is not None:
-            answers.append(validated)
-    return answers
-
-
-def read_validated(
-    name: str, resolver: str | None = None, timeout: float = 3.0, resolv_conf: str = RESOLV_CONF
-) -> Published | None:
-    """The RRset from a resolver (`host:port`, else the system's on loopback) if it
-    validated the answer (AD bit), else None.
-
-    A resolver that does not validate, or none at all, is no source: senders
-    behind a validating cache are the ones DANE protects.
-    """
-    import dns.flags
-    import dns.message
-    import dns.rcode
-    import dns.rdatatype
-
-    from danesync.actions import dns as dns_actions
-    from danesync.actions.dnswire import exchange
-    from danesync.config import parse_endpoint
-
-    if resolver is not None:
-        endpoint = parse_endpoint(resolver, 53)
-        nameservers = [dns_actions.Server(endpoint.host, endpoint.port)]
-    else:
-        # Only a resolver on this host: an AD bit that crossed the network
-        # unauthenticated proves nothing (what Postfix's DANE support assumes too).
-        nameservers = [
-            dns_actions.Server(a) for a in read_nameservers(resolv_conf) if _is_loopback(a)
-        ]
-    query = dns.message.make_query(name, dns.rdatatype.TLSA, want_dnssec=True)
-    query.flags |= dns.flags.AD
-    for nameserver in nameservers:
-        try:
-            response = exchange(nameserver, query, timeout, tcp=False)
-        except DnsError:
-            continue
-        if not response.flags & dns.flags.AD:
-            return None
-        if response.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-            return None
-        records = frozenset(
-            TlsaRecord.from_key(f"{name} {rdata.to_text()}")
-            for rrset in response.answer
-            if rrset.rdtype == dns.rdatatype.TLSA
-            for rdata in rrset
-        )
-        return Published(f"validating resolver {nameserver.host}", records)
-    return None
-
-
-def read_nameservers(path: str = RESOLV_CONF) -> list[str]:
-    """The `nameserver` addresses of resolv.conf(5), in order; none if it cannot be read.
-
-    Read here rather than by dns.resolver, which imports dns.query and with
-    it (dnspython 2.3) requests: about 7 MiB of the daemon's memory.
-    """
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            lines = handle.read().splitlines()
-    except OSError:
-        return []
-    found = []
-    for line in lines:
-        words = line.split()
-        if len(words) >= 2 and words[0] == "nameserver":
-            found.append(words[1])
-    return found
-
-
-def _is_loopback(address: str) -> bool:
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
-
-
-def verify_servers(config: Config) -> list[dns_actions.Server]:
-    """Where the self-check asks: the configured verify servers, else the zone's NS set."""
-    from danesync.actions import dns as dns_actions
-
-    if config.dns.verify_servers:
-        return [dns_actions.Server(e.host, e.port) for e in config.dns.verify_servers]
-    if config.dns.server is None:
-        return []
-    primary = dns_actions.Server(config.dns.server.host, config.dns.server.port)
-    if config.dns.zone is None:
-        return [primary]
-    return dns_actions.find_verify_servers(config.dns.zone, primary)
-
-
 class SelfChecker:
     """Runs the self-check and logs what changed since the last run.
 
@@ -310,6 +189,9 @@ class SelfChecker:
         endpoint = self.config.postfix.probe
         if endpoint is None:
             return ()
+        # dnspython here, not at import: a DNS-off daemon starts without it (issue 15).
+        from danesync.published import read_published, verify_servers
+
         try:
             if self._servers is None:
                 self._servers = verify_servers(self.config)

@@ -78,7 +78,7 @@ class Service:
             config,
             loaded.state,
             postfix or adapters.RealPostfix(config, cache),
-            dns or adapters.RealDns(config),
+            dns or adapters.open_dns(config),
             lineages or adapters.CertbotLineages(config, cache),
             store,
             clock or adapters.SystemClock(),

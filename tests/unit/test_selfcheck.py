@@ -362,7 +362,8 @@ class TestBuildChecks:
     """Every served chain against every distinct RRset; probe and DNS errors kept apart."""
 
     def test_chains_times_distinct_rrsets(self) -> None:
-        from danesync.selfcheck import Published, Served, build_checks
+        from danesync.published import Published
+        from danesync.selfcheck import Served, build_checks
 
         case = CASES[2]  # "2 1 1 issuer": valid
         served = Served(tuple(der(c) for c in case.served))
@@ -397,6 +398,7 @@ class TestRoundRobin:
     """A host with more names than one run's time allows is checked over several runs."""
 
     def test_budget_spreads_names_over_runs(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from danesync import published as published_dns
         from danesync import selfcheck
         from danesync.config import CertificateConfig, Config, DnsConfig, Endpoint, PostfixConfig
 
@@ -416,13 +418,13 @@ class TestRoundRobin:
             asked.append(servername)
             return [selfcheck.Served(tuple(der(c) for c in CASES[2].served))]
 
-        def published(servers: object, name: str, resolver: str) -> list[selfcheck.Published]:
+        def published(servers: object, name: str, resolver: str) -> list[published_dns.Published]:
             # DANE-EE: the test leaf does not carry these names.
             ee = record(3, 1, 1, CASES[2].served[0])
-            return [selfcheck.Published("verify server a", frozenset({ee}))]
+            return [published_dns.Published("verify server a", frozenset({ee}))]
 
         monkeypatch.setattr(selfcheck, "read_served", served)
-        monkeypatch.setattr(selfcheck, "read_published", published)
+        monkeypatch.setattr(published_dns, "read_published", published)
         checker = selfcheck.SelfChecker(config, clock=lambda: NOW)
         first = checker.run(budget=0, log_changes=False)  # one batch per run
         hosts = [base_domain(n) for n in names]
@@ -473,7 +475,7 @@ class TestValidatingResolver:
 
     @pytest.mark.parametrize("ad", [True, False])
     def test_ad_bit(self, ad: bool) -> None:
-        from danesync.selfcheck import read_validated
+        from danesync.published import read_validated
 
         records = list(CASES[2].records)
         sock, thread = self.serve(ad, records)
@@ -492,7 +494,7 @@ class TestValidatingResolver:
     def test_system_resolver_only_on_loopback(
         self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     ) -> None:
-        from danesync import selfcheck
+        from danesync import published
         from danesync.actions import dnswire
 
         resolv_conf = tmp_path / "resolv.conf"
@@ -501,11 +503,11 @@ class TestValidatingResolver:
         )
         asked: list[object] = []
         monkeypatch.setattr(dnswire, "exchange", lambda *a, **k: asked.append(a))
-        assert selfcheck.read_validated(NAME, resolv_conf=str(resolv_conf)) is None
+        assert published.read_validated(NAME, resolv_conf=str(resolv_conf)) is None
         assert asked == []  # a remote resolver's AD bit is not asked for
 
     def test_nameservers_of_resolv_conf(self, tmp_path: Path) -> None:
-        from danesync.selfcheck import read_nameservers
+        from danesync.published import read_nameservers
 
         resolv_conf = tmp_path / "resolv.conf"
         resolv_conf.write_text(

@@ -13,15 +13,15 @@ DAEMON = Path(__file__).resolve().parents[2] / "daemon"
 CODE = """
 import sys
 import danesync.__main__, danesync.loop, danesync.service, danesync.watcher
-import danesync.commands, danesync.status
-from danesync import selfcheck
+import danesync.commands, danesync.status, danesync.selfcheck
 # What the monitoring's self-check imports when it runs (no resolver listed: no network).
-selfcheck.read_validated("_25._tcp.mx.example.test.", resolv_conf="/nonexistent")
+from danesync import published
+published.read_validated("_25._tcp.mx.example.test.", resolv_conf="/nonexistent")
 print(" ".join(sorted({m.split(".")[0] for m in sys.modules})))
 """
 
 
-def _loaded(code: str) -> set[str]:
+def _run(code: str) -> str:
     completed = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -29,7 +29,11 @@ def _loaded(code: str) -> set[str]:
         check=True,
         env={"PYTHONPATH": str(DAEMON), "PATH": "/usr/bin:/bin"},
     )
-    return set(completed.stdout.split())
+    return completed.stdout
+
+
+def _loaded(code: str) -> set[str]:
+    return set(_run(code).split())
 
 
 def test_no_acme_or_requests_at_start() -> None:
@@ -48,3 +52,23 @@ def test_no_dnspython_at_start() -> None:
     loaded = _loaded(imports_only)
     assert "danesync" in loaded
     assert "dns" not in loaded
+
+
+def test_dns_port_by_mode() -> None:
+    """dns.mode "off" gets a port that never asks, without dnspython; any other
+    mode the real one (realdns.RealDns)."""
+    code = """
+import sys
+from pathlib import Path
+from danesync import adapters
+from danesync.config import Config, DnsConfig, DnsMode, Endpoint
+off = DnsConfig(mode=DnsMode.OFF, server=Endpoint("192.0.2.53", 53))
+port = adapters.open_dns(Config(path=Path("/x"), dns=off))
+print(type(port).__name__, port.primary, "dns" in sys.modules)
+port = adapters.open_dns(Config(path=Path("/x"), dns=DnsConfig(server=Endpoint("192.0.2.53", 53))))
+print(type(port).__name__, port.primary, "dns" in sys.modules)
+"""
+    assert _run(code).splitlines() == [
+        "NoDns 192.0.2.53:53 False",
+        "RealDns 192.0.2.53:53 True",
+    ]
