@@ -28,6 +28,17 @@ CHECKED_RSA_KEYS = 16384
 # 2048-bit key on OpenSSL 3); older ones always check.
 _CAN_SKIP_RSA_CHECK = int(cryptography.__version__.split(".")[0]) >= 39
 
+# P-256 keys as OpenSSL writes them (certbot: SEC1 "EC PRIVATE KEY"; or PKCS#8):
+# the bytes before the 32-byte private scalar, and the format to re-encode in.
+_P256_LAYOUTS = (
+    (bytes.fromhex("30770201010420"), serialization.PrivateFormat.TraditionalOpenSSL),
+    (
+        bytes.fromhex("308187020100301306072a8648ce3d020106082a8648ce3d030107046d306b0201010420"),
+        serialization.PrivateFormat.PKCS8,
+    ),
+)
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
 _BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
 _END = re.compile(rb"-----END ([A-Z0-9 ]+)-----")
 
@@ -158,7 +169,9 @@ def parse_private_key(data: bytes, filename: str) -> PrivateKey:
                 block.der, password=None, unsafe_skip_rsa_key_validation=True
             )
         else:
-            key = serialization.load_der_private_key(block.der, password=None)
+            key = load_p256_by_scalar(block.der) or serialization.load_der_private_key(
+                block.der, password=None
+            )
             if isinstance(key, rsa.RSAPrivateKey):
                 _CHECKED_RSA.put(digest, True)
     except (ValueError, TypeError, UnsupportedAlgorithm) as error:
@@ -170,6 +183,30 @@ def parse_private_key(data: bytes, filename: str) -> PrivateKey:
             f"{filename}: {key_type_name(key)} keys are not supported; use RSA, ECDSA or Ed25519"
         )
     return key
+
+
+def load_p256_by_scalar(der: bytes) -> ec.EllipticCurvePrivateKey | None:
+    """A P-256 key in one of OpenSSL's two layouts, built from its private scalar;
+    None for anything else, which `load_der_private_key` then decodes.
+
+    Debian 12's cryptography 38 decodes a key through OpenSSL 3.0's decoders:
+    1.7 ms, 17 s of a cold start at 10,000 lineages; this takes 0.18 ms (PyPI's
+    cryptography: 0.04 against 0.03 ms). The key is taken only when it encodes
+    back to exactly `der`: the file holds this scalar, on this curve, with the
+    public key it implies, and nothing else.
+    """
+    for prefix, layout in _P256_LAYOUTS:
+        if not der.startswith(prefix):
+            continue
+        scalar = int.from_bytes(der[len(prefix) : len(prefix) + 32], "big")
+        if len(der) < len(prefix) + 32 or not 0 < scalar < _P256_ORDER:
+            return None
+        key = ec.derive_private_key(scalar, ec.SECP256R1())
+        encoded = key.private_bytes(
+            serialization.Encoding.DER, layout, serialization.NoEncryption()
+        )
+        return key if encoded == der else None
+    return None
 
 
 # SHA-256 of the DER of RSA keys that passed the full check in this process.
