@@ -28,7 +28,7 @@ CHECKED_RSA_KEYS = 16384
 # 2048-bit key on OpenSSL 3); older ones always check.
 _CAN_SKIP_RSA_CHECK = int(cryptography.__version__.split(".")[0]) >= 39
 
-# P-256 keys as OpenSSL writes them (certbot: SEC1 "EC PRIVATE KEY"; or PKCS#8):
+# P-256 keys as OpenSSL writes them (SEC1 "EC PRIVATE KEY"; PKCS#8, as certbot does):
 # the bytes before the 32-byte private scalar, and the format to re-encode in.
 _P256_LAYOUTS = (
     (bytes.fromhex("30770201010420"), serialization.PrivateFormat.TraditionalOpenSSL),

@@ -247,8 +247,8 @@ class TestReasons:
 
 
 KEY_FORMATS = {
-    "sec1": serialization.PrivateFormat.TraditionalOpenSSL,  # certbot's
-    "pkcs8": serialization.PrivateFormat.PKCS8,
+    "sec1": serialization.PrivateFormat.TraditionalOpenSSL,  # other tools'
+    "pkcs8": serialization.PrivateFormat.PKCS8,  # certbot's
 }
 
 
