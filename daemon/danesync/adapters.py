@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from danesync import readcache
 from danesync.actions import files, postfix, probe, snitables
 from danesync.certbot import read_deploy_pem, read_validated
-from danesync.chain import Chain, LineageFiles, validate_chain
+from danesync.chain import Chain, LineageFiles, rewrite_earlier_chain_file, validate_chain
 from danesync.config import CertificateConfig, Config, DnsMode
 from danesync.errors import ChainError, DnsError, LineagePending, PostfixError, ProbeError
 from danesync.pem import PemError, split_pem
@@ -192,7 +192,7 @@ class RealPostfix:
         ):
             return True
         data = self.read_chain_file(lineage)
-        if data is None or hashlib.sha256(data).digest() != digest:
+        if data is None or not _holds(data, digest, lineage):
             self._files.put_file_key(lineage, None)
             return False
         if before is not None and _stat_key(path) == before:  # not replaced while read
@@ -275,6 +275,15 @@ class RealPostfix:
         except ProbeError:
             return None
         return hashlib.sha256(der).hexdigest()
+
+
+def _holds(data: bytes, digest: bytes, lineage: str) -> bool:
+    """The chain file's bytes are those of `digest`, or were written by an
+    earlier danesync with the same key and certificates (chain.py, key_pem)."""
+    if hashlib.sha256(data).digest() == digest:
+        return True
+    earlier = rewrite_earlier_chain_file(data, lineage)
+    return earlier is not None and hashlib.sha256(earlier).digest() == digest
 
 
 def _stat_key(path: str) -> tuple[int, int, int, int, int] | None:

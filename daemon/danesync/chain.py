@@ -28,6 +28,7 @@ from danesync.pem import (
     parse_certificate_blocks,
     parse_certificates,
     parse_private_key,
+    split_pem,
 )
 from danesync.tlsa import TlsaRecord, Usage, build_tlsa_records, spki_sha256
 
@@ -167,7 +168,7 @@ def validate_chain(
     if Usage.DANE_TA in usages and not intermediates:
         raise fail('"2 1 1" needs the issuing certificate, but fullchain.pem holds only the leaf')
 
-    deploy_pem = _key_pem(key) + b"".join(
+    deploy_pem = key_pem(key) + b"".join(
         c.public_bytes(serialization.Encoding.PEM) for c in certificates
     )
     return Chain(
@@ -214,12 +215,40 @@ def _public_der(public_key: object) -> bytes:
     )
 
 
-def _key_pem(key: PrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+def key_pem(key: PrivateKey) -> bytes:
+    """The key as a chain file holds it: an RSA or EC key in its own format
+    ("RSA PRIVATE KEY", "EC PRIVATE KEY"), Ed25519 in PKCS#8 (it has no other).
+
+    Postfix decodes an SNI name's key at every handshake for that name (the
+    table holds the file's contents). Given "PRIVATE KEY" (PKCS#8), OpenSSL 3.0
+    (Debian 12) finds the key's type through its generic decoders: 0.76-1.6 ms
+    a key; given the type by the label, 0.22-0.47 ms (docs/benchmarks.md, "SNI
+    keys in their own format"). Either is the same key to Postfix.
+    """
+    layout = (
+        serialization.PrivateFormat.PKCS8
+        if isinstance(key, ed25519.Ed25519PrivateKey)
+        else serialization.PrivateFormat.TraditionalOpenSSL
     )
+    return key.private_bytes(serialization.Encoding.PEM, layout, serialization.NoEncryption())
+
+
+def rewrite_earlier_chain_file(data: bytes, lineage: str) -> bytes | None:
+    """A chain file as danesync wrote it before `key_pem` (its key first, in
+    PKCS#8), in today's form: the same key as `key_pem` writes it, then the rest
+    byte for byte. None for anything else.
+
+    A file an earlier version wrote holds the same chain as today's bytes: it
+    is kept as it is (no write, no reload), and a restart need not read it back.
+    """
+    try:
+        blocks = split_pem(data, lineage)
+        if not blocks or blocks[0].label != "PRIVATE KEY" or not data.startswith(blocks[0].text):
+            return None
+        key = parse_private_key(blocks[0].text, lineage)
+    except PemError:
+        return None
+    return key_pem(key) + data[len(blocks[0].text) :]
 
 
 def _describe(cert: x509.Certificate) -> str:

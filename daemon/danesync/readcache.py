@@ -36,7 +36,7 @@ from typing import Any
 from danesync.state import ChainInfo
 from danesync.statefiles import SHARDS, build_shard
 
-SCHEMA = 1
+SCHEMA = 2  # 2: the bytes to deploy hold RSA and EC keys in their own format
 DIRECTORY = "readcache"
 
 # SHA-256 over the certbot directory, the configuration validation depends on,

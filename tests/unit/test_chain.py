@@ -21,7 +21,7 @@ from danesync.errors import ChainError
 from danesync.pem import parse_certificates, parse_private_key
 from danesync.tlsa import TlsaRecord, Usage, spki_sha256
 from tests.conftest import require_program
-from tests.harness.certs import NOW, Hierarchy, Leaf, cert_pem, key_pem, make_key
+from tests.harness.certs import NOW, Hierarchy, KeyKind, Leaf, cert_pem, key_pem, make_key
 from tests.harness.corpus import HOST, BadCase, build_corpus, files_of, make_certificate
 
 TLSA_NAME = "_25._tcp.mx.example.test."
@@ -356,12 +356,20 @@ class TestChainValues:
         for serial, text in [(1, "01"), (0xFF, "FF"), (0x100, "0100"), (0xDEADBEEF, "DEADBEEF")]:
             assert validate(files_of(hierarchy.issue(serial=serial))).serial == text
 
-    def test_deploy_pem_is_key_then_chain(self, hierarchy: Hierarchy) -> None:
-        """Postfix's smtpd_tls_chain_files wants the key, the leaf, the intermediates."""
-        leaf = hierarchy.issue(key=make_key("rsa", slot=1), hostnames=[HOST, "smtp.example.test"])
+    @pytest.mark.parametrize(
+        ("kind", "label"),
+        [("rsa", b"RSA PRIVATE KEY"), ("ec256", b"EC PRIVATE KEY"), ("ec384", b"EC PRIVATE KEY")],
+    )
+    def test_deploy_pem_is_key_then_chain(
+        self, hierarchy: Hierarchy, kind: KeyKind, label: bytes
+    ) -> None:
+        """Postfix's smtpd_tls_chain_files wants the key, the leaf, the intermediates;
+        the key in its own format, which OpenSSL 3.0 decodes without its generic
+        decoders at every SNI handshake (chain.key_pem)."""
+        leaf = hierarchy.issue(key=make_key(kind, slot=1), hostnames=[HOST, "smtp.example.test"])
         chain = validate(files_of(leaf))
         pem = chain.deploy_pem
-        assert pem.startswith(b"-----BEGIN PRIVATE KEY-----")
+        assert pem.startswith(b"-----BEGIN " + label + b"-----\n")
         key = parse_private_key(pem.split(b"-----BEGIN CERTIFICATE-----")[0], "deploy")
         assert key.private_numbers() == leaf.key.private_numbers()  # type: ignore[union-attr]
         assert parse_certificates(pem[pem.index(b"-----BEGIN CERTIFICATE") :], "deploy") == [

@@ -11,8 +11,13 @@ import pytest
 
 from danesync import readcache
 from danesync.adapters import RealPostfix
+from danesync.chain import LineageFiles, rewrite_earlier_chain_file, validate_chain
 from danesync.config import Config, build_config
 from danesync.readcache import ReadCache
+from danesync.tlsa import Usage
+from tests.harness.certs import NOW, Hierarchy, KeyKind, make_key
+from tests.harness.certs import key_pem as harness_key_pem
+from tests.harness.corpus import files_of
 
 LINEAGE = "mx.example.test"
 PEM = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n" * 3
@@ -128,3 +133,63 @@ def test_damaged_shard_is_not_trusted(config: Config) -> None:
     postfix = restart(config)
     assert postfix.chain_file_holds(LINEAGE, digest)
     assert Counting.reads == 1
+
+
+class TestWrittenByAnEarlierVersion:
+    """danesync wrote keys in PKCS#8 until chain.key_pem: such a file, with the
+    same key and certificates, holds today's chain (no repair, no reload), and
+    is read back once, not at every pass."""
+
+    @staticmethod
+    def files(kind: KeyKind) -> tuple[bytes, bytes]:
+        """Today's bytes for a chain, and the same chain as an earlier version wrote it."""
+        hierarchy = Hierarchy()
+        leaf = hierarchy.issue(key=make_key(kind), hostnames=[LINEAGE])
+        files = LineageFiles(LINEAGE, 1, **files_of(leaf))
+        chain = validate_chain(files, (LINEAGE,), (LINEAGE,), (Usage.DANE_TA,), NOW)
+        _, _, rest = chain.deploy_pem.partition(b"-----BEGIN CERTIFICATE-----")
+        return chain.deploy_pem, harness_key_pem(leaf.key) + b"-----BEGIN CERTIFICATE-----" + rest
+
+    @pytest.mark.parametrize("kind", ["ec256", "ec384", "rsa"])
+    def test_held_and_read_back_once(self, config: Config, kind: KeyKind) -> None:
+        today, earlier = self.files(kind)
+        assert earlier.startswith(b"-----BEGIN PRIVATE KEY-----\n")
+        assert today != earlier
+        postfix = restart(config)
+        path = Path(postfix.chain_path(LINEAGE))
+        path.parent.mkdir(parents=True)
+        path.write_bytes(earlier)
+        digest = hashlib.sha256(today).digest()
+        assert postfix.chain_file_holds(LINEAGE, digest)
+        assert Counting.reads == 1
+        postfix._files.flush()
+        assert restart(config).chain_file_holds(LINEAGE, digest)
+        assert Counting.reads == 0
+        assert path.read_bytes() == earlier  # left as it was
+
+    @pytest.mark.parametrize(
+        "edit",
+        ["another key", "another certificate", "a byte after the key", "certificates only"],
+    )
+    def test_anything_else_is_not_held(self, config: Config, edit: str) -> None:
+        today, earlier = self.files("ec256")
+        if edit == "another key":
+            key_end = earlier.index(b"-----BEGIN CERTIFICATE-----")
+            earlier = harness_key_pem(make_key("ec256")) + earlier[key_end:]
+        elif edit == "another certificate":
+            other, _ = self.files("ec256")
+            certificates = other.index(b"-----BEGIN CERTIFICATE-----")
+            earlier = (
+                earlier[: earlier.index(b"-----BEGIN CERTIFICATE-----")] + other[certificates:]
+            )
+        elif edit == "a byte after the key":
+            key_end = earlier.index(b"-----BEGIN CERTIFICATE-----")
+            earlier = earlier[:key_end] + b"\n" + earlier[key_end:]
+        else:
+            earlier = earlier[earlier.index(b"-----BEGIN CERTIFICATE-----") :]
+        postfix = restart(config)
+        path = Path(postfix.chain_path(LINEAGE))
+        path.parent.mkdir(parents=True)
+        path.write_bytes(earlier)
+        assert not postfix.chain_file_holds(LINEAGE, hashlib.sha256(today).digest())
+        assert rewrite_earlier_chain_file(earlier, LINEAGE) != today
