@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from cryptography import x509
 from structlog.testing import capture_logs
 
-from danesync import ari, certbot
+from danesync import ari, certbot, readcache
 from danesync.adapters import CertbotLineages
 from danesync.chain import LineageFiles
 from danesync.config import Config
@@ -187,12 +188,20 @@ def test_deploy_bytes_that_differ_drop_the_entry(
     assert stats() == saved  # nothing on disk changed: only the entry was doubted
 
 
+def older_schema(data: bytes) -> bytes:
+    """The shard as the previous schema wrote it: whole, its checksum right."""
+    body = json.loads(data.partition(b"\n")[2])
+    body["schema"] = readcache.SCHEMA - 1
+    text = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(text).hexdigest().encode() + b"\n" + text + b"\n"
+
+
 @pytest.mark.parametrize(
     "damage",
     [
         lambda path: path.write_bytes(path.read_bytes()[:-40]),  # torn
         lambda path: path.write_bytes(b"\x00" * 100),
-        lambda path: path.write_text(path.read_text().replace('"schema":1', '"schema":0')),
+        lambda path: path.write_bytes(older_schema(path.read_bytes())),
         lambda path: path.unlink(),
     ],
     ids=["torn", "zeros", "old-schema", "missing"],
