@@ -221,7 +221,7 @@ def key_pem(key: PrivateKey) -> bytes:
 
     Postfix decodes an SNI name's key at every handshake for that name (the
     table holds the file's contents). Given "PRIVATE KEY" (PKCS#8), OpenSSL 3.0
-    (Debian 12) finds the key's type through its generic decoders: 0.76-1.6 ms
+    (Debian 12) finds the key's type through its generic decoders: 0.7-1.6 ms
     a key; given the type by the label, 0.22-0.47 ms (docs/benchmarks.md, "SNI
     keys in their own format"). Either is the same key to Postfix.
     """
