@@ -16,12 +16,10 @@ each code's probe function.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -31,7 +29,17 @@ from tests.harness.certs import Hierarchy
 from tests.harness.danesync import danesync_env
 from tests.harness.postfix import PostfixInstance
 
-from bench.common import REPO, Daemon, Host, make_host, progress, seconds, sni_hostname
+from bench.common import (
+    REPO,
+    Daemon,
+    Host,
+    load_average,
+    make_host,
+    progress,
+    root_workdir,
+    seconds,
+    sni_hostname,
+)
 
 COOL_DOWN = 2.5  # main.cf settles (postfix.py: programs wait for a fresh main.cf)
 HANDSHAKES = 300
@@ -169,18 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default="94f6b06", help="git revision to compare with")
     parser.add_argument("--profile", type=Path, help="directory for cProfile files")
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("the benchmarks run a private Postfix and need root", file=sys.stderr)
-        return 1
-    workdir = Path(tempfile.mkdtemp(prefix="danesync-bench-cold-"))
-    workdir.chmod(0o755)
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    try:
+    with root_workdir("danesync-bench-cold-") as workdir:
+        load = load_average()
         figures = run(workdir, args.size, args.rounds, args.baseline, args.profile)
-    finally:
-        if os.environ.get("DANESYNC_BENCH_KEEP") != "1":
-            shutil.rmtree(workdir, ignore_errors=True)
-    end = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    end = load_average()
     print(f"load average at the start: {load}; at the end: {end}")
     print(f"| {args.size:,} lineages, cold start | this code | baseline ({args.baseline}) |")
     print("|---|---|---|")

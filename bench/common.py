@@ -9,6 +9,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -472,6 +473,26 @@ def _status(path: Path) -> dict[str, str]:
 
 
 # --- the machine ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def root_workdir(prefix: str) -> Iterator[Path]:
+    """A work directory for a benchmark that runs a private Postfix (root only),
+    removed afterwards unless DANESYNC_BENCH_KEEP=1."""
+    if os.geteuid() != 0:
+        raise SystemExit("the benchmarks run a private Postfix and need root")
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    workdir.chmod(0o755)
+    try:
+        yield workdir
+    finally:
+        if os.environ.get("DANESYNC_BENCH_KEEP") != "1":
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as /proc/loadavg gives them."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def machine() -> dict[str, str]:

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,7 +32,7 @@ from tests.harness.certs import key_pem as pkcs8_pem
 from tests.harness.danesync import danesync_env
 from tests.harness.postfix import PostfixInstance
 
-from bench.common import make_host, progress, sni_hostname
+from bench.common import load_average, make_host, progress, root_workdir, sni_hostname
 from danesync.actions import probe
 
 WORKERS = 16
@@ -118,17 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("the benchmarks run a private Postfix and need root", file=sys.stderr)
-        return 1
-    workdir = Path(tempfile.mkdtemp(prefix="danesync-bench-sni-keys-"))
-    workdir.chmod(0o755)
-    load = Path("/proc/loadavg").read_text().split()[0]
-    try:
+    with root_workdir("danesync-bench-sni-keys-") as workdir:
+        load = load_average()
         figures = run(workdir, args.size, args.rounds)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    end = Path("/proc/loadavg").read_text().split()[0]
+    end = load_average()
     print(f"load average at the start: {load}; at the end: {end}")
     print(f"| {args.size} SNI names, {WORKERS} at a time, median of {args.rounds} | ", end="")
     print(" | ".join(figures) + " |")

@@ -16,17 +16,14 @@ deploys and reloads are counted: an upgrade must deploy nothing.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from tests.harness.certs import Hierarchy
 from tests.harness.postfix import PostfixInstance
 
 from bench.cold import _export
-from bench.common import REPO, Daemon, make_host, progress, seconds
+from bench.common import REPO, Daemon, load_average, make_host, progress, root_workdir, seconds
 
 
 def run(workdir: Path, size: int, revision: str) -> list[tuple[str, float, float, int, int]]:
@@ -66,17 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=10000)
     parser.add_argument("--baseline", default="d7dd304", help="the revision upgraded from")
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("the benchmarks run a private Postfix and need root", file=sys.stderr)
-        return 1
-    workdir = Path(tempfile.mkdtemp(prefix="danesync-bench-upgrade-"))
-    workdir.chmod(0o755)
-    load = Path("/proc/loadavg").read_text().split()[0]
-    try:
+    with root_workdir("danesync-bench-upgrade-") as workdir:
+        load = load_average()
         figures = run(workdir, args.size, args.baseline)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    end = Path("/proc/loadavg").read_text().split()[0]
+    end = load_average()
     print(f"load average at the start: {load}; at the end: {end}")
     print(f"| {args.size:,} lineages | READY=1 | CPU | chains deployed | reloads |")
     print("|---|---|---|---|---|")
