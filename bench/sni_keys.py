@@ -34,6 +34,7 @@ from tests.harness.postfix import PostfixInstance
 
 from bench.common import load_average, make_host, progress, root_workdir, sni_hostname
 from danesync.actions import probe
+from danesync.pem import parse_private_key
 
 WORKERS = 16
 
@@ -63,8 +64,6 @@ def _ask_all(postfix: PostfixInstance, names: list[str]) -> tuple[float, float, 
 
 def _pkcs8_table(deploy: Path, target: Path, postfix: PostfixInstance) -> str:
     """The deployed SNI chain files with their keys in PKCS#8, as one table."""
-    from danesync.pem import parse_private_key
-
     target.mkdir()
     lines = []
     for path in sorted(deploy.glob("mx*.pem")):
