@@ -33,6 +33,7 @@ from bench.common import (
     REPO,
     Daemon,
     Host,
+    byte_compile,
     load_average,
     make_host,
     progress,
@@ -108,6 +109,7 @@ def _cold(
 
 
 def _profile(host: Host, code: Path, output: Path) -> None:
+    byte_compile(code)
     argv = [sys.executable, "-m", "cProfile", "-o", str(output)]
     argv += ["-m", "danesync", "sync", "-c", str(host.config)]
     subprocess.run(
@@ -131,6 +133,7 @@ print(count / (time.monotonic() - started))
 
 def _handshakes(host: Host, code: Path, workers: int) -> float:
     """STARTTLS handshakes a second with `code`'s probe (SNI, ECDSA)."""
+    byte_compile(code)
     argv = [sys.executable, "-c", _HANDSHAKE_SCRIPT, host.postfix.host, str(host.postfix.port)]
     argv += [str(HANDSHAKES), str(workers), sni_hostname(0)]
     env = danesync_env({"PYTHONPATH": str(code)})

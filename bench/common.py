@@ -283,6 +283,20 @@ def wait_served_change(
 
 # --- a danesync daemon -----------------------------------------------------------------
 
+_COMPILED: set[tuple[str, Path]] = set()
+
+
+def byte_compile(code: Path, python: str = sys.executable) -> None:
+    """Write the .pyc files of `code` (a daemon/ directory) for `python`, as the
+    Debian package's install does, so that no run pays for compiling the
+    sources and each code of an A/B pair starts alike: PYTHONDONTWRITEBYTECODE
+    in the environment, or a fresh `git archive`, would otherwise leave one of
+    them compiling at every start."""
+    if (python, code) in _COMPILED:
+        return
+    subprocess.run([python, "-m", "compileall", "-q", str(code)], check=True, capture_output=True)
+    _COMPILED.add((python, code))
+
 
 class Daemon:
     """`danesync run --log-format json` with a NOTIFY_SOCKET bound here, as systemd does."""
@@ -322,6 +336,9 @@ class Daemon:
         self._socket.bind(str(self.socket_path))
         threading.Thread(target=self._listen, daemon=True).start()
         env = danesync_env({"NOTIFY_SOCKET": str(self.socket_path), **self.extra_env})
+        for code in env["PYTHONPATH"].split(os.pathsep):
+            if (Path(code) / "danesync").is_dir():
+                byte_compile(Path(code), self.python)
         argv = [self.python]
         if self.profile is not None:
             argv += ["-m", "cProfile", "-o", str(self.profile)]
