@@ -23,6 +23,7 @@ import structlog
 
 from danesync.config import Config, DnsMode, load_config
 from danesync.errors import ConfigError, DanesyncError
+from danesync.heap import release_free_memory
 from danesync.log import configure_logging
 from danesync.monitor import Monitor
 from danesync.notify import Keepalive, Notifier, watchdog_interval
@@ -140,6 +141,7 @@ class Daemon:
             result = PassResult(failed=True)
         self.failures = self.failures + 1 if result.failed else 0
         self.last_result = result
+        release_free_memory()  # what the pass freed, not the peak it reached
         summary = self._summary(result)
         self.last_status = self.monitor.pass_finished(self.service.state, result.failed, summary)
         self.notifier.status(self.last_status)
@@ -223,6 +225,7 @@ class Daemon:
         self._warn_families()
         self.service.run_monitoring()
         self._self_check()
+        release_free_memory()
 
         ping_every = watchdog_interval()
         next_full = time.monotonic() + self.config.daemon.reconcile_interval
