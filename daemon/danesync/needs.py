@@ -6,7 +6,7 @@ configuration, so they never disagree about what to publish or retire.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
@@ -186,7 +186,10 @@ def _same(kept: object, given: object) -> bool:
     return kept is given or kept == given
 
 
-Groups = tuple[tuple[str, frozenset[TlsaRecord]], ...]
+# A lineage's records at one owner name: a frozenset, or the state's own tuple
+# of a chain's records (`ChainInfo.tlsa`) when they are exactly those.
+Records = Collection[TlsaRecord]
+Groups = tuple[tuple[str, Records], ...]
 
 
 @dataclass(slots=True, eq=False)
@@ -195,15 +198,20 @@ class _Kept:
     result is reused only while every input it was built from is equal): its
     Holding with the inputs it was built from, and its records by owner name
     with theirs. One slotted object per lineage, not a tuple of inputs and a
-    tuple per result (about 1 MiB at 10,000 lineages)."""
+    tuple per result (about 1 MiB at 10,000 lineages). Records at one owner
+    name (the usual case) are kept as `name` and `records`, the chain's own
+    tuple where it holds them, without a frozenset and a tuple of pairs of
+    their own (3 MiB at 10,000 lineages)."""
 
     certificate: CertificateConfig | None = None
     deployed: ChainInfo | None = None
     inflight: ChainInfo | None = None
     candidate: ChainInfo | None = None
     holding: Holding | None = None  # built from the four above
-    grouped: Holding | None = None  # what `groups` was built from, with `extra`
+    grouped: Holding | None = None  # what the records were built from, with `extra`
     extra: tuple[TlsaRecord, ...] = ()
+    name: str | None = None  # the one owner name of the records, or None: see `groups`
+    records: Records = ()
     groups: Groups | None = None
 
 
@@ -227,13 +235,11 @@ def build_needed_records(
         extra = tuple((extra_records or {}).get(holding.lineage, ()))
         for name, records in build_holding_records(holding, extra):
             present = needed.get(name)
-            needed[name] = records if present is None else present | records
+            needed[name] = frozenset(records) if present is None else present.union(records)
     return needed
 
 
-def build_holding_records(
-    holding: Holding, extra: tuple[TlsaRecord, ...] = ()
-) -> tuple[tuple[str, frozenset[TlsaRecord]], ...]:
+def build_holding_records(holding: Holding, extra: tuple[TlsaRecord, ...] = ()) -> Groups:
     """One lineage's needed records, grouped by owner name; remembered while
     everything they are built from is unchanged."""
     # Everything the records are built from, compared by value (the Holding's
@@ -241,25 +247,33 @@ def build_holding_records(
     kept = _KEPT.get(holding.lineage)
     if kept is None:
         kept = _KEPT[holding.lineage] = _Kept()
-    elif (
-        kept.groups is not None
-        and kept.grouped is not None
-        and _same(kept.grouped, holding)
-        and _same(kept.extra, extra)
-    ):
-        return kept.groups
-    kept.grouped, kept.extra, kept.groups = holding, extra, _group(holding, extra)
-    return kept.groups
+    elif kept.grouped is not None and _same(kept.grouped, holding) and _same(kept.extra, extra):
+        if kept.name is not None:
+            return ((kept.name, kept.records),)
+        if kept.groups is not None:
+            return kept.groups
+    single = _one_name(holding, extra)
+    groups = (single,) if single is not None else _group(holding, extra)
+    kept.grouped, kept.extra = holding, extra
+    kept.name, kept.records = single if single is not None else (None, ())
+    kept.groups = None if single is not None else groups
+    return groups
+
+
+def _one_name(holding: Holding, extra: tuple[TlsaRecord, ...]) -> tuple[str, Records] | None:
+    """One chain's records when they all have one owner name (the usual case
+    between renewals): as the chain holds them where they are exactly its own."""
+    if len(holding.chains) != 1 or holding.certificate is None:
+        return None
+    chain = holding.chains[0]
+    records = build_chain_records(holding.certificate, chain, extra)
+    names = {record.name for record in records}
+    if len(names) != 1:
+        return None
+    return names.pop(), chain.tlsa if records == frozenset(chain.tlsa) else records
 
 
 def _group(holding: Holding, extra: tuple[TlsaRecord, ...]) -> Groups:
-    if len(holding.chains) == 1 and holding.certificate is not None:
-        # One chain (the usual case between renewals): its records as built,
-        # grouped without a second frozenset of each group.
-        records = build_chain_records(holding.certificate, holding.chains[0], extra)
-        names = {record.name for record in records}
-        if len(names) == 1:
-            return ((names.pop(), records),)
     by_name: dict[str, set[TlsaRecord]] = {}
     for chain in holding.chains:
         if holding.certificate is None:

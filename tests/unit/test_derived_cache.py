@@ -18,6 +18,7 @@ from danesync.deploy import build_sni_entries, build_wanted_parameters
 from danesync.needs import (
     build_chain_records,
     build_config_index,
+    build_holding_records,
     build_holdings,
     build_needed_records,
 )
@@ -198,6 +199,32 @@ class TestSharedRecords:
         assert needed == reference(config, state)
         assert needed[NAME_A] != set(chains[A].tlsa)
         assert {r.usage for r in needed[NAME_A]} == {3}
+
+    def test_kept_between_passes_as_the_chains_own_tuple(
+        self, chains: dict[str, ChainInfo]
+    ) -> None:
+        """One chain, one owner name: its records are remembered as the chain
+        holds them (no frozenset and no pair of one's own per lineage, 3 MiB at
+        10,000), and a pass with a candidate beside it groups both chains'."""
+        config = config_of({})
+        certificate = config.certificates[0]
+        own = tuple(build_chain_records(certificate, chains[A]))
+        read = {**chains, A: dataclasses.replace(chains[A], tlsa=own)}
+        state = deployed(read)
+        for _ in range(2):  # built, then remembered
+            holding = next(h for h in build_holdings(config, state, {}) if h.lineage == A)
+            ((name, records),) = build_holding_records(holding)
+            assert name == NAME_A and records is own
+            assert needed_of(config, state) == reference(config, state)
+        state.lineage(A).pending = chains["renewed"]
+        needed = needed_of(config, state)
+        assert needed == reference(config, state)
+        renewed = set(build_chain_records(certificate, chains["renewed"]))
+        assert needed[NAME_A] == set(own) | renewed
+        state.lineage(A).pending = None
+        assert needed_of(config, state) == reference(config, state)
+        holding = next(h for h in build_holdings(config, state, {}) if h.lineage == A)
+        assert build_holding_records(holding)[0][1] is own
 
 
 class TestConfigIndex:
